@@ -1,0 +1,1 @@
+"""cpdops: operations orchestrator for the SmartCPD cloud."""
