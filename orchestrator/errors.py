@@ -18,6 +18,8 @@ Every failure that crosses a module boundary is one of these; third-party errors
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class CpdopsError(Exception):
     """Base of every cpdops error."""
@@ -28,11 +30,27 @@ class InputError(CpdopsError):
 
 
 class FleetFileError(InputError):
-    """The fleet file is malformed."""
+    """The fleet file is malformed.
 
-    def __init__(self, message: str, *, path: str = "", line: int | None = None) -> None:
+    ``errors`` lists every problem found as ``(key_path, line, message)``, e.g.
+    ``("tenants[2].ring", 14, "invalid value 'beta'; ...")``; an error raised with a single
+    message has one entry ``("", line, message)``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        line: int | None = None,
+        errors: Sequence[tuple[str, int | None, str]] | None = None,
+    ) -> None:
         self.path = path
         self.line = line
+        self.message = message
+        self.errors: list[tuple[str, int | None, str]] = (
+            list(errors) if errors is not None else [("", line, message)]
+        )
         where = path
         if line is not None:
             where = f"{path}:{line}" if path else f"line {line}"

@@ -1,1 +1,17 @@
+"""The probe kinds cpdops knows, listed by hand (no scanning, no plugins).
 
+Adding a kind: write ``monitors/probes/<kind>.py`` with a class satisfying
+:class:`monitors.probe.Probe` whose constructor needs no arguments, and add one line here.
+``tests/unit/test_monitor_registry.py`` walks this dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from monitors.probe import Probe
+from monitors.probes.http import HttpProbe
+
+PROBES: dict[str, Callable[[], Probe]] = {
+    "http": HttpProbe,
+}

@@ -1,0 +1,37 @@
+"""Maps cpdops errors to JSON ``{"detail": …}`` responses."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from orchestrator.errors import (
+    ConflictError,
+    CpdopsError,
+    DockerError,
+    HostUnreachable,
+    InputError,
+    NotFoundError,
+)
+
+
+def status_for(exc: CpdopsError) -> int:
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, ConflictError):
+        return 409
+    if isinstance(exc, InputError):
+        return 400
+    if isinstance(exc, HostUnreachable):
+        return 503
+    if isinstance(exc, DockerError):
+        return 502
+    return 500
+
+
+def install(app: FastAPI) -> None:
+    async def handle(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, CpdopsError)
+        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+
+    app.add_exception_handler(CpdopsError, handle)

@@ -1,0 +1,33 @@
+"""``/healthz`` and ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from orchestrator.api.deps import CtxDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness and database reachability")
+def healthz(ctx: CtxDep) -> Any:
+    try:
+        with ctx.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        return JSONResponse(
+            {"status": "degraded", "database": f"unavailable: {type(exc).__name__}"},
+            status_code=503,
+        )
+    return {"status": "ok", "database": "ok", "monitors": ctx.monitors is not None}
+
+
+@router.get("/metrics", summary="Prometheus metrics (text exposition format)")
+def metrics(ctx: CtxDep) -> Response:
+    return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)

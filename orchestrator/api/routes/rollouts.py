@@ -1,0 +1,78 @@
+"""Rollouts: create (validated, planned, queued) and inspect with per-instance steps."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from orchestrator.api.deps import CtxDep, SessionDep
+from orchestrator.api.schemas import RolloutDetail, RolloutOut
+from orchestrator.db.models import Incident, Rollout, RolloutInstance
+from orchestrator.errors import NotFoundError
+from orchestrator.scheduler import run_rollout_now
+from rollouts.spec import RolloutRequest
+
+router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
+
+
+def _incident_numbers(session: Session, ids: list[int]) -> dict[int, str]:
+    rows = session.execute(
+        select(Incident.rollout_id, Incident.number).where(Incident.rollout_id.in_(ids))
+    ).all()
+    return {rid: number for rid, number in rows if rid is not None}
+
+
+@router.get("", response_model=list[RolloutOut], summary="Rollouts, newest first")
+def list_rollouts(
+    session: SessionDep,
+    status: str | None = Query(default=None, description="filter by status"),
+    limit: int = Query(default=50, ge=1, le=500),
+) -> list[RolloutOut]:
+    stmt = select(Rollout).order_by(Rollout.id.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(Rollout.status == status)
+    rows = list(session.scalars(stmt))
+    numbers = _incident_numbers(session, [r.id for r in rows])
+    return [
+        RolloutOut.model_validate(r).model_copy(update={"incident": numbers.get(r.id)})
+        for r in rows
+    ]
+
+
+@router.post(
+    "",
+    response_model=RolloutDetail,
+    status_code=202,
+    summary="Create a rollout and start it now",
+    description=(
+        "Validates the selection and the image (it must exist on every target host), refuses "
+        "an instance already held by an active rollout (409), stores the plan and starts it in "
+        "the background. Poll `GET /api/v1/rollouts/{id}` for progress."
+    ),
+    responses={400: {"description": "unknown tenant/host/image"}, 409: {"description": "overlap"}},
+)
+def create_rollout(request: Request, body: RolloutRequest, ctx: CtxDep) -> RolloutDetail:
+    rollout_id = ctx.executor.create(body, actor="api")
+    run_rollout_now(request.app.state.scheduler, ctx, rollout_id)
+    with ctx.factory() as session:
+        return _detail(session, rollout_id)
+
+
+@router.get("/{rollout_id}", response_model=RolloutDetail, summary="A rollout with its steps")
+def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
+    return _detail(session, rollout_id)
+
+
+def _detail(session: Session, rollout_id: int) -> RolloutDetail:
+    rollout = session.scalars(
+        select(Rollout)
+        .where(Rollout.id == rollout_id)
+        .options(selectinload(Rollout.instances).selectinload(RolloutInstance.steps))
+    ).first()
+    if rollout is None:
+        raise NotFoundError(f"no rollout {rollout_id}")
+    out = RolloutDetail.model_validate(rollout)
+    return out.model_copy(
+        update={"incident": _incident_numbers(session, [rollout_id]).get(rollout_id)}
+    )

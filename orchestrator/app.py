@@ -1,0 +1,58 @@
+"""``create_app(settings)``: the API, the scheduler and the monitors of one cpdops process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from orchestrator.api import errors
+from orchestrator.api.routes import fleet, health, incidents, monitors, rollouts
+from orchestrator.context import AppContext, build_context, start_monitors
+from orchestrator.scheduler import make_scheduler
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+cpdops drives mass automatic updates and rollbacks of SmartCPD containers across a fleet of
+Docker hosts, monitors availability, and opens incident tickets automatically.
+
+Errors are JSON `{"detail": …}`: 400 bad input, 404 unknown object, 409 conflict,
+422 malformed request, 502/503 when a Docker host fails or does not answer.
+"""
+
+
+def create_app(settings: Settings | None = None, *, ctx: AppContext | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        context = ctx or build_context(settings)
+        if settings.run_monitors and context.monitors is None:
+            start_monitors(context)
+        scheduler = make_scheduler(context)
+        if settings.run_scheduler:
+            scheduler.start()
+        app.state.ctx = context
+        app.state.scheduler = scheduler
+        log.info("cpdops started database=%s", context.engine.url.render_as_string())
+        try:
+            yield
+        finally:
+            if scheduler.running:
+                scheduler.shutdown(wait=True)
+            context.close()
+
+    app = FastAPI(
+        title="cpdops",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (health, fleet, rollouts, incidents, monitors):
+        app.include_router(module.router)
+    return app

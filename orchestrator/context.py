@@ -1,0 +1,130 @@
+"""Builds the parts of a running cpdops from Settings: no global state anywhere."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitors.engine import MonitorEngine, StateChange
+from monitors.metrics import MonitorCollector
+from monitors.probe import MonitorSpec
+from orchestrator.db.migrate import upgrade
+from orchestrator.db.models import ConfigItem
+from orchestrator.db.session import make_engine, make_session_factory
+from orchestrator.errors import DockerError
+from orchestrator.fleet.discovery import Instance, discover
+from orchestrator.fleet.hosts import HostRegistry
+from orchestrator.incidents.engine import IncidentEngine
+from orchestrator.metrics import StoreCollector, make_registry
+from orchestrator.settings import Settings
+from rollouts.executor import RolloutExecutor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: Engine
+    factory: sessionmaker[Session]
+    hosts: HostRegistry
+    registry: CollectorRegistry
+    incidents: IncidentEngine
+    executor: RolloutExecutor
+    monitors: MonitorEngine | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.monitors is not None:
+            self.monitors.stop()
+        self.hosts.close()
+        self.engine.dispose()
+
+
+def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
+    engine = make_engine(settings.database_url)
+    if migrate:
+        upgrade(engine)
+    factory = make_session_factory(engine)
+    registry = make_registry()
+    hosts = HostRegistry(factory, settings.local_docker_url)
+    incidents = IncidentEngine(factory, system_id=settings.system_id, registry=registry)
+    executor = RolloutExecutor(
+        factory,
+        hosts,
+        stop_timeout_s=settings.stop_timeout_s,
+        on_failure=incidents.on_rollout_failure,
+    )
+    registry.register(StoreCollector(factory))
+    return AppContext(settings, engine, factory, hosts, registry, incidents, executor)
+
+
+def start_monitors(ctx: AppContext) -> MonitorEngine:
+    """Start the monitor engine; its state changes feed the incident engine."""
+
+    def on_change(change: StateChange) -> None:
+        ctx.incidents.on_monitor_change(change)
+
+    engine = MonitorEngine(on_change)
+    ctx.registry.register(MonitorCollector(engine))
+    engine.start()
+    ctx.monitors = engine
+    return engine
+
+
+def monitor_defaults(ctx: AppContext) -> dict[str, Any]:
+    s = ctx.settings
+    values: dict[str, Any] = {
+        "interval_s": s.monitor_interval_s,
+        "timeout_s": s.monitor_timeout_s,
+        "failure_threshold": s.monitor_failure_threshold,
+        "recovery_threshold": s.monitor_recovery_threshold,
+    }
+    with ctx.factory() as session:
+        item = session.scalars(select(ConfigItem).where(ConfigItem.key == "monitors")).first()
+        if item is not None:
+            values.update({k: v for k, v in item.value.items() if k in values})
+    return values
+
+
+def monitors_for(instances: list[Instance], defaults: dict[str, Any]) -> list[MonitorSpec]:
+    """Monitors generated from the discovered instances (one HTTP probe per health URL)."""
+    specs = []
+    for inst in instances:
+        if not inst.health_url:
+            continue
+        specs.append(
+            MonitorSpec(
+                id=f"{inst.tenant}/{inst.component}@{inst.host}/http",
+                name=f"{inst.tenant}-{inst.component}-http",
+                tenant=inst.tenant,
+                host=inst.host,
+                kind="http",
+                target=inst.health_url,
+                **defaults,
+            )
+        )
+    return specs
+
+
+def sync_monitors(ctx: AppContext) -> int:
+    """Discover instances and (re)configure the monitors; returns how many there are."""
+    if ctx.monitors is None:
+        return 0
+    try:
+        found = discover(ctx.hosts.hosts())
+    except DockerError as exc:
+        log.warning("monitor sync: discovery failed: %s", exc)
+        return -1
+    specs = monitors_for(found.instances, monitor_defaults(ctx))
+    if found.errors:
+        # Keep the monitors of an unreachable host rather than dropping them.
+        keep = [v.spec for v in ctx.monitors.snapshot() if v.spec.host in found.errors]
+        specs.extend(keep)
+    ctx.monitors.set_monitors(specs)
+    return len(specs)

@@ -1,0 +1,201 @@
+"""ORM models (SQLAlchemy 2). Request/response schemas live in ``orchestrator.api.schemas``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    url: Mapped[str] = mapped_column(String(500))
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    tls: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    ring: Mapped[str] = mapped_column(String(16), default="general")
+    language: Mapped[str] = mapped_column(String(8), default="ru")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    maintenance_window: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    contacts: Mapped[list[Any]] = mapped_column(default=list)
+    channels: Mapped[list[Any]] = mapped_column(default=list)
+    db_dsn: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    host_name: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConfigItem(Base):
+    """Fleet-wide settings from the fleet file: monitor defaults, incident thresholds."""
+
+    __tablename__ = "config_items"
+
+    key: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Notifier(Base):
+    __tablename__ = "notifiers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image: Mapped[str] = mapped_column(String(500))
+    target_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    selection: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str] = mapped_column(String(100), default="cli")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    instances: Mapped[list[RolloutInstance]] = relationship(
+        back_populates="rollout", order_by="RolloutInstance.position", cascade="all"
+    )
+
+
+class RolloutInstance(Base):
+    """One instance's place in a rollout, with its current state."""
+
+    __tablename__ = "rollout_instances"
+    __table_args__ = (UniqueConstraint("rollout_id", "tenant", "host", "container_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    host: Mapped[str] = mapped_column(String(63))
+    container_name: Mapped[str] = mapped_column(String(255))
+    old_image: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    old_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    old_container_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    new_container_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    rollout: Mapped[Rollout] = relationship(back_populates="instances")
+    steps: Mapped[list[RolloutStep]] = relationship(
+        back_populates="instance", order_by="RolloutStep.id", cascade="all"
+    )
+
+
+class RolloutStep(Base):
+    """The journal: a step is written before it acts and updated when it ends."""
+
+    __tablename__ = "rollout_steps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("rollout_instances.id"), index=True)
+    step: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="started")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    instance: Mapped[RolloutInstance] = relationship(back_populates="steps")
+
+
+class TicketCounter(Base):
+    """Daily counter behind the DateChecksum ticket numbers."""
+
+    __tablename__ = "ticket_counters"
+
+    day: Mapped[str] = mapped_column(String(8), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    type: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(32), default="new", index=True)
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    tenant: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    subject: Mapped[str] = mapped_column(String(500))
+    description: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(32), default="portal")
+    # Set while the incident is active so that one failure opens one ticket; cleared on close.
+    open_key: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    events: Mapped[list[IncidentEvent]] = relationship(
+        back_populates="incident", order_by="IncidentEvent.id", cascade="all"
+    )
+
+
+class IncidentEvent(Base):
+    """The timeline: every change with author and time."""
+
+    __tablename__ = "incident_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    author: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    incident: Mapped[Incident] = relationship(back_populates="events")
+
+
+class MonitorRecord(Base):
+    """A monitor's last known state; written on every status change (not every check)."""
+
+    __tablename__ = "monitors"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    host: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(500))
+    status: Mapped[int] = mapped_column(Integer, default=2)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,341 @@
+"""The Docker boundary: the one module that talks to Docker Engine about containers.
+
+Docker SDK errors are converted here, once, into ``orchestrator.errors``; callers see
+``DockerHost`` and plain dataclasses. (Image building for the stand-in lives in
+``orchestrator.fleet.images``.)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.tls import TLSConfig
+
+from orchestrator.errors import ContainerError, DockerError, HostUnreachable, ImageNotFound
+
+log = logging.getLogger(__name__)
+
+TENANT_LABEL = "smartcpd.tenant"
+COMPONENT_LABEL = "smartcpd.component"
+HEALTH_URL_LABEL = "smartcpd.health-url"
+SIP_URI_LABEL = "smartcpd.sip-uri"
+ROLLOUT_LABEL = "smartcpd.rollout"
+PREVIOUS_IMAGE_LABEL = "smartcpd.previous-image"
+VERSION_LABEL = "org.opencontainers.image.version"
+
+# Config fields that come from the image unless the user set them; see ``clone_config``.
+_IMAGE_DEFAULTED = ("Cmd", "Entrypoint", "WorkingDir", "User", "StopSignal", "Healthcheck")
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image: str
+    image_id: str
+    status: str
+    labels: dict[str, str]
+    health: str | None
+    restart_count: int
+    exit_code: int | None
+    ports: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tenant(self) -> str | None:
+        return self.labels.get(TENANT_LABEL)
+
+    @property
+    def component(self) -> str:
+        return self.labels.get(COMPONENT_LABEL, "app")
+
+    @property
+    def health_url(self) -> str | None:
+        return self.labels.get(HEALTH_URL_LABEL)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+def _info(attrs: dict[str, Any]) -> ContainerInfo:
+    state = attrs.get("State") or {}
+    config = attrs.get("Config") or {}
+    health = (state.get("Health") or {}).get("Status")
+    return ContainerInfo(
+        id=attrs["Id"],
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        image=str(config.get("Image", "")),
+        image_id=str(attrs.get("Image", "")),
+        status=str(state.get("Status", "unknown")),
+        labels=dict(config.get("Labels") or {}),
+        health=health,
+        restart_count=int(attrs.get("RestartCount") or 0),
+        exit_code=state.get("ExitCode"),
+        ports=dict((attrs.get("NetworkSettings") or {}).get("Ports") or {}),
+    )
+
+
+class DockerHost:
+    """One Docker Engine endpoint (``unix://``, ``tcp://`` with TLS, ``ssh://``)."""
+
+    def __init__(
+        self, name: str, url: str, *, tls: dict[str, Any] | None = None, timeout: int = 60
+    ) -> None:
+        self.name = name
+        self.url = url
+        self._tls = tls
+        self._timeout = timeout
+        self._client: docker.DockerClient | None = None
+
+    def __repr__(self) -> str:
+        return f"DockerHost({self.name!r}, {self.url!r})"
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            tls: TLSConfig | bool = False
+            if self._tls:
+                cert = (self._tls["cert"], self._tls["key"]) if self._tls.get("cert") else None
+                tls = TLSConfig(
+                    client_cert=cert,
+                    ca_cert=self._tls.get("ca"),
+                    verify=bool(self._tls.get("verify", True)),
+                )
+            try:
+                self._client = docker.DockerClient(
+                    base_url=self.url, tls=tls, timeout=self._timeout, version="auto"
+                )
+            except docker.errors.DockerException as exc:
+                raise HostUnreachable(f"host {self.name} ({self.url}): {exc}") from exc
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _fail(self, what: str, exc: Exception) -> DockerError:
+        if isinstance(exc, docker.errors.ImageNotFound):
+            return ImageNotFound(f"host {self.name}: {what}: {_explain(exc)}")
+        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return HostUnreachable(f"host {self.name} ({self.url}) does not answer: {what}")
+        if isinstance(exc, docker.errors.APIError):
+            return ContainerError(f"host {self.name}: {what}: {_explain(exc)}")
+        return DockerError(f"host {self.name}: {what}: {exc}")
+
+    # --- engine -----------------------------------------------------------------------------
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail("ping", exc) from exc
+
+    # --- images -------------------------------------------------------------------------------
+    def image_labels(self, ref: str) -> dict[str, str]:
+        """Labels of a local image; ImageNotFound when the host does not have it."""
+        try:
+            attrs = self.client.api.inspect_image(ref)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageNotFound(f"image {ref} is not present on host {self.name}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"inspect image {ref}", exc) from exc
+        return dict((attrs.get("Config") or {}).get("Labels") or {})
+
+    def image_config(self, ref: str) -> dict[str, Any]:
+        try:
+            attrs = self.client.api.inspect_image(ref)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"inspect image {ref}", exc) from exc
+        return dict(attrs.get("Config") or {})
+
+    def ensure_image(self, ref: str) -> dict[str, str]:
+        """Make sure ``ref`` is on this host (pull if absent); return its labels."""
+        try:
+            return self.image_labels(ref)
+        except ImageNotFound:
+            pass
+        try:
+            self.client.images.pull(ref)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise ImageNotFound(
+                f"image {ref} is not present on host {self.name} and cannot be pulled: "
+                f"{_explain(exc)}"
+            ) from exc
+        return self.image_labels(ref)
+
+    # --- containers -------------------------------------------------------------------------
+    def list_managed(self) -> list[ContainerInfo]:
+        """Every container (running or not) labelled ``smartcpd.tenant``."""
+        try:
+            containers = self.client.containers.list(
+                all=True, filters={"label": TENANT_LABEL}, ignore_removed=True
+            )
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail("list containers", exc) from exc
+        return [_info(c.attrs) for c in containers]
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        try:
+            return dict(self.client.api.inspect_container(ref))
+        except docker.errors.NotFound as exc:
+            raise ContainerError(f"host {self.name}: no container {ref}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"inspect {ref}", exc) from exc
+
+    def find(self, ref: str) -> ContainerInfo | None:
+        try:
+            return _info(self.client.api.inspect_container(ref))
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"inspect {ref}", exc) from exc
+
+    def stop(self, ref: str, timeout: int = 10) -> None:
+        self._call(f"stop {ref}", self.client.api.stop, ref, timeout=timeout)
+
+    def start(self, ref: str) -> None:
+        self._call(f"start {ref}", self.client.api.start, ref)
+
+    def rename(self, ref: str, new_name: str) -> None:
+        self._call(f"rename {ref} to {new_name}", self.client.api.rename, ref, new_name)
+
+    def remove(self, ref: str, *, force: bool = True) -> None:
+        try:
+            self.client.api.remove_container(ref, force=force, v=False)
+        except docker.errors.NotFound:
+            return
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"remove {ref}", exc) from exc
+
+    def logs(self, ref: str, tail: int = 50) -> str:
+        try:
+            raw = self.client.api.logs(ref, tail=tail, stdout=True, stderr=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"logs {ref}", exc) from exc
+        return bytes(raw).decode("utf-8", "replace")
+
+    def create_like(self, ref: str, *, image: str, name: str, extra_labels: dict[str, str]) -> str:
+        """Create (not start) a copy of container ``ref`` running ``image``; return its id."""
+        attrs = self.inspect(ref)
+        old_image_config = self.image_config(attrs["Image"])
+        body, extra_networks = clone_config(attrs, old_image_config, image, extra_labels)
+        try:
+            created = self.client.api.create_container_from_config(body, name=name)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageNotFound(f"image {image} is not present on host {self.name}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"create {name} from {image}", exc) from exc
+        new_id = str(created["Id"])
+        for net, endpoint in extra_networks.items():
+            self._call(
+                f"connect {name} to {net}",
+                self.client.api.connect_container_to_network,
+                new_id,
+                net,
+                aliases=endpoint.get("Aliases"),
+                links=endpoint.get("Links"),
+            )
+        return new_id
+
+    def run(self, **kwargs: Any) -> str:
+        """Create and start a container from SDK-style keyword arguments (demo, tests)."""
+        try:
+            container = self.client.containers.run(detach=True, **kwargs)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageNotFound(f"host {self.name}: {_explain(exc)}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"run {kwargs.get('name', '')}", exc) from exc
+        return str(container.id)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(what, exc) from exc
+
+
+def clone_config(
+    attrs: dict[str, Any],
+    old_image_config: dict[str, Any],
+    image: str,
+    extra_labels: dict[str, str],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Build an Engine ``/containers/create`` body that reproduces a container on ``image``.
+
+    The container's own settings (env, mounts, ports, networks, restart policy, labels, …)
+    are kept; values it merely inherited from its old image are dropped so that the new
+    image's defaults apply (otherwise e.g. ``ENV VERSION=1`` of the old image would stick).
+    Returns the body and the extra networks to connect after creation.
+    """
+    config = dict(attrs.get("Config") or {})
+    host_config = dict(attrs.get("HostConfig") or {})
+    img_env = set(old_image_config.get("Env") or [])
+    img_labels = old_image_config.get("Labels") or {}
+    body: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in ("Image", "Env", "Labels", "Hostname", "ExposedPorts", "Volumes"):
+            continue
+        if key in _IMAGE_DEFAULTED and value == old_image_config.get(key):
+            continue
+        body[key] = value
+    body["Image"] = image
+    body["Env"] = [e for e in (config.get("Env") or []) if e not in img_env]
+    labels = {k: v for k, v in (config.get("Labels") or {}).items() if img_labels.get(k) != v}
+    labels.update(extra_labels)
+    body["Labels"] = labels
+    hostname = config.get("Hostname")
+    if hostname and not str(attrs.get("Id", "")).startswith(hostname):
+        body["Hostname"] = hostname
+    img_ports = old_image_config.get("ExposedPorts") or {}
+    ports: dict[str, dict[str, Any]] = {
+        p: {} for p in (config.get("ExposedPorts") or {}) if p not in img_ports
+    }
+    ports.update({p: {} for p in (host_config.get("PortBindings") or {})})
+    if ports:
+        body["ExposedPorts"] = ports
+    # Anonymous volumes are kept by mounting the same volume into the new container.
+    bound = {m.get("Target") for m in host_config.get("Mounts") or []}
+    bound |= {b.split(":")[1] for b in host_config.get("Binds") or [] if ":" in b}
+    anon = [
+        {"Type": "volume", "Source": m["Name"], "Target": m["Destination"]}
+        for m in attrs.get("Mounts") or []
+        if m.get("Type") == "volume" and m.get("Destination") not in bound and m.get("Name")
+    ]
+    if anon:
+        host_config["Mounts"] = list(host_config.get("Mounts") or []) + anon
+    body["HostConfig"] = host_config
+    networks = dict((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+    mode = host_config.get("NetworkMode") or "default"
+    short_id = str(attrs.get("Id", ""))[:12]
+    endpoints: dict[str, dict[str, Any]] = {}
+    for net, ep in networks.items():
+        aliases = [a for a in (ep.get("Aliases") or []) if a != short_id] or None
+        endpoints[net] = {
+            k: v
+            for k, v in {
+                "Aliases": aliases,
+                "Links": ep.get("Links"),
+                "IPAMConfig": ep.get("IPAMConfig"),
+                "DriverOpts": ep.get("DriverOpts"),
+            }.items()
+            if v
+        }
+    primary = mode if mode in endpoints else None
+    if primary is None and mode == "default" and "bridge" in endpoints:
+        primary = "bridge"
+    if primary is not None and not mode.startswith(("container:", "host", "none")):
+        body["NetworkingConfig"] = {"EndpointsConfig": {primary: endpoints.pop(primary)}}
+    elif mode.startswith(("container:", "host", "none")):
+        endpoints = {}
+    return body, endpoints
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return str(exc)

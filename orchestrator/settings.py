@@ -1,0 +1,35 @@
+"""Settings (pydantic-settings, prefix ``CPDOPS_``); built by the caller, never at import."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process-wide configuration, read from the environment (``CPDOPS_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CPDOPS_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./cpdops.db",
+        description="SQLAlchemy URL: a SQLite file by default, or postgresql+psycopg2://…",
+    )
+    bind_host: str = "127.0.0.1"
+    bind_port: int = 8077
+    local_docker_url: str = Field(
+        default="unix:///var/run/docker.sock",
+        description="the engine used by `cpdops demo` and as host 'local' when no fleet is applied",
+    )
+    system_id: str = Field(default="01", pattern=r"^\d{2}$", description="ticket number system id")
+    monitor_interval_s: float = 10.0
+    monitor_timeout_s: float = 5.0
+    monitor_failure_threshold: int = 3
+    monitor_recovery_threshold: int = 1
+    discovery_interval_s: float = 30.0
+    gate_passes: int = Field(default=3, description="health passes required by a rollout gate")
+    gate_deadline_s: float = Field(default=60.0, description="time allowed for the gate to pass")
+    gate_interval_s: float = 0.5
+    stop_timeout_s: int = 10
+    run_monitors: bool = True
+    run_scheduler: bool = True

@@ -1,0 +1,100 @@
+"""Health gates: N healthy answers within a deadline; a failed gate is a value."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(frozen=True)
+class GateResult:
+    ok: bool
+    passes: int
+    attempts: int
+    reason: str
+    status_code: int | None = None
+    body_excerpt: str = ""
+    version: str | None = None
+
+
+def judge_health(
+    status: int, body: str, expect_version: str | None
+) -> tuple[bool, str, str | None]:
+    """Pure: is one health answer a pass? Returns (ok, reason, reported version)."""
+    version: str | None = None
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and data.get("version") is not None:
+            version = str(data["version"])
+    except ValueError:
+        pass
+    if status != 200:
+        return False, f"HTTP {status}", version
+    if expect_version is not None and version != expect_version:
+        return False, f"reports version {version!r}, expected {expect_version!r}", version
+    return True, "healthy", version
+
+
+def http_gate(
+    url: str,
+    *,
+    expect_version: str | None,
+    passes: int,
+    deadline_s: float,
+    interval_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> GateResult:
+    """Poll ``url`` until ``passes`` consecutive passes, or the deadline, or a fatal signal."""
+    end = clock() + deadline_s
+    consecutive = attempts = 0
+    last = GateResult(False, 0, 0, "no answer yet")
+    with httpx.Client(timeout=min(5.0, max(interval_s * 4, 1.0))) as client:
+        while True:
+            attempts += 1
+            try:
+                resp = client.get(url)
+                ok, reason, version = judge_health(resp.status_code, resp.text, expect_version)
+                last = GateResult(
+                    ok, consecutive, attempts, reason, resp.status_code, resp.text[:512], version
+                )
+            except httpx.HTTPError as exc:
+                ok = False
+                last = GateResult(False, consecutive, attempts, f"{type(exc).__name__}: {exc}")
+            consecutive = consecutive + 1 if ok else 0
+            if consecutive >= passes:
+                return GateResult(
+                    True,
+                    consecutive,
+                    attempts,
+                    "healthy",
+                    last.status_code,
+                    last.body_excerpt,
+                    last.version,
+                )
+            if should_stop():
+                return GateResult(
+                    False,
+                    consecutive,
+                    attempts,
+                    f"stopped: {last.reason}",
+                    last.status_code,
+                    last.body_excerpt,
+                    last.version,
+                )
+            if clock() + interval_s > end:
+                return GateResult(
+                    False,
+                    consecutive,
+                    attempts,
+                    f"not healthy within {deadline_s:g}s: {last.reason}",
+                    last.status_code,
+                    last.body_excerpt,
+                    last.version,
+                )
+            sleep(interval_s)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job on a fresh Debian machine: installs what it needs, starts dockerd, brings up a
+# demo fleet of 3 stand-in SmartCPD tenants and runs `cpdops serve` on the embedded SQLite
+# default (http://127.0.0.1:8077, API docs at /docs).  Ctrl-C stops it; `cpdops demo down`
+# removes the demo containers.
+set -euo pipefail
+source "$(dirname "$0")/setup.sh"
+setup_venv
+start_dockerd
+cd "$ROOT"
+"$VENV/bin/cpdops" demo up --tenants "${CPDOPS_DEMO_TENANTS:-3}"
+exec "$VENV/bin/cpdops" serve "$@"

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Shared set-up for a fresh Debian machine: system packages (when root), services, venv.
+# Sourced by scripts/serve.sh and scripts/test.sh.  Idempotent.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CPDOPS_VENV:-$ROOT/.venv}"
+STATE_DIR="${CPDOPS_STATE_DIR:-/tmp/cpdops-services}"
+mkdir -p "$STATE_DIR"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+apt_install() {
+  # apt_install PKG... — installs the missing ones (root only).
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    say "missing Debian packages (run as root to install): ${missing[*]}"; return 1
+  fi
+  say "installing ${missing[*]}"
+  if [ ! -f "$STATE_DIR/apt-updated" ]; then
+    apt-get update -qq && touch "$STATE_DIR/apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+setup_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating venv $VENV"
+    python3 -m venv "$VENV"
+  fi
+  local stamp="$VENV/.cpdops-installed"
+  if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    say "installing Python packages"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]"
+    touch "$stamp"
+  fi
+}
+
+start_dockerd() {
+  # The local engine at /var/run/docker.sock; started here if it does not answer.
+  apt_install docker.io iproute2 debootstrap
+  if docker info >/dev/null 2>&1; then return 0; fi
+  say "starting dockerd"
+  (dockerd >"$STATE_DIR/dockerd.log" 2>&1 & echo $! >"$STATE_DIR/dockerd.pid")
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && { echo started >"$STATE_DIR/dockerd.ours"; return 0; }
+    sleep 1
+  done
+  say "dockerd did not start; its log:"; tail -20 "$STATE_DIR/dockerd.log" >&2; return 1
+}
+
+stop_dockerd_if_ours() {
+  if [ -f "$STATE_DIR/dockerd.ours" ]; then
+    local pid; pid="$(cat "$STATE_DIR/dockerd.pid" 2>/dev/null || true)"
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    rm -f "$STATE_DIR/dockerd.ours"
+  fi
+}
+
+start_postgres() {
+  # A PostgreSQL cluster on 127.0.0.1:5432 with role/database cpdops (password cpdops).
+  apt_install postgresql
+  local ver; ver="$(ls /etc/postgresql | sort -n | tail -1)"
+  if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
+    say "starting PostgreSQL $ver"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+    echo "$ver" >"$STATE_DIR/postgres.ours"
+  fi
+  su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='cpdops'\"" | grep -q 1 \
+    || su postgres -c "psql -qc \"CREATE ROLE cpdops LOGIN CREATEDB PASSWORD 'cpdops'\""
+  su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='cpdops'\"" | grep -q 1 \
+    || su postgres -c "createdb -O cpdops cpdops"
+  export CPDOPS_TEST_PG_URL="postgresql+psycopg2://cpdops:cpdops@127.0.0.1:5432/cpdops"
+}
+
+stop_postgres_if_ours() {
+  if [ -f "$STATE_DIR/postgres.ours" ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(cat "$STATE_DIR/postgres.ours")" main stop || true
+    rm -f "$STATE_DIR/postgres.ours"
+  fi
+}

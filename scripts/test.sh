@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian machine: installs what it needs (venv; as root
+# also docker.io, debootstrap, postgresql), starts dockerd and PostgreSQL, runs pytest, then
+# ruff and mypy.  Extra arguments go to pytest.  Stops the services it started.
+set -euo pipefail
+source "$(dirname "$0")/setup.sh"
+
+cleanup() { stop_dockerd_if_ours; stop_postgres_if_ours; }
+trap cleanup EXIT
+
+setup_venv
+start_dockerd
+start_postgres
+export CPDOPS_REQUIRE_DOCKER=1 CPDOPS_REQUIRE_POSTGRES=1
+cd "$ROOT"
+
+set +e
+"$VENV/bin/pytest" -q -ra --junitxml=test-artifacts/junit.xml "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi
+[ $rc -ne 0 ] && exit $rc
+
+"$VENV/bin/ruff" check orchestrator monitors rollouts tests
+"$VENV/bin/ruff" format --check orchestrator monitors rollouts tests
+"$VENV/bin/mypy"
+echo "all tests and checks passed"

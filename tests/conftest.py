@@ -1,0 +1,44 @@
+"""Shared fixtures: a store on SQLite and on a real PostgreSQL (CPDOPS_TEST_PG_URL)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+PG_ENV = "CPDOPS_TEST_PG_URL"
+
+
+def _pg_admin_url() -> str | None:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        if os.environ.get("CPDOPS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{PG_ENV} is not set but CPDOPS_REQUIRE_POSTGRES=1")
+        return None
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cpdops.db'}"
+        return
+    admin = _pg_admin_url()
+    if admin is None:
+        pytest.skip(f"PostgreSQL not configured ({PG_ENV})")
+    name = f"cpdops_t_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
