@@ -44,8 +44,8 @@ class StateChange:
     hold (maintenance, rollout suppression) was put on or lifted; ``reason`` says which."""
 
     spec: MonitorSpec
-    old_status: MonitorStatus
-    new_status: MonitorStatus
+    old: MonitorStatus
+    new: MonitorStatus
     result: ProbeResult | None
     reason: str
     at: datetime
@@ -331,7 +331,8 @@ class MonitorEngine:
         if hold is not None:
             reason = f"{hold.value}: {self._holds[mon.spec.id][hold]}"
         else:
-            reason = f"{old.hold.value if old.hold else 'hold'} ended: verifying again"
+            ended = "suppression" if old.hold is Hold.SUPPRESSED else "maintenance"
+            reason = f"{ended} ended: verifying again"
         now = datetime.now(UTC)
         mon.last_change_at = now
         return StateChange(mon.spec, old.status, mon.state.status, None, reason, now)
@@ -429,7 +430,8 @@ class MonitorEngine:
                 return
             now = datetime.now(UTC)
             mon.last_change_at = now
-        self._notify(StateChange(spec, old.status, mon.state.status, result, result.reason, now))
+            change = StateChange(spec, old.status, mon.state.status, result, result.reason, now)
+        self._notify(change)
 
     def _notify(self, change: StateChange) -> None:
         loop = self._loop
@@ -439,8 +441,8 @@ class MonitorEngine:
             change.spec.id,
             change.spec.tenant,
             change.spec.host,
-            change.old_status.name,
-            change.new_status.name,
+            change.old.name,
+            change.new.name,
             change.reason,
             extra={"monitor": change.spec.id, "tenant": change.spec.tenant},
         )
@@ -456,8 +458,8 @@ class MonitorEngine:
                 "on_change failed monitor=%s tenant=%s old=%s new=%s",
                 change.spec.id,
                 change.spec.tenant,
-                change.old_status.name,
-                change.new_status.name,
+                change.old.name,
+                change.new.name,
                 extra={"monitor": change.spec.id, "tenant": change.spec.tenant},
             )
 

@@ -417,7 +417,7 @@ def incidents_show(number: str, as_json: bool) -> None:
     try:
         with ctx.factory() as s:
             i = get_by_number(s, number)
-            data = {
+            data: dict[str, Any] = {
                 "number": i.number,
                 "type": i.type,
                 "status": i.status,

@@ -18,6 +18,7 @@ from orchestrator.db.models import ConfigItem
 from orchestrator.db.session import make_engine, make_session_factory
 from orchestrator.errors import DockerError
 from orchestrator.fleet.discovery import Instance, discover
+from orchestrator.fleet.fleetfile import parse_duration
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.incidents.engine import IncidentEngine
 from orchestrator.metrics import StoreCollector, make_registry
@@ -88,7 +89,11 @@ def monitor_defaults(ctx: AppContext) -> dict[str, Any]:
     with ctx.factory() as session:
         item = session.scalars(select(ConfigItem).where(ConfigItem.key == "monitors")).first()
         if item is not None:
-            values.update({k: v for k, v in item.value.items() if k in values})
+            # fleet file keys (interval, timeout, …) → MonitorSpec fields (interval_s, …)
+            for key, value in item.value.items():
+                field = f"{key}_s" if f"{key}_s" in values else key
+                if field in values:
+                    values[field] = parse_duration(value) if isinstance(value, str) else value
     return values
 
 

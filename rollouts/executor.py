@@ -14,7 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import AuditEntry, Rollout, RolloutInstance, Tenant
 from orchestrator.db.session import session_scope
-from orchestrator.errors import ConflictError, DockerError, ImageNotFound, InputError
+from orchestrator.errors import (
+    ConflictError,
+    DockerError,
+    HostUnreachable,
+    ImageNotFound,
+    InputError,
+)
 from orchestrator.fleet.discovery import KEPT_MARKER, discover
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import (
@@ -77,12 +83,17 @@ class RolloutExecutor:
             unknown = sorted(set(request.hosts) - {h.name for h in hosts})
             if unknown:
                 raise InputError(f"unknown host(s): {', '.join(unknown)}")
+        if request.hosts:
+            hosts = [h for h in hosts if h.name in request.hosts]
         found = discover(hosts)
+        if found.errors:
+            # Planning on a partial view could miss instances: refuse, naming the hosts.
+            raise HostUnreachable(
+                "cannot plan: host(s) not answering: "
+                + "; ".join(f"{name}: {err}" for name, err in sorted(found.errors.items()))
+            )
         with self._factory() as s:
             rings = {t.slug: t.ring for t in s.scalars(select(Tenant))}
-        if found.errors:
-            for name, err in found.errors.items():
-                log.warning("host unreachable during planning host=%s error=%s", name, err)
         plan = select_instances(request, found.instances, rings)
         target_version = self._check_image(request.image, {p.host for p in plan}, hosts)
         with self._lock, session_scope(self._factory) as s:

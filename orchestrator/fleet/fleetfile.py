@@ -25,6 +25,7 @@ import types
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias, Union, get_args, get_origin
@@ -123,6 +124,8 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     """The inverse of :func:`parse_duration`: ``5400.0`` → ``"1h30m"``, ``0`` → ``"0s"``."""
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {seconds}")
     whole = int(seconds)
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
@@ -281,6 +284,8 @@ def _check_docker_url(url: str) -> str:
             f"unsupported scheme '{scheme}://': expected unix://, tcp:// or ssh://{hint}"
         )
     parts = urlsplit(url)
+    if parts.password is not None:  # checked first: no message below may echo it
+        raise ValueError("do not put a password in a host URL; use an SSH key or TLS")
     try:
         port = parts.port
     except ValueError:
@@ -293,14 +298,12 @@ def _check_docker_url(url: str) -> str:
         return url
     if not parts.hostname:
         raise ValueError(f"{url!r} has no host name")
-    if parts.password is not None:
-        raise ValueError("do not put a password in a host URL; use an SSH key or TLS")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"{url!r}: a {scheme}:// URL has no path, query or fragment")
     if scheme == "tcp":
         if parts.username is not None:
             raise ValueError("a tcp:// URL has no user; use tls for authentication")
-        if port is None:
+        if not port:
             raise ValueError(f"a tcp:// URL needs a port, e.g. tcp://{parts.hostname}:2376")
     return url
 
@@ -408,7 +411,8 @@ Labels = Annotated[dict[str, str], _none_as(dict)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a ValidationError printed in a log must not show a secret
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class TlsConfig(_Spec):
@@ -660,6 +664,8 @@ def _cross_check(data: Any, lines: Mapping[Loc, int]) -> list[tuple[Loc, str]]:
             else:
                 seen[value] = index
     hosts = {item["name"] for _, item in items("hosts") if isinstance(item.get("name"), str)}
+    if not isinstance(data.get("hosts", []), list | None):
+        return problems  # the hosts section itself is wrong: reported by validation
     for index, tenant in items("tenants"):
         host = tenant.get("host")
         if isinstance(host, str) and host not in hosts:
@@ -726,7 +732,7 @@ class _YamlReader:
         except yaml.constructor.ConstructorError:
             self._problem(loc, node, f"unsupported YAML tag {node.tag!r}")
         except ValueError as exc:  # e.g. a date such as 2024-13-45
-            self._problem(loc, node, f"cannot read {node.value!r}: {exc}")
+            self._problem(loc, node, f"cannot read this value ({exc}); quote it")
         return None
 
     def _sequence(self, node: SequenceNode, loc: Loc) -> list[Any]:
@@ -788,7 +794,7 @@ def _yaml_type(value: Any) -> str:
     if value is None:
         return "nothing (null)"
     names: list[tuple[Any, str]] = [(bool, "a boolean"), (int | float, "a number")]
-    names += [(str, "a string"), (dict, "a mapping"), (list, "a list")]
+    names += [(str, "a string"), (dict, "a mapping"), (list, "a list"), (date, "a date")]
     return next((name for kind, name in names if isinstance(value, kind)), "another value")
 
 
@@ -854,11 +860,14 @@ def _describe(error: ErrorDetails) -> tuple[Loc, str]:
         return path, f"invalid value {value!r}; expected {ctx['expected']}"
     if kind in ("string_type", "dict_type", "list_type", "model_type", "model_attributes_type"):
         wanted = {"string_type": "a string", "list_type": "a list"}.get(kind, "a mapping")
-        quote = " (quote it)" if wanted == "a string" and isinstance(value, int | float) else ""
+        scalar = isinstance(value, int | float | date)
+        quote = " (quote it)" if wanted == "a string" and scalar else ""
         return path, f"expected {wanted}, got {_yaml_type(value)}{quote}"
     message = error["msg"].replace("Input should be", "must be")
     if isinstance(value, int | float) and kind.startswith(("greater", "less")):
         message += f" (got {value!r})"
+    elif kind.endswith(("_type", "_parsing")):
+        message += f" (got {_yaml_type(value)})"
     return path, message
 
 
@@ -898,7 +907,8 @@ def parse_fleet_text(text: str, *, path: str = "<string>") -> FleetFile:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         detail = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
-        message = f"YAML syntax error: {detail}"
+        column = f" (column {mark.column + 1})" if mark else ""
+        message = f"YAML syntax error: {detail}{column}"
         raise FleetFileError(message, path=path, line=line, errors=[("", line, message)]) from None
     except yaml.YAMLError as exc:  # ReaderError: a control character in the text
         position = getattr(exc, "position", 0)

@@ -118,7 +118,7 @@ class Recorder:
             return [c for c in self._changes if c.spec.id == monitor_id]
 
     def transitions(self, monitor_id: str) -> list[tuple[MonitorStatus, MonitorStatus]]:
-        return [(c.old_status, c.new_status) for c in self.changes(monitor_id)]
+        return [(c.old, c.new) for c in self.changes(monitor_id)]
 
 
 @pytest.fixture
@@ -205,7 +205,7 @@ def test_up_then_one_down_then_up(
 
     server.status = 200
     wait_until("UP again", lambda: recorder.transitions("web")[-1] == (DOWN, UP))
-    assert [c.new_status for c in recorder.changes("web")].count(DOWN) == 1
+    assert [c.new for c in recorder.changes("web")].count(DOWN) == 1
     latest = view(engine, "web")
     assert latest.status is UP and latest.last_change_at is not None
 
@@ -361,9 +361,14 @@ def test_set_monitors_adds_updates_and_removes(
     engine.set_monitors([spec("a", server.url), spec("b", server.url)])
     wait_until("both UP", lambda: all(v.status is UP for v in engine.snapshot()))
 
-    engine.set_monitors([spec("a", dead_url)])
+    checks = view(engine, "a").probe_count
+    engine.set_monitors([spec("a", f"{server.url}?v=2", interval_s=0.3)])
     assert [v.spec.id for v in engine.snapshot()] == ["a"]
-    assert view(engine, "a").status is UP  # state survives a reconfiguration
+    updated = view(engine, "a")
+    assert updated.spec.interval_s == 0.3
+    assert updated.status is UP and updated.probe_count >= checks  # state survives an update
+
+    engine.set_monitors([spec("a", dead_url)])
     wait_until(
         "the new target is checked", lambda: last_reason(engine, "a") == "connection refused"
     )
@@ -384,7 +389,7 @@ def test_on_change_errors_are_logged_and_the_engine_goes_on(
     seen: list[MonitorStatus] = []
 
     def on_change(change: StateChange) -> None:
-        seen.append(change.new_status)
+        seen.append(change.new)
         raise RuntimeError("database is down")
 
     caplog.set_level(logging.ERROR, logger="monitors.engine")

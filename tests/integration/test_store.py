@@ -132,7 +132,7 @@ def test_apply_is_idempotent_and_bad_file_changes_nothing(store, tmp_path: Path)
         second = apply_fleet(s, fleet)
     assert second.created == [] and second.updated == []
     assert len(second.unchanged) == 5
-    with pytest.raises(FleetFileError, match="line"):
+    with pytest.raises(FleetFileError, match=r":9: tenants\[0\].ring: invalid value .gold."):
         parse_fleet_text(FLEET.replace("ring: canary", "ring: gold"))
     changed = parse_fleet_text(FLEET.replace("name: Globex", "name: Globex Corp"))
     with session_scope(store) as s:
