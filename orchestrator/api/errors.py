@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from orchestrator.errors import (
@@ -34,4 +36,13 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, CpdopsError)
         return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
 
+    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+        # Like FastAPI's own 422, but without echoing the rejected input (it may be a secret).
+        assert isinstance(exc, RequestValidationError)
+        detail = [
+            {k: v for k, v in err.items() if k in ("type", "loc", "msg")} for err in exc.errors()
+        ]
+        return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+
     app.add_exception_handler(CpdopsError, handle)
+    app.add_exception_handler(RequestValidationError, invalid)

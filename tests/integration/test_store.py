@@ -57,8 +57,14 @@ def test_ticket_numbers_unique_under_concurrency(store) -> None:  # type: ignore
         for k in range(10):
             with session_scope(store) as s:
                 inc, created = open_or_join(
-                    s, system_id="01", open_key=f"w{n}-{k}", type="incident",
-                    subject="s", description="d", author="test", source="test",
+                    s,
+                    system_id="01",
+                    open_key=f"w{n}-{k}",
+                    type="incident",
+                    subject="s",
+                    description="d",
+                    author="test",
+                    source="test",
                 )
                 assert created
                 with lock:
@@ -85,8 +91,14 @@ def test_open_or_join_is_exactly_once_under_concurrency(store) -> None:  # type:
         try:
             with session_scope(store) as s:
                 open_or_join(
-                    s, system_id="01", open_key="tenant:acme", type="incident",
-                    subject="acme DOWN", description="d", author="monitor", source="monitor",
+                    s,
+                    system_id="01",
+                    open_key="tenant:acme",
+                    type="incident",
+                    subject="acme DOWN",
+                    description="d",
+                    author="monitor",
+                    source="monitor",
                     tenant="acme",
                 )
         except BaseException as exc:  # pragma: no cover - reported below
@@ -107,8 +119,14 @@ def test_open_or_join_is_exactly_once_under_concurrency(store) -> None:  # type:
 def test_status_rules(store) -> None:  # type: ignore[no-untyped-def]
     with session_scope(store) as s:
         inc, _ = open_or_join(
-            s, system_id="01", open_key="k", type="incident", subject="s", description="d",
-            author="a", source="test",
+            s,
+            system_id="01",
+            open_key="k",
+            type="incident",
+            subject="s",
+            description="d",
+            author="a",
+            source="test",
         )
         number = inc.number
     with session_scope(store) as s:
@@ -126,7 +144,11 @@ def test_apply_is_idempotent_and_bad_file_changes_nothing(store, tmp_path: Path)
     with session_scope(store) as s:
         first = apply_fleet(s, fleet)
     assert sorted(first.created) == [
-        "config/incidents", "config/monitors", "host/host-a", "tenant/acme", "tenant/globex"
+        "config/incidents",
+        "config/monitors",
+        "host/host-a",
+        "tenant/acme",
+        "tenant/globex",
     ]
     with session_scope(store) as s:
         second = apply_fleet(s, fleet)

@@ -8,9 +8,18 @@ from rollouts.spec import RolloutRequest
 
 def inst(tenant: str, host: str = "h1") -> Instance:
     return Instance(
-        tenant=tenant, component="app", host=host, container_id=f"id-{tenant}-{host}",
-        name=f"smartcpd-{tenant}", image="smartcpd-fake:1", version="1", status="running",
-        health=None, health_url=None, sip_uri=None, rollout=None,
+        tenant=tenant,
+        component="app",
+        host=host,
+        container_id=f"id-{tenant}-{host}",
+        name=f"smartcpd-{tenant}",
+        image="smartcpd-fake:1",
+        version="1",
+        status="running",
+        health=None,
+        health_url=None,
+        sip_uri=None,
+        rollout=None,
     )
 
 
@@ -57,8 +66,14 @@ def test_registered_tenant_without_instance() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"image": ""}, {"image": "UPPER:1"}, {"image": "x:1", "rings": ["gold"]},
-            {"image": "x:1", "tenants": []}, {"image": "x:1", "surprise": 1}],
+    "bad",
+    [
+        {"image": ""},
+        {"image": "UPPER:1"},
+        {"image": "x:1", "rings": ["gold"]},
+        {"image": "x:1", "tenants": []},
+        {"image": "x:1", "surprise": 1},
+    ],
 )
 def test_request_validation(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):

@@ -1,0 +1,103 @@
+"""Helpers for integration tests: a cpdops context over test daemons, stand-in tenants."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from orchestrator.context import AppContext, build_context
+from orchestrator.db.session import session_scope
+from orchestrator.demo.fleet import DemoTenant, start_tenant
+from orchestrator.fleet.apply import apply_fleet
+from orchestrator.fleet.fleetfile import parse_fleet_text
+from orchestrator.fleet.runtime import DockerHost
+from orchestrator.settings import Settings
+
+TEST_LABEL = "cpdops.test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Placed:
+    tenant: DemoTenant
+    host: str
+
+
+def fleet_yaml(hosts: Sequence[Any], tenants: Sequence[Placed]) -> str:
+    lines = ["version: 1", "hosts:"]
+    for h in hosts:
+        lines += [f"  - name: {h.name}", f"    url: {h.url}"]
+    lines.append("tenants:")
+    for i, p in enumerate(tenants):
+        ring = "canary" if i == 0 else "general"
+        lines += [
+            f"  - slug: {p.tenant.slug}",
+            f"    name: {p.tenant.slug.title()}",
+            f"    ring: {ring}",
+            f"    host: {p.host}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def make_context(tmp_path: Path, db_url: str | None = None, **overrides: Any) -> AppContext:
+    settings = Settings(
+        database_url=db_url or f"sqlite:///{tmp_path / 'cpdops.db'}",
+        stop_timeout_s=5,
+        **overrides,
+    )
+    return build_context(settings)
+
+
+def place_tenants(
+    ctx: AppContext, hosts: Sequence[Any], names: Sequence[tuple[str, int]], image: str
+) -> list[Placed]:
+    """Start stand-in tenants: ``names`` are (slug, index of the daemon in ``hosts``)."""
+    placed = []
+    for slug, idx in names:
+        handle = hosts[idx]
+        tenant = DemoTenant(slug, f"smartcpd-{slug}", free_port(), "general")
+        start_tenant(
+            DockerHost(handle.name, handle.url), tenant, image, extra_labels={TEST_LABEL: "1"}
+        )
+        placed.append(Placed(tenant, handle.name))
+    with session_scope(ctx.factory) as s:
+        apply_fleet(s, parse_fleet_text(fleet_yaml(hosts, placed)))
+    return placed
+
+
+def wait_health(url: str, *, version: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll ``url`` until it answers 200 (and the version, if given); bounded."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=2)
+            last = (r.status_code, r.text)
+            if r.status_code == 200 and (version is None or r.json().get("version") == version):
+                data: dict[str, Any] = r.json()
+                return data
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not healthy (version {version}) within {timeout}s: {last!r}")
+
+
+def wait_for(predicate: Any, *, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

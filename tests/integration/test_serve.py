@@ -1,0 +1,121 @@
+"""End to end: `cpdops serve` discovers, monitors, opens incidents and runs API rollouts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.settings import Settings
+from tests.integration.dockerd import remove_test_containers
+from tests.integration.fleet import make_context, place_tenants, wait_for, wait_health
+from tests.integration.server import running_server
+
+pytestmark = pytest.mark.docker
+
+INTERVAL = 0.5
+THRESHOLD = 2
+
+
+def test_serve_monitors_incident_and_api_rollout(
+    tmp_path: Path, docker_hosts: list[Any], standin_images: dict[str, str]
+) -> None:
+    hosts = docker_hosts[:2]
+    db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
+    ctx = make_context(tmp_path, db_url)
+    try:
+        placed = place_tenants(
+            ctx, hosts, [("acme", 0), ("globex", 1), ("initech", 1)], standin_images["1"]
+        )
+        ctx.close()
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        settings = Settings(
+            database_url=db_url,
+            monitor_interval_s=INTERVAL,
+            monitor_timeout_s=INTERVAL,
+            monitor_failure_threshold=THRESHOLD,
+            discovery_interval_s=1.0,
+            gate_passes=2,
+        )
+        with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+            assert api.get("/healthz").json()["status"] == "ok"
+            found = api.get("/api/v1/instances").json()
+            assert found["errors"] == {}
+            assert sorted((i["tenant"], i["host"], i["version"]) for i in found["instances"]) == [
+                ("acme", hosts[0].name, "1"),
+                ("globex", hosts[1].name, "1"),
+                ("initech", hosts[1].name, "1"),
+            ]
+
+            def all_up() -> bool:
+                mons = api.get("/api/v1/monitors").json()
+                return len(mons) == 3 and all(m["status"] == "up" for m in mons)
+
+            wait_for(all_up, timeout=30, what="3 monitors UP")
+
+            # Stop one tenant: DOWN within the threshold, exactly one incident.
+            hosts[1].client.containers.get("smartcpd-globex").stop(timeout=2)
+            stopped_at = time.monotonic()
+
+            def globex_incidents() -> list[dict[str, Any]]:
+                items: list[dict[str, Any]] = api.get(
+                    "/api/v1/incidents", params={"tenant": "globex"}
+                ).json()
+                return items
+
+            wait_for(globex_incidents, timeout=15, what="an incident for globex")
+            detection = time.monotonic() - stopped_at
+            metrics = api.get("/metrics").text
+            assert any(
+                line.startswith("monitor_status{")
+                and 'tenant="globex"' in line
+                and line.endswith(" 0.0")
+                for line in metrics.splitlines()
+            ), metrics
+            # more probe intervals: still one ticket, not one per probe
+            time.sleep(INTERVAL * (THRESHOLD + 4))
+            tickets = globex_incidents()
+            assert len(tickets) == 1, tickets
+            assert tickets[0]["type"] == "incident"
+            assert tickets[0]["status"] == "new"
+            assert len(api.get("/api/v1/incidents").json()) == 1
+            detail = api.get(f"/api/v1/incidents/{tickets[0]['number']}").json()
+            assert any(e["kind"] == "evidence" for e in detail["events"])
+            assert detection < 15
+
+            # A rollout through the API; the stopped tenant is not selected.
+            resp = api.post(
+                "/api/v1/rollouts",
+                json={
+                    "image": standin_images["2"],
+                    "tenants": ["acme", "initech"],
+                    "gate": {"passes": 2, "deadline_s": 20, "interval_s": 0.25},
+                },
+            )
+            assert resp.status_code == 202, resp.text
+            rollout_id = resp.json()["id"]
+
+            def finished() -> dict[str, Any] | None:
+                data: dict[str, Any] = api.get(f"/api/v1/rollouts/{rollout_id}").json()
+                return data if data["status"] in ("succeeded", "failed") else None
+
+            data = wait_for(finished, timeout=60, what="the API rollout to finish")
+            assert data["status"] == "succeeded", data
+            assert [i["state"] for i in data["instances"]] == ["updated", "updated"]
+            assert all(i["steps"] for i in data["instances"])
+            wait_health(placed[0].tenant.health_url, version="2")
+            # bad input through the API: clear 4xx, nothing stored
+            bad = api.post("/api/v1/rollouts", json={"image": "smartcpd-fake:nope"})
+            assert bad.status_code == 400 and "not present" in bad.json()["detail"]
+            bad = api.post("/api/v1/rollouts", json={"image": standin_images["2"], "x": 1})
+            assert bad.status_code == 422
+            assert len(api.get("/api/v1/rollouts").json()) == 1
+            # no rollout incident: the rollout succeeded, and the DOWN was not during it
+            assert len(api.get("/api/v1/incidents").json()) == 1
+    finally:
+        for h in hosts:
+            remove_test_containers(h.client)
