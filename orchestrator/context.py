@@ -75,6 +75,18 @@ def start_monitors(ctx: AppContext) -> MonitorEngine:
     ctx.registry.register(MonitorCollector(engine))
     engine.start()
     ctx.monitors = engine
+
+    def hold(tenant: str, host: str, active: bool) -> None:
+        # The instance's monitors are suppressed while a rollout replaces it, then re-verified.
+        ids = [
+            v.spec.id for v in engine.snapshot() if v.spec.tenant == tenant and v.spec.host == host
+        ]
+        if active:
+            engine.suppress(ids, f"instance under rollout ({tenant}@{host})")
+        else:
+            engine.unsuppress(ids)
+
+    ctx.executor.on_instance = hold
     return engine
 
 

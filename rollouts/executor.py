@@ -62,6 +62,7 @@ class RolloutExecutor:
         stop_timeout_s: int = 10,
         on_failure: Callable[[RolloutFailure], None] | None = None,
         on_progress: Callable[[int], None] | None = None,
+        on_instance: Callable[[str, str, bool], None] | None = None,
     ) -> None:
         self._factory = factory
         self._hosts = hosts
@@ -69,6 +70,9 @@ class RolloutExecutor:
         self._stop_timeout = stop_timeout_s
         self._on_failure = on_failure
         self.on_progress = on_progress
+        # Called with (tenant, host, True) before an instance is touched and with False after:
+        # ``cpdops serve`` suppresses the instance's monitors meanwhile (the gate judges it).
+        self.on_instance = on_instance
         self._lock = threading.Lock()
 
     # --- create ---------------------------------------------------------------------------
@@ -174,15 +178,27 @@ class RolloutExecutor:
         error: str | None = None
         for instance_id, tenant, host_name, name in items:
             host = self._hosts.get(host_name)
-            ok, reason = self._update_instance(
-                rollout_id, instance_id, host, name, image, target_version, gate, tenant
-            )
+            self._hold(tenant, host_name, True)
+            try:
+                ok, reason = self._update_instance(
+                    rollout_id, instance_id, host, name, image, target_version, gate, tenant
+                )
+            finally:
+                self._hold(tenant, host_name, False)
             self._progress(rollout_id)
             if not ok:
                 status, error = "failed", f"{tenant}@{host_name}: {reason}"
                 break
         self._finish(rollout_id, status, error)
         return status
+
+    def _hold(self, tenant: str, host: str, active: bool) -> None:
+        if self.on_instance is None:
+            return
+        try:
+            self.on_instance(tenant, host, active)
+        except Exception:
+            log.exception("instance hook failed tenant=%s host=%s", tenant, host)
 
     def _progress(self, rollout_id: int) -> None:
         if self.on_progress is not None:

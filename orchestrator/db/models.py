@@ -188,6 +188,8 @@ class MonitorRecord(Base):
     status: Mapped[int] = mapped_column(Integer, default=2)
     reason: Mapped[str] = mapped_column(Text, default="")
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Set when the monitor goes DOWN, cleared when it is UP again (through any path).
+    down_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AuditEntry(Base):

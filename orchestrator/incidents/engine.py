@@ -39,16 +39,22 @@ class IncidentEngine:
     def on_monitor_change(self, change: StateChange) -> None:
         """Record the monitor's state; a DOWN opens (or joins) the tenant's incident."""
         spec, result = change.spec, change.result
-        reason = result.reason if result is not None else ""
+        reason = result.reason if result is not None else change.reason
         with session_scope(self._factory) as s:
             rec = s.get(MonitorRecord, spec.id)
             if rec is None:
                 rec = MonitorRecord(id=spec.id)
                 s.add(rec)
+            # Recovery may come as DOWN → MAINTENANCE → PENDING → UP: remember the DOWN.
+            was_down = rec.down_since is not None
             rec.name, rec.tenant, rec.host = spec.name, spec.tenant, spec.host
             rec.kind, rec.target = spec.kind, spec.target
-            rec.status, rec.reason = int(change.new), reason
-            rec.changed_at = datetime.now(UTC)
+            now = datetime.now(UTC)
+            rec.status, rec.reason, rec.changed_at = int(change.new), reason, now
+            if change.new == MonitorStatus.DOWN and rec.down_since is None:
+                rec.down_since = now
+            elif change.new == MonitorStatus.UP:
+                rec.down_since = None
         if change.new == MonitorStatus.DOWN:
             if self._under_rollout(spec.tenant, spec.host):
                 log.info("DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant)
@@ -86,7 +92,7 @@ class IncidentEngine:
             if created:
                 self.created.labels(type="incident", source="monitor").inc()
             log.info("monitor DOWN monitor=%s tenant=%s incident=%s", spec.id, spec.tenant, number)
-        elif change.new == MonitorStatus.UP and change.old == MonitorStatus.DOWN:
+        elif change.new == MonitorStatus.UP and was_down:
             with session_scope(self._factory) as s:
                 incident_row = s.scalars(
                     select(Incident).where(Incident.open_key == f"tenant:{spec.tenant}")
