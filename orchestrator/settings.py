@@ -31,5 +31,8 @@ class Settings(BaseSettings):
     gate_deadline_s: float = Field(default=60.0, description="time allowed for the gate to pass")
     gate_interval_s: float = 0.5
     stop_timeout_s: int = 10
+    demo_base_port: int = Field(
+        default=18080, description="`cpdops demo up` publishes tenant N on 127.0.0.1:<this+N>"
+    )
     run_monitors: bool = True
     run_scheduler: bool = True

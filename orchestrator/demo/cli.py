@@ -44,10 +44,12 @@ def demo_up(count: int, version: str, as_json: bool) -> None:
 
     ctx = _context()
     try:
-        host = ctx.hosts.hosts()[0]
+        hosts = ctx.hosts.hosts()
+        local = [h for h in hosts if h.url == ctx.settings.local_docker_url]
+        host = (local or hosts)[0]
         host.ping()
         image = build_standin(host.client, version)
-        tenants = demo_tenants(count)
+        tenants = demo_tenants(count, ctx.settings.demo_base_port)
         started = []
         for t in tenants:
             existing = host.find(t.container)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.integration.dockerd import remove_test_containers
-from tests.integration.fleet import make_context, place_tenants, wait_health
+from tests.integration.fleet import free_port, make_context, place_tenants, wait_health
 
 CPDOPS = str(Path(sys.executable).parent / "cpdops")
 
@@ -124,3 +124,31 @@ def test_cli_fleet_and_rollout(
     finally:
         for h in hosts:
             remove_test_containers(h.client)
+
+
+@pytest.mark.docker
+def test_demo_up_and_down(
+    env: dict[str, str], docker_hosts: list[Any], standin_images: dict[str, str]
+) -> None:
+    handle = docker_hosts[-1]
+    env = {
+        **env,
+        "CPDOPS_LOCAL_DOCKER_URL": handle.url,
+        "CPDOPS_DEMO_BASE_PORT": str(free_port() + 100),
+    }
+    try:
+        up = run(env, "demo", "up", "--tenants", "2", "--json")
+        assert up.returncode == 0, up.stderr
+        tenants = json.loads(up.stdout)
+        assert [t["tenant"] for t in tenants] == ["acme", "globex"]
+        for t in tenants:
+            assert wait_health(t["health_url"], version="1")["tenant"] == t["tenant"]
+        listed = json.loads(run(env, "fleet", "ls", "--json").stdout)["instances"]
+        assert sorted(i["tenant"] for i in listed) == ["acme", "globex"]
+        again = run(env, "demo", "up", "--tenants", "2")
+        assert again.returncode == 0 and "(0 started)" in again.stdout, "idempotent"
+        down = run(env, "demo", "down")
+        assert down.returncode == 0 and "removed 2" in down.stdout
+        assert json.loads(run(env, "fleet", "ls", "--json").stdout)["instances"] == []
+    finally:
+        run(env, "demo", "down")
