@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import click
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from orchestrator.context import AppContext, build_context
-from orchestrator.db.models import Incident, Rollout, RolloutInstance
+from orchestrator.db.models import Incident, Rollout
 from orchestrator.errors import CpdopsError, InputError, OperationFailed
 
 log = logging.getLogger(__name__)
@@ -39,14 +40,32 @@ def _context(migrate: bool = True) -> AppContext:
     return build_context(Settings(), migrate=migrate)
 
 
+@contextmanager
+def _opened(migrate: bool = True) -> Iterator[AppContext]:
+    ctx = _context(migrate)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
+
 def _dump(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[str(c if c is not None else "-") for c in r] for r in rows]
+    cells = [[_cell(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)))
+    header = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    click.echo(header.rstrip())
     for r in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
@@ -76,6 +95,8 @@ def main(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # one line per probe request is noise; cpdops logs what matters itself
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 # --- serve / db --------------------------------------------------------------------------------
@@ -110,11 +131,8 @@ def db_upgrade() -> None:
     """Apply the Alembic migrations up to the newest schema."""
     from orchestrator.db.migrate import current_revision
 
-    ctx = _context(migrate=True)
-    try:
+    with _opened(migrate=True) as ctx:
         click.echo(f"schema at revision {current_revision(ctx.engine)}")
-    finally:
-        ctx.close()
 
 
 # --- apply / fleet -----------------------------------------------------------------------------
@@ -129,12 +147,8 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
     from orchestrator.fleet.fleetfile import load_fleet_file
 
     fleet = load_fleet_file(path)
-    ctx = _context()
-    try:
-        with session_scope(ctx.factory) as s:
-            report = apply_fleet(s, fleet, prune=prune)
-    finally:
-        ctx.close()
+    with _opened() as ctx, session_scope(ctx.factory) as s:
+        report = apply_fleet(s, fleet, prune=prune)
     if as_json:
         _dump(report.as_dict())
         return
@@ -158,11 +172,8 @@ def fleet_ls(as_json: bool) -> None:
     """List SmartCPD instances found by label on every host."""
     from orchestrator.fleet.discovery import discover
 
-    ctx = _context()
-    try:
+    with _opened() as ctx:
         found = discover(ctx.hosts.hosts())
-    finally:
-        ctx.close()
     if as_json:
         _dump(
             {
@@ -193,43 +204,11 @@ def rollout() -> None:
 
 
 def _rollout_dict(ctx: AppContext, rollout_id: int) -> dict[str, Any]:
+    """The rollout as the API shows it (``GET /api/v1/rollouts/{id}``)."""
+    from orchestrator.api.routes.rollouts import rollout_detail
+
     with ctx.factory() as s:
-        r = s.scalars(
-            select(Rollout)
-            .where(Rollout.id == rollout_id)
-            .options(selectinload(Rollout.instances).selectinload(RolloutInstance.steps))
-        ).first()
-        if r is None:
-            raise InputError(f"no rollout {rollout_id}")
-        incident = s.scalars(
-            select(Incident.number).where(Incident.rollout_id == rollout_id)
-        ).first()
-        return {
-            "id": r.id,
-            "image": r.image,
-            "target_version": r.target_version,
-            "status": r.status,
-            "error": r.error,
-            "incident": incident,
-            "created_at": r.created_at,
-            "started_at": r.started_at,
-            "finished_at": r.finished_at,
-            "instances": [
-                {
-                    "tenant": i.tenant,
-                    "host": i.host,
-                    "container": i.container_name,
-                    "old_image": i.old_image,
-                    "old_version": i.old_version,
-                    "state": i.state,
-                    "error": i.error,
-                    "steps": [
-                        {"step": st.step, "state": st.state, "detail": st.detail} for st in i.steps
-                    ],
-                }
-                for i in r.instances
-            ],
-        }
+        return rollout_detail(s, rollout_id).model_dump(mode="json")
 
 
 def _print_rollout(data: dict[str, Any]) -> None:
@@ -240,7 +219,7 @@ def _print_rollout(data: dict[str, Any]) -> None:
         click.echo(f"  incident: {data['incident']}")
     _table(
         [
-            (i["tenant"], i["host"], i["container"], i["old_version"], i["state"], i["error"])
+            (i["tenant"], i["host"], i["container_name"], i["old_version"], i["state"], i["error"])
             for i in data["instances"]
         ],
         ["tenant", "host", "container", "from", "state", "error"],
@@ -289,8 +268,7 @@ def rollout_start(
 
     from rollouts.spec import GateSpec, RolloutRequest
 
-    ctx = _context()
-    try:
+    with _opened() as ctx:
         gate = GateSpec(
             passes=passes or ctx.settings.gate_passes,
             deadline_s=deadline or ctx.settings.gate_deadline_s,
@@ -312,8 +290,6 @@ def rollout_start(
             ctx.executor.on_progress = _progress_printer(ctx)
         status = ctx.executor.run(rollout_id)
         data = _rollout_dict(ctx, rollout_id)
-    finally:
-        ctx.close()
     if as_json:
         _dump(data)
     else:
@@ -327,11 +303,8 @@ def rollout_start(
 @json_option
 def rollout_status(rollout_id: int, as_json: bool) -> None:
     """Show a rollout with its instances and steps."""
-    ctx = _context()
-    try:
+    with _opened() as ctx:
         data = _rollout_dict(ctx, rollout_id)
-    finally:
-        ctx.close()
     if as_json:
         _dump(data)
     else:
@@ -342,15 +315,11 @@ def rollout_status(rollout_id: int, as_json: bool) -> None:
 @json_option
 def rollout_ls(as_json: bool) -> None:
     """List rollouts, newest first."""
-    ctx = _context()
-    try:
-        with ctx.factory() as s:
-            rows = [
-                (r.id, r.image, r.status, r.created_by, r.created_at, r.finished_at, r.error)
-                for r in s.scalars(select(Rollout).order_by(Rollout.id.desc()).limit(100))
-            ]
-    finally:
-        ctx.close()
+    with _opened() as ctx, ctx.factory() as s:
+        rows = [
+            (r.id, r.image, r.status, r.created_by, r.created_at, r.finished_at, r.error)
+            for r in s.scalars(select(Rollout).order_by(Rollout.id.desc()).limit(100))
+        ]
     headers = ["id", "image", "status", "by", "created", "finished", "error"]
     if as_json:
         _dump([dict(zip(headers, r, strict=True)) for r in rows])
@@ -372,17 +341,13 @@ def incidents_ls(type_: str | None, status: str | None, as_json: bool) -> None:
     """List tickets, newest first."""
     from orchestrator.incidents.tickets import STATUS_LABELS
 
-    ctx = _context()
-    try:
-        with ctx.factory() as s:
-            stmt = select(Incident).order_by(Incident.id.desc()).limit(200)
-            if type_:
-                stmt = stmt.where(Incident.type == type_)
-            if status:
-                stmt = stmt.where(Incident.status == status)
-            rows = list(s.scalars(stmt))
-    finally:
-        ctx.close()
+    with _opened() as ctx, ctx.factory() as s:
+        stmt = select(Incident).order_by(Incident.id.desc()).limit(200)
+        if type_:
+            stmt = stmt.where(Incident.type == type_)
+        if status:
+            stmt = stmt.where(Incident.status == status)
+        rows = list(s.scalars(stmt))
     if as_json:
         _dump(
             [
@@ -413,27 +378,23 @@ def incidents_show(number: str, as_json: bool) -> None:
     """Show a ticket with its timeline."""
     from orchestrator.incidents.tickets import STATUS_LABELS, get_by_number
 
-    ctx = _context()
-    try:
-        with ctx.factory() as s:
-            i = get_by_number(s, number)
-            data: dict[str, Any] = {
-                "number": i.number,
-                "type": i.type,
-                "status": i.status,
-                "status_label": STATUS_LABELS[i.status]["ru"],
-                "tenant": i.tenant,
-                "subject": i.subject,
-                "description": i.description,
-                "rollout_id": i.rollout_id,
-                "created_at": i.created_at,
-                "events": [
-                    {"at": e.at, "author": e.author, "kind": e.kind, "body": e.body, "data": e.data}
-                    for e in i.events
-                ],
-            }
-    finally:
-        ctx.close()
+    with _opened() as ctx, ctx.factory() as s:
+        i = get_by_number(s, number)
+        data: dict[str, Any] = {
+            "number": i.number,
+            "type": i.type,
+            "status": i.status,
+            "status_label": STATUS_LABELS[i.status]["ru"],
+            "tenant": i.tenant,
+            "subject": i.subject,
+            "description": i.description,
+            "rollout_id": i.rollout_id,
+            "created_at": i.created_at,
+            "events": [
+                {"at": e.at, "author": e.author, "kind": e.kind, "body": e.body, "data": e.data}
+                for e in i.events
+            ],
+        }
     if as_json:
         _dump(data)
         return
@@ -457,12 +418,8 @@ def monitors_ls(as_json: bool) -> None:
     from monitors.state import MonitorStatus
     from orchestrator.db.models import MonitorRecord
 
-    ctx = _context()
-    try:
-        with ctx.factory() as s:
-            rows = list(s.scalars(select(MonitorRecord).order_by(MonitorRecord.id)))
-    finally:
-        ctx.close()
+    with _opened() as ctx, ctx.factory() as s:
+        rows = list(s.scalars(select(MonitorRecord).order_by(MonitorRecord.id)))
     data = [
         {
             "id": m.id,

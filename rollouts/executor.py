@@ -218,6 +218,7 @@ class RolloutExecutor:
         j = self._journal
         kept_name = f"{name}{KEPT_MARKER}r{rollout_id}"
         j.set_instance(instance_id, state="updating")
+        self._progress(rollout_id)
         step = j.begin(instance_id, "pull", image=image)
         try:
             host.ensure_image(image)
@@ -246,7 +247,7 @@ class RolloutExecutor:
             host.start(new_id)
         except DockerError as exc:
             j.end(step, "failed", error=str(exc), new_container=new_id)
-            self._restore(instance_id, host, name, old_id, new_id)
+            self._restore(instance_id, host, name, old_id, new_id, str(exc))
             self._report(rollout_id, image, tenant, host.name, str(exc), {"step": "replace"})
             return False, str(exc)
         j.end(step, "ok", new_container=new_id)
@@ -269,7 +270,7 @@ class RolloutExecutor:
             "logs": _safe_logs(host, new_id),
         }
         j.end(step, "failed", **evidence)
-        self._restore(instance_id, host, name, old_id, new_id)
+        self._restore(instance_id, host, name, old_id, new_id, result.reason)
         self._report(rollout_id, image, tenant, host.name, result.reason, evidence)
         return False, result.reason
 
@@ -298,7 +299,13 @@ class RolloutExecutor:
         )
 
     def _restore(
-        self, instance_id: int, host: DockerHost, name: str, old_id: str, new_id: str | None
+        self,
+        instance_id: int,
+        host: DockerHost,
+        name: str,
+        old_id: str,
+        new_id: str | None,
+        reason: str,
     ) -> None:
         """Put the kept previous container back: remove the new one, rename, restart."""
         j = self._journal
@@ -317,7 +324,7 @@ class RolloutExecutor:
             j.set_instance(instance_id, state="failed", error=f"rollback failed: {exc}")
             return
         j.end(step, "ok")
-        j.set_instance(instance_id, state="rolled_back")
+        j.set_instance(instance_id, state="rolled_back", error=reason)
 
     def _report(
         self,

@@ -7,8 +7,7 @@ import json
 import click
 
 from orchestrator.errors import InputError
-
-FAIL_MODES = ("health", "crash", "slow-start", "migration")
+from orchestrator.fleet.images import FAIL_MODES
 
 
 @click.group()
@@ -36,14 +35,13 @@ def demo_build(version: str, fail: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def demo_up(count: int, version: str, as_json: bool) -> None:
     """Start COUNT stand-in tenants with published ports on 127.0.0.1."""
-    from orchestrator.cli import _context
+    from orchestrator.cli import _opened
     from orchestrator.db.session import session_scope
     from orchestrator.demo.fleet import demo_tenants, register_tenants, start_tenant
     from orchestrator.errors import ContainerError
     from orchestrator.fleet.images import build_standin
 
-    ctx = _context()
-    try:
+    with _opened() as ctx:
         hosts = ctx.hosts.hosts()
         local = [h for h in hosts if h.url == ctx.settings.local_docker_url]
         host = (local or hosts)[0]
@@ -65,8 +63,6 @@ def demo_up(count: int, version: str, as_json: bool) -> None:
             click.echo(f"started {t.container} on {t.health_url}", err=True)
         with session_scope(ctx.factory) as s:
             register_tenants(s, tenants, host.name)
-    finally:
-        ctx.close()
     if as_json:
         click.echo(json.dumps([{"tenant": t.slug, "health_url": t.health_url} for t in tenants]))
     else:

@@ -56,15 +56,15 @@ def create_rollout(request: Request, body: RolloutRequest, ctx: CtxDep) -> Rollo
     rollout_id = ctx.executor.create(body, actor="api")
     run_rollout_now(request.app.state.scheduler, ctx, rollout_id)
     with ctx.factory() as session:
-        return _detail(session, rollout_id)
+        return rollout_detail(session, rollout_id)
 
 
 @router.get("/{rollout_id}", response_model=RolloutDetail, summary="A rollout with its steps")
 def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
-    return _detail(session, rollout_id)
+    return rollout_detail(session, rollout_id)
 
 
-def _detail(session: Session, rollout_id: int) -> RolloutDetail:
+def rollout_detail(session: Session, rollout_id: int) -> RolloutDetail:
     rollout = session.scalars(
         select(Rollout)
         .where(Rollout.id == rollout_id)
