@@ -60,6 +60,7 @@ def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
         hosts,
         stop_timeout_s=settings.stop_timeout_s,
         on_failure=incidents.on_rollout_failure,
+        registry=registry,
     )
     registry.register(StoreCollector(factory))
     return AppContext(settings, engine, factory, hosts, registry, incidents, executor)

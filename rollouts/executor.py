@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,6 +55,27 @@ class RolloutFailure:
     evidence: dict[str, Any]
 
 
+class RolloutMetrics:
+    """SPEC §3.5 rollout metrics (``cpdops_rollout_instances`` is read from the store)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.results = Counter(
+            "cpdops_rollouts", "Finished rollouts by result", ["result"], registry=registry
+        )
+        self.duration = Histogram(
+            "cpdops_rollout_duration_seconds",
+            "Wall time of a rollout from start to end",
+            buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+            registry=registry,
+        )
+        self.rollback_seconds = Histogram(
+            "cpdops_rollback_duration_seconds",
+            "Gate failure to the previous version answering again, per instance",
+            buckets=(0.5, 1, 2, 3, 5, 10, 30, 60),
+            registry=registry,
+        )
+
+
 class RolloutExecutor:
     def __init__(
         self,
@@ -63,6 +86,7 @@ class RolloutExecutor:
         on_failure: Callable[[RolloutFailure], None] | None = None,
         on_progress: Callable[[int], None] | None = None,
         on_instance: Callable[[str, str, bool], None] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._factory = factory
         self._hosts = hosts
@@ -74,6 +98,7 @@ class RolloutExecutor:
         # ``cpdops serve`` suppresses the instance's monitors meanwhile (the gate judges it).
         self.on_instance = on_instance
         self._lock = threading.Lock()
+        self._metrics = RolloutMetrics(registry or CollectorRegistry())
 
     # --- create ---------------------------------------------------------------------------
     def create(self, request: RolloutRequest, *, actor: str = "cli") -> int:
@@ -308,6 +333,7 @@ class RolloutExecutor:
         reason: str,
     ) -> None:
         """Put the kept previous container back: remove the new one, rename, restart."""
+        started = time.monotonic()
         j = self._journal
         step = j.begin(instance_id, "rollback", old_container=old_id, new_container=new_id)
         try:
@@ -323,7 +349,21 @@ class RolloutExecutor:
             j.end(step, "failed", error=str(exc))
             j.set_instance(instance_id, state="failed", error=f"rollback failed: {exc}")
             return
-        j.end(step, "ok")
+        # The previous version must answer again: that is when the rollback is done.
+        info = host.find(old_id)
+        url = info.health_url if info is not None else None
+        check = self._gate(host, old_id, url, None, {"passes": 1, "deadline_s": 30})
+        elapsed = time.monotonic() - started
+        self._metrics.rollback_seconds.observe(elapsed)
+        if not check.ok:
+            j.end(step, "failed", error=f"previous version not healthy: {check.reason}")
+            j.set_instance(
+                instance_id,
+                state="failed",
+                error=f"{reason}; restored one unhealthy: {check.reason}",
+            )
+            return
+        j.end(step, "ok", seconds=round(elapsed, 3))
         j.set_instance(instance_id, state="rolled_back", error=reason)
 
     def _report(
@@ -363,6 +403,11 @@ class RolloutExecutor:
             rollout.status = status
             rollout.error = error
             rollout.finished_at = datetime.now(UTC)
+            if rollout.started_at is not None:
+                self._metrics.duration.observe(
+                    (rollout.finished_at - rollout.started_at).total_seconds()
+                )
+        self._metrics.results.labels(result=status).inc()
         log.info("rollout finished rollout=%s status=%s", rollout_id, status)
         self._progress(rollout_id)
 

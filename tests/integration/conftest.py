@@ -14,6 +14,7 @@ which makes that an error.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
@@ -34,12 +35,16 @@ def docker_hosts() -> Iterator[list[DockerdHandle]]:
         if os.environ.get("CPDOPS_REQUIRE_DOCKER") == "1":
             pytest.fail(f"CPDOPS_REQUIRE_DOCKER=1 but {reason}", pytrace=False)
         pytest.skip(reason)
+    docker0 = Path("/sys/class/net/docker0")
+    had_docker0 = docker0.exists()
     fleet = DockerdFleet()
     handles = fleet.start()
     try:
         yield handles
     finally:
         fleet.stop()
+    # The machine's own engine must be left as it was (a test daemon once deleted docker0).
+    assert docker0.exists() == had_docker0, "the test daemons removed the host's docker0 bridge"
 
 
 @pytest.fixture(scope="session")

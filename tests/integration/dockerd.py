@@ -11,12 +11,14 @@ bridge::
 
 Several daemons on one machine must not share global state, so each runs with
 ``--iptables=false --ip6tables=false --ip-masq=false --ip-forward=false`` (two daemons would
-flush each other's DOCKER/DOCKER-ISOLATION chains), with a disjoint ``--default-address-pool``
-(10.22<N>.0.0/16; otherwise their user-defined networks would all get 172.18.0.0/16 and clash in
-the host routing table), its own containerd namespaces and its own ``--config-file`` (a host
+flush each other's DOCKER/DOCKER-ISOLATION chains), its own containerd namespaces and its own ``--config-file`` (a host
 ``/etc/docker/daemon.json`` would otherwise be read by all of them; ours sets
 ``deprecated-key-path`` in the data root, because dockerd 20.10 derives the engine ID that
 ``docker info`` reports from /etc/docker/key.json, so all daemons would share one ID).
+
+No ``--default-address-pool``: with one set, dockerd deletes the host's ``docker0`` at start
+(``removeDefaultBridgeInterface``), breaking the machine's own engine. Tests that create
+user-defined networks on several daemons must therefore give them explicit, disjoint subnets.
 
 Published ports still work without iptables: ``docker-proxy`` listens on the host address and
 forwards to the container over the bridge. The daemons share the ephemeral port range, so two
@@ -169,7 +171,6 @@ class DaemonLayout:
             "--ip6tables=false",
             "--ip-masq=false",
             "--ip-forward=false",
-            f"--default-address-pool=base=10.{220 + self.index}.0.0/16,size=24",
             f"--containerd-namespace=cpdops-test-{self.name}",
             f"--containerd-plugins-namespace=cpdops-test-{self.name}-plugins",
         ]

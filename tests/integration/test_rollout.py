@@ -119,6 +119,15 @@ def test_failing_image_restores_first_instance_and_opens_mass_incident(
         rollout = s.get_one(Rollout, rollout_id)
         assert rollout.status == "failed"
         assert [i.state for i in rollout.instances] == ["rolled_back", "pending", "pending"]
+        assert "HTTP 500" in (rollout.instances[0].error or "")
+        steps = rollout.instances[0].steps
+        assert [(st.step, st.state) for st in steps] == [
+            ("pull", "ok"),
+            ("replace", "ok"),
+            ("gate", "failed"),
+            ("rollback", "ok"),
+        ]
+        assert steps[-1].detail["seconds"] > 0
         incidents = list(s.scalars(select(Incident)))
         assert len(incidents) == 1
         assert incidents[0].type == "mass_incident"

@@ -108,6 +108,9 @@ def test_serve_monitors_incident_and_api_rollout(
             assert [i["state"] for i in data["instances"]] == ["updated", "updated"]
             assert all(i["steps"] for i in data["instances"])
             wait_health(placed[0].tenant.health_url, version="2")
+            metrics = api.get("/metrics").text
+            assert 'cpdops_rollouts_total{result="succeeded"} 1.0' in metrics
+            assert "cpdops_rollout_duration_seconds_count 1.0" in metrics
             # bad input through the API: clear 4xx, nothing stored
             bad = api.post("/api/v1/rollouts", json={"image": "smartcpd-fake:nope"})
             assert bad.status_code == 400 and "not present" in bad.json()["detail"]
