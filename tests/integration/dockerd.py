@@ -12,8 +12,8 @@ bridge::
 Several daemons on one machine must not share global state, so each runs with
 ``--iptables=false --ip6tables=false --ip-masq=false --ip-forward=false`` (two daemons would
 flush each other's DOCKER/DOCKER-ISOLATION chains), its own containerd namespaces and its own
-``--config-file`` (a host ``/etc/docker/daemon.json`` would otherwise be read by all of them; ours sets
-``deprecated-key-path`` in the data root, because dockerd 20.10 derives the engine ID that
+``--config-file`` (a host ``/etc/docker/daemon.json`` would otherwise be read by all of them;
+ours sets ``deprecated-key-path`` in the data root, because dockerd 20.10 derives the engine ID that
 ``docker info`` reports from /etc/docker/key.json, so all daemons would share one ID).
 
 No ``--default-address-pool``: with one set, dockerd deletes the host's ``docker0`` at start
