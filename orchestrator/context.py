@@ -53,7 +53,7 @@ def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
         upgrade(engine)
     factory = make_session_factory(engine)
     registry = make_registry()
-    hosts = HostRegistry(factory, settings.local_docker_url)
+    hosts = HostRegistry(factory, settings.local_docker_url, pull=settings.pull_policy == "missing")
     incidents = IncidentEngine(factory, system_id=settings.system_id, registry=registry)
     executor = RolloutExecutor(
         factory,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,6 +22,10 @@ class Settings(BaseSettings):
     local_docker_url: str = Field(
         default="unix:///var/run/docker.sock",
         description="the engine used by `cpdops demo` and as host 'local' when no fleet is applied",
+    )
+    pull_policy: Literal["missing", "never"] = Field(
+        default="missing",
+        description="pull an image a host lacks from its registry (missing), or never pull",
     )
     system_id: str = Field(default="01", pattern=r"^\d{2}$", description="ticket number system id")
     monitor_interval_s: float = 10.0

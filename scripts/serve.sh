@@ -7,6 +7,8 @@ set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 setup_venv
 start_dockerd
+# The demo uses locally built images; set CPDOPS_PULL_POLICY=missing where a registry is reachable.
+export CPDOPS_PULL_POLICY="${CPDOPS_PULL_POLICY:-never}"
 cd "$ROOT"
 "$VENV/bin/cpdops" demo up --tenants "${CPDOPS_DEMO_TENANTS:-3}"
 exec "$VENV/bin/cpdops" serve "$@"

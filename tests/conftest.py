@@ -13,6 +13,10 @@ from sqlalchemy.engine import make_url
 
 PG_ENV = "CPDOPS_TEST_PG_URL"
 
+# No registry is reachable here and tests must not send traffic off this machine: never let an
+# engine try to pull (this also reaches the `cpdops` subprocesses the tests start).
+os.environ["CPDOPS_PULL_POLICY"] = "never"
+
 
 def _pg_admin_url() -> str | None:
     url = os.environ.get(PG_ENV)

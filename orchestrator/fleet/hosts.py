@@ -23,9 +23,12 @@ class HostRegistry:
     ``local``, so ``cpdops serve`` on a fresh machine manages the local containers.
     """
 
-    def __init__(self, session_factory: sessionmaker[Session], local_url: str) -> None:
+    def __init__(
+        self, session_factory: sessionmaker[Session], local_url: str, *, pull: bool = True
+    ) -> None:
         self._factory = session_factory
         self._local_url = local_url
+        self._pull = pull
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[str, DockerHost]] = {}
 
@@ -44,7 +47,7 @@ class HostRegistry:
                 if cached is None or cached[0] != key:
                     if cached is not None:
                         cached[1].close()
-                    cached = (key, DockerHost(name, url, tls=tls))
+                    cached = (key, DockerHost(name, url, tls=tls, pull=self._pull))
                     self._cache[name] = cached
                 result.append(cached[1])
         return result

@@ -49,7 +49,7 @@ BASE_IMAGE = f"{BASE_REPOSITORY}:{BASE_TAG}"
 BASE_SUITE = "bookworm"
 BASE_VARIANT = "minbase"
 BASE_PACKAGES = ("python3",)
-BASE_MIRROR = "http://deb.debian.org/debian"
+APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
 # Directories whose files (not subdirectories) are deleted to keep the image small.
 BASE_STRIPPED = (
     "var/lib/apt/lists",
@@ -114,11 +114,47 @@ def base_recipe_hash() -> str:
         "suite": BASE_SUITE,
         "variant": BASE_VARIANT,
         "packages": sorted(BASE_PACKAGES),
-        "mirror": BASE_MIRROR,
         "stripped": list(BASE_STRIPPED),
         "format": 1,
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def parse_apt_mirror(texts: list[str], suite: str = BASE_SUITE) -> str | None:
+    """Pure: the first main-archive URI for ``suite`` in apt sources (deb822 or one-line)."""
+    for text in texts:
+        for stanza in text.split("\n\n"):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.startswith(("#", " ")):
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+            suites = fields.get("suites", "").split()
+            if "uris" in fields and suite in suites and "deb" in fields.get("types", "deb").split():
+                return fields["uris"].split()[0]
+        for line in text.splitlines():
+            parts = line.split("#", 1)[0].split()
+            if len(parts) >= 3 and parts[0] == "deb":
+                rest = [p for p in parts[1:] if not p.startswith("[")]
+                if len(rest) >= 2 and rest[1] == suite:
+                    return rest[0]
+    return None
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt is configured with (debootstrap uses the same)."""
+    texts: list[str] = []
+    for source in APT_SOURCES:
+        files = sorted(source.glob("*")) if source.is_dir() else [source]
+        for f in files:
+            if f.is_file():
+                texts.append(f.read_text(errors="replace"))
+    mirror = parse_apt_mirror(texts)
+    if mirror is None:
+        raise ImageNotFound(
+            f"no apt source for Debian {BASE_SUITE} in /etc/apt: cannot debootstrap the base image"
+        )
+    return mirror
 
 
 def cache_dir_from_env() -> Path:
@@ -219,7 +255,7 @@ def _debootstrap_rootfs(root: Path) -> None:
         f"--include={','.join(BASE_PACKAGES)}",
         BASE_SUITE,
         str(root),
-        BASE_MIRROR,
+        apt_mirror(),
     ]
     log.info("debootstrap starting root=%s", root)
     started = time.monotonic()

@@ -84,10 +84,17 @@ class DockerHost:
     """One Docker Engine endpoint (``unix://``, ``tcp://`` with TLS, ``ssh://``)."""
 
     def __init__(
-        self, name: str, url: str, *, tls: dict[str, Any] | None = None, timeout: int = 60
+        self,
+        name: str,
+        url: str,
+        *,
+        tls: dict[str, Any] | None = None,
+        timeout: int = 60,
+        pull: bool = True,
     ) -> None:
         self.name = name
         self.url = url
+        self.pull = pull
         self._tls = tls
         self._timeout = timeout
         self._client: docker.DockerClient | None = None
@@ -158,7 +165,11 @@ class DockerHost:
         try:
             return self.image_labels(ref)
         except ImageNotFound:
-            pass
+            if not self.pull:
+                raise ImageNotFound(
+                    f"image {ref} is not present on host {self.name} "
+                    "(pulling is off: CPDOPS_PULL_POLICY=never)"
+                ) from None
         try:
             self.client.images.pull(ref)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:

@@ -118,3 +118,32 @@ def test_file_lock_excludes_a_second_holder(tmp_path: Path) -> None:
 def test_no_mounts_under_a_fresh_directory(tmp_path: Path) -> None:
     assert images._mounts_under(tmp_path) == []
     assert images._unescape_mountinfo(r"/a\040b") == "/a b"
+
+
+DEB822 = """Types: deb
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+@pytest.mark.parametrize(
+    ("texts", "expected"),
+    [
+        ([DEB822], "http://mirror.example/debian"),
+        (
+            ["# comment\ndeb [arch=amd64] http://m.example/debian bookworm main\n"],
+            "http://m.example/debian",
+        ),
+        (["deb http://m.example/debian bullseye main\n"], None),
+        (["Types: deb-src\nURIs: http://src.example\nSuites: bookworm\n"], None),
+        ([], None),
+    ],
+)
+def test_parse_apt_mirror(texts: list[str], expected: str | None) -> None:
+    assert images.parse_apt_mirror(texts) == expected
