@@ -28,7 +28,11 @@ apt_install() {
 setup_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating venv $VENV"
-    python3 -m venv "$VENV"
+    if ! python3 -m venv "$VENV"; then
+      rm -rf "$VENV"
+      apt_install python3-venv   # Debian's python3 ships venv separately
+      python3 -m venv "$VENV"
+    fi
   fi
   local stamp="$VENV/.cpdops-installed"
   if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
@@ -45,18 +49,19 @@ start_dockerd() {
   say "starting dockerd"
   (dockerd >"$STATE_DIR/dockerd.log" 2>&1 & echo $! >"$STATE_DIR/dockerd.pid")
   for _ in $(seq 1 60); do
-    docker info >/dev/null 2>&1 && { echo started >"$STATE_DIR/dockerd.ours"; return 0; }
+    docker info >/dev/null 2>&1 && { STARTED_DOCKERD=1; return 0; }
     sleep 1
   done
   say "dockerd did not start; its log:"; tail -20 "$STATE_DIR/dockerd.log" >&2; return 1
 }
 
 stop_dockerd_if_ours() {
-  if [ -f "$STATE_DIR/dockerd.ours" ]; then
+  # Only what this invocation started (a dockerd someone else runs is left alone).
+  if [ "${STARTED_DOCKERD:-0}" = 1 ]; then
     local pid; pid="$(cat "$STATE_DIR/dockerd.pid" 2>/dev/null || true)"
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    rm -f "$STATE_DIR/dockerd.ours"
+    STARTED_DOCKERD=0
   fi
 }
 
@@ -67,7 +72,7 @@ start_postgres() {
   if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
     say "starting PostgreSQL $ver"
     pg_ctlcluster --skip-systemctl-redirect "$ver" main start
-    echo "$ver" >"$STATE_DIR/postgres.ours"
+    STARTED_POSTGRES="$ver"
   fi
   su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='cpdops'\"" | grep -q 1 \
     || su postgres -c "psql -qc \"CREATE ROLE cpdops LOGIN CREATEDB PASSWORD 'cpdops'\""
@@ -77,8 +82,8 @@ start_postgres() {
 }
 
 stop_postgres_if_ours() {
-  if [ -f "$STATE_DIR/postgres.ours" ]; then
-    pg_ctlcluster --skip-systemctl-redirect "$(cat "$STATE_DIR/postgres.ours")" main stop || true
-    rm -f "$STATE_DIR/postgres.ours"
+  if [ -n "${STARTED_POSTGRES:-}" ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$STARTED_POSTGRES" main stop || true
+    STARTED_POSTGRES=""
   fi
 }
