@@ -21,7 +21,7 @@ set -e
 if [ $rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi
 [ $rc -ne 0 ] && exit $rc
 
-"$VENV/bin/ruff" check orchestrator monitors rollouts tests
-"$VENV/bin/ruff" format --check orchestrator monitors rollouts tests
+"$VENV/bin/ruff" check orchestrator monitors rollouts tests bench
+"$VENV/bin/ruff" format --check orchestrator monitors rollouts tests bench
 "$VENV/bin/mypy"
 echo "all tests and checks passed"
