@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 BODY_EXCERPT_CHARS = 512
 """How much of a response body a result keeps as evidence."""
@@ -38,6 +38,8 @@ class MonitorSpec:
     recovery_threshold: int = 1
     expect_status: tuple[int, ...] = (200,)
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # Per-kind settings (e.g. SIP transport and accepted codes), validated by the probe kind.
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -66,6 +68,21 @@ class MonitorSpec:
         # Normalise so that an equal configuration compares equal and nothing can mutate it.
         object.__setattr__(self, "expect_status", statuses)
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """An extra series a probe reports (e.g. ``pg_stat_activity_count{datname,state}``).
+
+    The collector adds the monitor's own labels (``server`` for PostgreSQL, …) as the probe
+    kind decides; ``labels`` here are the sample's own.
+    """
+
+    name: str
+    value: float
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    help: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,10 @@ class ProbeResult:
     status_code: int | None = None
     body_excerpt: str = ""
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Kind-specific facts (SIP reply line, container state, …) kept as evidence.
+    details: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # Extra series for /metrics (PostgreSQL deep health, container CPU/memory, …).
+    samples: tuple[MetricSample, ...] = ()
 
     @classmethod
     def failure(
