@@ -2,8 +2,8 @@ import pytest
 
 from orchestrator.errors import InputError
 from orchestrator.fleet.discovery import Instance
-from rollouts.planner import select_instances
-from rollouts.spec import RolloutRequest
+from rollouts.planner import select_instances, wave_sizes, waves_of
+from rollouts.spec import RolloutRequest, Strategy
 
 
 def inst(tenant: str, host: str = "h1") -> Instance:
@@ -78,3 +78,61 @@ def test_registered_tenant_without_instance() -> None:
 def test_request_validation(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RolloutRequest(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("targets", "total", "sizes"),
+    [
+        (["100%"], 4, [4]),
+        (["1", "25%", "100%"], 12, [1, 2, 9]),
+        (["1", "25%", "100%"], 3, [1, 2]),  # 25% of 3 rounds up to 1: that wave is empty
+        (["1", "50%"], 1, [1]),
+        (["2", "1", "100%"], 5, [2, 3]),  # never back below an earlier target
+        (["10", "20"], 4, [4]),  # counts beyond the selection
+        (["30%"], 10, [10]),  # the last wave always takes the rest
+        (["1", "100%"], 0, []),
+    ],
+)
+def test_wave_sizes(targets: list[str], total: int, sizes: list[int]) -> None:
+    assert wave_sizes(targets, total) == sizes
+    assert sum(sizes) == total
+
+
+def test_plan_assigns_waves_in_ring_order() -> None:
+    fleet = [inst(f"t{i:02d}", f"h{i % 3}") for i in range(12)]
+    rings = {f"t{i:02d}": ("canary" if i == 5 else "general") for i in range(12)}
+    req = RolloutRequest(image="x:2", strategy={"waves": ["1", "25%", "100%"]})  # type: ignore[arg-type]
+    plan = select_instances(req, fleet, rings)
+    assert [w[0].tenant for w in waves_of(plan)] == ["t05", "t00", "t02"]
+    assert [len(w) for w in waves_of(plan)] == [1, 2, 9]
+
+
+@pytest.mark.parametrize(
+    ("budget", "total", "allowed"), [("0", 10, 0), ("1", 10, 1), ("10%", 30, 3), ("10%", 9, 0)]
+)
+def test_failure_budget(budget: str, total: int, allowed: int) -> None:
+    assert Strategy(failure_budget=budget).budget(total) == allowed
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"waves": []},
+        {"waves": ["0"]},
+        {"waves": ["150%"]},
+        {"waves": ["abc"]},
+        {"failure_budget": "-1"},
+        {"approve_after": [3], "waves": ["1", "100%"]},
+        {"parallelism": 0},
+    ],
+)
+def test_strategy_validation(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Strategy(**bad)  # type: ignore[arg-type]
+
+
+def test_label_selection() -> None:
+    a = Instance(**{**inst("a").__dict__, "labels": {"dc": "msk"}})
+    b = Instance(**{**inst("b").__dict__, "labels": {"dc": "spb"}})
+    req = RolloutRequest(image="x:2", labels={"dc": "spb"})
+    assert [p.tenant for p in select_instances(req, [a, b], {})] == ["b"]
