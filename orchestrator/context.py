@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -61,6 +62,9 @@ def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
         stop_timeout_s=settings.stop_timeout_s,
         on_failure=incidents.on_rollout_failure,
         registry=registry,
+        backup_dir=Path(settings.backup_dir),
+        crash_at=settings.test_crash_at,
+        lease_s=settings.rollout_lease_s,
     )
     registry.register(StoreCollector(factory))
     return AppContext(settings, engine, factory, hosts, registry, incidents, executor)

@@ -1,30 +1,50 @@
-"""APScheduler 3: a persistent job store for scheduled work, an in-memory one for loops."""
+"""APScheduler 3: a persistent job store for scheduled rollouts, an in-memory one for loops.
+
+Scheduled rollouts are date jobs in the SQLAlchemy job store (table ``apscheduler_jobs`` of
+the cpdops database), so they survive a restart; a job names its function by module path,
+so ``run_scheduled_rollout`` finds the running process's context through ``bind`` — the one
+process-level binding in cpdops, made by ``make_scheduler``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import ConflictingIdError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import select
 
 from orchestrator.context import AppContext, sync_monitors
+from orchestrator.db.models import Rollout
+from orchestrator.errors import ConflictError, CpdopsError
 
 log = logging.getLogger(__name__)
 
+_bound: dict[str, AppContext] = {}
 
-def make_scheduler(ctx: AppContext) -> BackgroundScheduler:
+
+def bind(ctx: AppContext) -> None:
+    _bound["ctx"] = ctx
+
+
+def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(
         jobstores={
             "default": SQLAlchemyJobStore(engine=ctx.engine, tablename="apscheduler_jobs"),
             "internal": MemoryJobStore(),
         },
-        executors={"default": ThreadPoolExecutor(8)},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
+        executors={"default": ThreadPoolExecutor(16)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 24 * 3600},
         timezone=UTC,
     )
+    bind(ctx)
+    if not with_loops:
+        return scheduler
     if ctx.monitors is not None:
         scheduler.add_job(
             sync_monitors,
@@ -36,16 +56,82 @@ def make_scheduler(ctx: AppContext) -> BackgroundScheduler:
             jobstore="internal",
             replace_existing=True,
         )
+    scheduler.add_job(
+        resume_rollouts,
+        "interval",
+        args=[scheduler, ctx],
+        seconds=max(1.0, ctx.settings.rollout_lease_s / 3),
+        next_run_time=datetime.now(UTC),
+        id="resume-rollouts",
+        jobstore="internal",
+        replace_existing=True,
+    )
     return scheduler
 
 
 def run_rollout_now(scheduler: BackgroundScheduler, ctx: AppContext, rollout_id: int) -> None:
-    """Queue a created rollout for immediate execution in the scheduler's pool."""
+    """Run a rollout in the scheduler's pool (unless this process already runs it)."""
+    with contextlib.suppress(ConflictingIdError):
+        scheduler.add_job(
+            _run,
+            args=[ctx, rollout_id],
+            id=f"run-rollout-{rollout_id}",
+            jobstore="internal",
+            next_run_time=datetime.now(UTC),
+            misfire_grace_time=None,
+        )
+
+
+def _run(ctx: AppContext, rollout_id: int) -> None:
+    try:
+        ctx.executor.run(rollout_id)
+    except ConflictError as exc:
+        log.info("rollout not taken rollout=%s: %s", rollout_id, exc)
+    except CpdopsError as exc:
+        log.error("rollout stopped rollout=%s error=%s", rollout_id, exc)
+
+
+def resume_rollouts(scheduler: BackgroundScheduler, ctx: AppContext) -> list[int]:
+    """Take over rollouts whose runner died (lease lapsed) and start unowned pending ones."""
+    ids = ctx.executor.resumable()
+    with ctx.factory() as s:
+        ids += list(
+            s.scalars(
+                select(Rollout.id).where(Rollout.status == "pending", Rollout.owner.is_(None))
+            )
+        )
+    for rollout_id in ids:
+        run_rollout_now(scheduler, ctx, rollout_id)
+    return ids
+
+
+def schedule_rollout(scheduler: BackgroundScheduler, rollout_id: int, at: datetime) -> None:
+    """A persistent date job: survives restarts; fires late (coalesced) if cpdops was down."""
     scheduler.add_job(
-        ctx.executor.run,
+        run_scheduled_rollout,
+        "date",
+        run_date=at,
         args=[rollout_id],
         id=f"rollout-{rollout_id}",
-        jobstore="internal",
-        next_run_time=datetime.now(UTC),
-        misfire_grace_time=None,
+        jobstore="default",
+        replace_existing=True,
     )
+    log.info("rollout scheduled rollout=%s at=%s", rollout_id, at.isoformat())
+
+
+def run_scheduled_rollout(rollout_id: int) -> None:
+    ctx = _bound.get("ctx")
+    if ctx is None:  # pragma: no cover - a job store read by a process without a context
+        log.error("scheduled rollout %s fired with no context bound", rollout_id)
+        return
+    _run(ctx, rollout_id)
+
+
+def store_schedule(ctx: AppContext, rollout_id: int, at: datetime) -> None:
+    """Write the date job from a process that runs no scheduler (the CLI)."""
+    scheduler = make_scheduler(ctx, with_loops=False)
+    scheduler.start(paused=True)
+    try:
+        schedule_rollout(scheduler, rollout_id, at)
+    finally:
+        scheduler.shutdown(wait=False)

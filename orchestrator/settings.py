@@ -40,5 +40,15 @@ class Settings(BaseSettings):
     demo_base_port: int = Field(
         default=18080, description="`cpdops demo up` publishes tenant N on 127.0.0.1:<this+N>"
     )
+    backup_dir: str = Field(
+        default="/var/lib/cpdops/backups", description="where pg_dump backups of tenant DBs go"
+    )
+    rollout_lease_s: float = Field(
+        default=15.0, description="seconds after which a dead runner's rollout may be taken over"
+    )
+    test_crash_at: str | None = Field(
+        default=None,
+        description="TEST HOOK: SIGKILL the process at this rollout step point (crash tests)",
+    )
     run_monitors: bool = True
     run_scheduler: bool = True

@@ -1,46 +1,78 @@
-"""Acts on Docker: creates rollouts, replaces containers, gates, restores on failure."""
+"""Acts on Docker: runs rollouts by applying ``rollouts.decide.next_actions``.
+
+The executor owns no decision: each tick it reads the rollout from the journal (the
+database), asks ``next_actions`` what to do, and does it — starting instance updates and
+reverts on a thread pool, recording wave ends, approvals and statuses. Every step is
+journalled before it acts, so ``reconcile`` can finish or undo the work of a process that
+died (SIGKILL included), and another process may take the rollout over once the lease of
+the one running it lapses.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import AuditEntry, Rollout, RolloutInstance, Tenant
 from orchestrator.db.session import session_scope
-from orchestrator.errors import (
-    ConflictError,
-    DockerError,
-    HostUnreachable,
-    ImageNotFound,
-    InputError,
-)
-from orchestrator.fleet.discovery import KEPT_MARKER, discover
+from orchestrator.errors import ConflictError, DockerError, ImageNotFound, InputError
+from orchestrator.fleet.discovery import discover
 from orchestrator.fleet.hosts import HostRegistry
-from orchestrator.fleet.runtime import (
-    HEALTH_URL_LABEL,
-    PREVIOUS_IMAGE_LABEL,
-    ROLLOUT_LABEL,
-    VERSION_LABEL,
-    DockerHost,
+from orchestrator.fleet.runtime import VERSION_LABEL, DockerHost
+from rollouts import decide
+from rollouts.decide import (
+    Approve,
+    Finish,
+    InstanceView,
+    MarkWaveDone,
+    Revert,
+    RolloutView,
+    SetStatus,
+    Update,
+    Wait,
+    next_actions,
 )
-from rollouts.gates import GateResult, http_gate
-from rollouts.journal import Journal
-from rollouts.planner import select_instances
-from rollouts.spec import RolloutRequest
+from rollouts.instance import InstanceJob, InstanceWorker
+from rollouts.planner import PlannedInstance, select_instances
+from rollouts.spec import RolloutRequest, Strategy
+from rollouts.windows import window_open
 
 log = logging.getLogger(__name__)
 
-ACTIVE_ROLLOUT = ("pending", "running")
-FINAL_ROLLOUT = ("succeeded", "failed", "aborted")
+CONTROLS = ("pause", "resume", "approve", "abort", "rollback")
+# Which controls make sense in which status.
+CONTROL_ALLOWED = {
+    "pause": ("running", "awaiting_approval", "waiting_window", "pending", "scheduled"),
+    "resume": ("paused", "waiting_window"),
+    "approve": ("awaiting_approval",),
+    "abort": ("pending", "scheduled", "running", "paused", "awaiting_approval", "waiting_window"),
+    "rollback": (
+        "running",
+        "paused",
+        "awaiting_approval",
+        "waiting_window",
+        "aborted",
+        "succeeded",
+    ),
+}
+RUNNABLE = ("pending", "scheduled", *decide.ACTIVE)
+CRASH_POINTS = ("after_backup", "after_stop_old", "after_start_new", "mid_bake")
 
 
 @dataclass(frozen=True)
@@ -87,35 +119,55 @@ class RolloutExecutor:
         on_progress: Callable[[int], None] | None = None,
         on_instance: Callable[[str, str, bool], None] | None = None,
         registry: CollectorRegistry | None = None,
+        backup_dir: Path | None = None,
+        crash_at: str | None = None,
+        tick_s: float = 0.2,
+        lease_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._factory = factory
         self._hosts = hosts
-        self._journal = Journal(factory)
-        self._stop_timeout = stop_timeout_s
         self._on_failure = on_failure
         self.on_progress = on_progress
         # Called with (tenant, host, True) before an instance is touched and with False after:
         # ``cpdops serve`` suppresses the instance's monitors meanwhile (the gate judges it).
         self.on_instance = on_instance
-        self._lock = threading.Lock()
         self._metrics = RolloutMetrics(registry or CollectorRegistry())
+        self._lock = threading.Lock()
+        self._tick = tick_s
+        self._lease = lease_s
+        self._clock = clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._worker = InstanceWorker(
+            factory,
+            hosts,
+            stop_timeout_s=stop_timeout_s,
+            backup_dir=backup_dir or Path("/var/lib/cpdops/backups"),
+            crashpoint=self._crashpoint,
+            report=self._report,
+            rollback_seconds=self._metrics.rollback_seconds,
+        )
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise ValueError(f"unknown crash point {crash_at!r}; expected one of {CRASH_POINTS}")
+        self._crash_at = crash_at
 
     # --- create ---------------------------------------------------------------------------
-    def create(self, request: RolloutRequest, *, actor: str = "cli") -> int:
-        """Validate, plan and store a rollout (status ``pending``); nothing is touched yet.
+    def plan(self, request: RolloutRequest) -> tuple[list[PlannedInstance], str | None]:
+        """The dry run: the ordered, wave-assigned instances and the target version.
 
-        Raises InputError for an unknown tenant/host/image and ConflictError when an
-        instance already belongs to an active rollout.
+        Raises InputError for an unknown tenant/host/image and HostUnreachable when a target
+        host does not answer. Nothing is stored or touched.
         """
         hosts = self._hosts.hosts()
         if request.hosts:
             unknown = sorted(set(request.hosts) - {h.name for h in hosts})
             if unknown:
                 raise InputError(f"unknown host(s): {', '.join(unknown)}")
-        if request.hosts:
             hosts = [h for h in hosts if h.name in request.hosts]
         found = discover(hosts)
         if found.errors:
+            from orchestrator.errors import HostUnreachable
+
             # Planning on a partial view could miss instances: refuse, naming the hosts.
             raise HostUnreachable(
                 "cannot plan: host(s) not answering: "
@@ -124,12 +176,19 @@ class RolloutExecutor:
         with self._factory() as s:
             rings = {t.slug: t.ring for t in s.scalars(select(Tenant))}
         plan = select_instances(request, found.instances, rings)
-        target_version = self._check_image(request.image, {p.host for p in plan}, hosts)
+        return plan, self._check_image(request.image, {p.host for p in plan}, hosts)
+
+    def create(self, request: RolloutRequest, *, actor: str = "cli", claim: bool = False) -> int:
+        """Plan and store a rollout (``plan`` errors, plus ConflictError when an instance
+        already belongs to an active rollout). With ``claim`` this process takes the lease
+        at once, as the caller is about to ``run`` it."""
+        plan, target_version = self.plan(request)
+        scheduled = request.schedule.at is not None or request.schedule.window
         with self._lock, session_scope(self._factory) as s:
             busy = s.execute(
                 select(RolloutInstance.rollout_id, RolloutInstance.tenant, RolloutInstance.host)
                 .join(Rollout)
-                .where(Rollout.status.in_(ACTIVE_ROLLOUT))
+                .where(Rollout.status.in_(RUNNABLE))
             ).all()
             taken = {(t, h): rid for rid, t, h in busy}
             for p in plan:
@@ -141,16 +200,25 @@ class RolloutExecutor:
             rollout = Rollout(
                 image=request.image,
                 target_version=target_version,
-                status="pending",
-                selection=request.model_dump(exclude={"gate"}),
-                options={"gate": request.gate.model_dump()},
+                status="scheduled" if scheduled else "pending",
+                scheduled_for=request.schedule.at,
+                selection=request.model_dump(
+                    mode="json", include={"tenants", "hosts", "rings", "labels"}
+                ),
+                options=request.model_dump(
+                    mode="json", include={"gate", "strategy", "backup", "migrate", "schedule"}
+                ),
                 created_by=actor,
+                progress={},
+                owner=self.owner if claim else None,
+                lease_until=(datetime.now(UTC) + timedelta(seconds=self._lease) if claim else None),
             )
             s.add(rollout)
             for p in plan:
                 rollout.instances.append(
                     RolloutInstance(
                         position=p.position,
+                        wave=p.wave,
                         tenant=p.tenant,
                         host=p.host,
                         container_name=p.container_name,
@@ -185,210 +253,207 @@ class RolloutExecutor:
             )
         return versions.pop() if versions else None
 
+    # --- control --------------------------------------------------------------------------
+    def control(self, rollout_id: int, action: str, *, actor: str = "cli") -> str:
+        """Record an operator's request; the process running the rollout applies it."""
+        if action not in CONTROLS:
+            raise InputError(f"unknown action {action!r}; expected one of {', '.join(CONTROLS)}")
+        with session_scope(self._factory) as s:
+            rollout = s.get(Rollout, rollout_id)
+            if rollout is None:
+                from orchestrator.errors import NotFoundError
+
+                raise NotFoundError(f"no rollout {rollout_id}")
+            if rollout.status not in CONTROL_ALLOWED[action]:
+                raise ConflictError(f"cannot {action} rollout {rollout_id}: it is {rollout.status}")
+            if rollout.control in ("abort", "rollback") and action != "rollback":
+                raise ConflictError(f"rollout {rollout_id} is already being {rollout.control}ed")
+            rollout.control = action
+            if action == "rollback":
+                rollout.progress = {**rollout.progress, "manual_rollback": True}
+                if rollout.status in ("succeeded", "aborted"):
+                    rollout.status = "rolling_back"
+            if action == "abort" and rollout.status in ("pending", "scheduled"):
+                rollout.status, rollout.control = "aborted", None
+                rollout.finished_at = datetime.now(UTC)
+            s.add(
+                AuditEntry(actor=actor, action=f"rollout.{action}", target=f"rollout/{rollout_id}")
+            )
+            return rollout.status
+
     # --- run ------------------------------------------------------------------------------
     def run(self, rollout_id: int) -> str:
-        """Run a pending rollout to its end; returns the final status."""
-        with session_scope(self._factory) as s:
-            rollout = s.get_one(Rollout, rollout_id)
-            if rollout.status != "pending":
-                raise ConflictError(f"rollout {rollout_id} is {rollout.status}, not pending")
-            rollout.status = "running"
-            rollout.started_at = datetime.now(UTC)
-            image, target_version = rollout.image, rollout.target_version
-            gate = dict(rollout.options.get("gate") or {})
-            items = [(i.id, i.tenant, i.host, i.container_name) for i in rollout.instances]
-        log.info("rollout started rollout=%s image=%s instances=%d", rollout_id, image, len(items))
-        self._progress(rollout_id)
-        status = "succeeded"
-        error: str | None = None
-        for instance_id, tenant, host_name, name in items:
-            host = self._hosts.get(host_name)
-            self._hold(tenant, host_name, True)
-            try:
-                ok, reason = self._update_instance(
-                    rollout_id, instance_id, host, name, image, target_version, gate, tenant
+        """Run (or take over, or finish reverting) a rollout to its end; the final status."""
+        self._acquire(rollout_id)
+        try:
+            with session_scope(self._factory) as s:
+                rollout = s.get_one(Rollout, rollout_id)
+                if rollout.status in decide.FINAL:
+                    return rollout.status
+                if rollout.status in ("pending", "scheduled"):
+                    rollout.status = "running"
+                    rollout.started_at = datetime.now(UTC)
+                image = rollout.image
+                strategy = Strategy.model_validate(rollout.options.get("strategy") or {})
+                hosts = sorted({i.host for i in rollout.instances})
+            log.info("rollout running rollout=%s image=%s owner=%s", rollout_id, image, self.owner)
+            self.reconcile(rollout_id)
+            for name in hosts:  # pre-pull on every target host before the first wave
+                self._hosts.get(name).ensure_image(image)
+            return self._loop(rollout_id, strategy)
+        finally:
+            self._release(rollout_id)
+
+    def _loop(self, rollout_id: int, strategy: Strategy) -> str:
+        futures: dict[int, Future[None]] = {}
+        with ThreadPoolExecutor(
+            max_workers=strategy.parallelism, thread_name_prefix=f"rollout-{rollout_id}"
+        ) as pool:
+            while True:
+                self._renew(rollout_id)
+                view, jobs = self._view(rollout_id)
+                until: float | None = None
+                for action in next_actions(view):
+                    if isinstance(action, Update | Revert):
+                        job = jobs[action.instance_id]
+                        state = decide.UPDATING if isinstance(action, Update) else decide.REVERTING
+                        self._set_instance(action.instance_id, state=state)
+                        self._hold(job, True)
+                        run = (
+                            self._worker.update
+                            if isinstance(action, Update)
+                            else self._worker.revert
+                        )
+                        futures[action.instance_id] = pool.submit(self._guarded, run, job)
+                    elif isinstance(action, SetStatus):
+                        self._set_status(rollout_id, action, view)
+                    elif isinstance(action, MarkWaveDone):
+                        self._progress_update(
+                            rollout_id, _with_wave_done(action.wave, self._clock())
+                        )
+                        if action.wave + 1 < len({i.wave for i in view.instances}):
+                            self._crashpoint("mid_bake")
+                    elif isinstance(action, Approve):
+                        self._progress_update(rollout_id, _with_approved(action.wave))
+                        self._clear_control(rollout_id)
+                    elif isinstance(action, Finish):
+                        wait_futures(list(futures.values()))
+                        return self._finish(rollout_id, action)
+                    elif isinstance(action, Wait) and action.until is not None:
+                        until = action.until
+                self._notify(rollout_id)
+                timeout = self._tick
+                if until is not None:
+                    timeout = max(0.0, min(self._tick * 5, until - self._clock()))
+                running = [f for f in futures.values() if not f.done()]
+                if running:
+                    wait_futures(running, timeout=timeout, return_when="FIRST_COMPLETED")
+                else:
+                    time.sleep(timeout)
+                for iid in [i for i, f in futures.items() if f.done()]:
+                    futures.pop(iid).result()
+                    self._hold(jobs[iid], False)
+
+    def _guarded(self, fn: Callable[[InstanceJob], None], job: InstanceJob) -> None:
+        try:
+            fn(job)
+        except Exception as exc:  # the instance is marked; the rollout goes on deciding
+            log.exception("instance step crashed rollout=%s tenant=%s", job.rollout_id, job.tenant)
+            self._set_instance(job.instance_id, state=decide.ERROR, error=f"internal error: {exc}")
+
+    # --- state ------------------------------------------------------------------------------
+    def _view(self, rollout_id: int) -> tuple[RolloutView, dict[int, InstanceJob]]:
+        now = self._clock()
+        with self._factory() as s:
+            r = s.get_one(Rollout, rollout_id)
+            opts = r.options
+            window = bool((opts.get("schedule") or {}).get("window"))
+            tenants = {t.slug: t for t in s.scalars(select(Tenant))} if window else {}
+            jobs = {i.id: InstanceJob.from_rows(r, i) for i in r.instances}
+            instances = tuple(
+                InstanceView(
+                    id=i.id,
+                    wave=i.wave,
+                    host=i.host,
+                    state=i.state,
+                    eligible=(not window) or _tenant_window_open(tenants.get(i.tenant), now),
                 )
-            finally:
-                self._hold(tenant, host_name, False)
-            self._progress(rollout_id)
-            if not ok:
-                status, error = "failed", f"{tenant}@{host_name}: {reason}"
-                break
-        self._finish(rollout_id, status, error)
-        return status
-
-    def _hold(self, tenant: str, host: str, active: bool) -> None:
-        if self.on_instance is None:
-            return
-        try:
-            self.on_instance(tenant, host, active)
-        except Exception:
-            log.exception("instance hook failed tenant=%s host=%s", tenant, host)
-
-    def _progress(self, rollout_id: int) -> None:
-        if self.on_progress is not None:
-            self.on_progress(rollout_id)
-
-    def _update_instance(
-        self,
-        rollout_id: int,
-        instance_id: int,
-        host: DockerHost,
-        name: str,
-        image: str,
-        target_version: str | None,
-        gate: dict[str, Any],
-        tenant: str,
-    ) -> tuple[bool, str]:
-        j = self._journal
-        kept_name = f"{name}{KEPT_MARKER}r{rollout_id}"
-        j.set_instance(instance_id, state="updating")
-        self._progress(rollout_id)
-        step = j.begin(instance_id, "pull", image=image)
-        try:
-            host.ensure_image(image)
-        except DockerError as exc:
-            j.end(step, "failed", error=str(exc))
-            j.set_instance(instance_id, state="failed", error=str(exc))
-            self._report(rollout_id, image, tenant, host.name, str(exc), {"step": "pull"})
-            return False, str(exc)
-        j.end(step, "ok")
-
-        old = host.inspect(name)
-        old_id, old_image = old["Id"], old["Config"]["Image"]
-        j.set_instance(instance_id, old_container_id=old_id, old_image=old_image)
-        step = j.begin(instance_id, "replace", old_container=old_id, kept_name=kept_name)
-        new_id: str | None = None
-        try:
-            host.stop(old_id, timeout=self._stop_timeout)
-            host.rename(old_id, kept_name)
-            new_id = host.create_like(
-                old_id,
-                image=image,
-                name=name,
-                extra_labels={ROLLOUT_LABEL: str(rollout_id), PREVIOUS_IMAGE_LABEL: old_image},
+                for i in r.instances
             )
-            j.set_instance(instance_id, new_container_id=new_id)
-            host.start(new_id)
-        except DockerError as exc:
-            j.end(step, "failed", error=str(exc), new_container=new_id)
-            self._restore(instance_id, host, name, old_id, new_id, str(exc))
-            self._report(rollout_id, image, tenant, host.name, str(exc), {"step": "replace"})
-            return False, str(exc)
-        j.end(step, "ok", new_container=new_id)
+            p = r.progress or {}
+            view = RolloutView(
+                status=r.status,
+                strategy=Strategy.model_validate(opts.get("strategy") or {}),
+                instances=instances,
+                now=now,
+                control=r.control,
+                approved=frozenset(p.get("approved", [])),
+                wave_done_at={int(k): float(v) for k, v in (p.get("wave_done_at") or {}).items()},
+                acknowledged_failures=int(p.get("acknowledged_failures", 0)),
+                manual_rollback=bool(p.get("manual_rollback")),
+            )
+        return view, jobs
 
-        url = host.find(new_id)
-        health_url = url.labels.get(HEALTH_URL_LABEL) if url else None
-        step = j.begin(instance_id, "gate", url=health_url, expect_version=target_version)
-        result = self._gate(host, new_id, health_url, target_version, gate)
-        if result.ok:
-            j.end(step, "ok", passes=result.passes, attempts=result.attempts)
-            j.set_instance(instance_id, state="updated")
-            log.info("instance updated rollout=%s tenant=%s host=%s", rollout_id, tenant, host.name)
-            return True, "updated"
-        evidence = {
-            "step": "gate",
-            "reason": result.reason,
-            "status_code": result.status_code,
-            "body": result.body_excerpt,
-            "reported_version": result.version,
-            "logs": _safe_logs(host, new_id),
-        }
-        j.end(step, "failed", **evidence)
-        self._restore(instance_id, host, name, old_id, new_id, result.reason)
-        self._report(rollout_id, image, tenant, host.name, result.reason, evidence)
-        return False, result.reason
-
-    def _gate(
-        self,
-        host: DockerHost,
-        container_id: str,
-        url: str | None,
-        version: str | None,
-        gate: dict[str, Any],
-    ) -> GateResult:
-        def crashed() -> bool:
-            info = host.find(container_id)
-            return info is None or info.status in ("exited", "dead")
-
-        if not url:
-            # No health URL: the container must simply stay running.
-            return GateResult(not crashed(), 1, 1, "running (no health URL)")
-        return http_gate(
-            url,
-            expect_version=version,
-            passes=int(gate.get("passes", 3)),
-            deadline_s=float(gate.get("deadline_s", 60)),
-            interval_s=float(gate.get("interval_s", 0.5)),
-            should_stop=crashed,
+    def _set_status(self, rollout_id: int, action: SetStatus, view: RolloutView) -> None:
+        with session_scope(self._factory) as s:
+            r = s.get_one(Rollout, rollout_id)
+            old = r.status
+            r.status = action.status
+            progress = dict(r.progress or {})
+            progress["reason"] = action.reason
+            if action.status == "running" and r.control == "resume":
+                failures = sum(
+                    1 for i in view.instances if i.state in (decide.FAILED, decide.ERROR)
+                )
+                progress["acknowledged_failures"] = failures
+            r.progress = progress
+            if r.control in ("pause", "resume", "approve"):
+                r.control = None
+            if action.status == "rolling_back" and r.control == "rollback":
+                progress["manual_rollback"] = True
+            image = r.image
+        log.info(
+            "rollout status rollout=%s %s -> %s reason=%s",
+            rollout_id,
+            old,
+            action.status,
+            action.reason,
         )
+        if (
+            action.status == "rolling_back"
+            and not view.manual_rollback
+            and view.control != "rollback"
+        ):
+            self._report_rollout(rollout_id, image, action.reason)
 
-    def _restore(
-        self,
-        instance_id: int,
-        host: DockerHost,
-        name: str,
-        old_id: str,
-        new_id: str | None,
-        reason: str,
+    def _progress_update(
+        self, rollout_id: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
     ) -> None:
-        """Put the kept previous container back: remove the new one, rename, restart."""
-        started = time.monotonic()
-        j = self._journal
-        step = j.begin(instance_id, "rollback", old_container=old_id, new_container=new_id)
-        try:
-            if new_id is not None:
-                host.remove(new_id, force=True)
-            current = host.find(name)
-            if current is not None and current.id != old_id:
-                host.remove(current.id, force=True)
-            if current is None or current.id != old_id:
-                host.rename(old_id, name)
-            host.start(old_id)
-        except DockerError as exc:
-            j.end(step, "failed", error=str(exc))
-            j.set_instance(instance_id, state="failed", error=f"rollback failed: {exc}")
-            return
-        # The previous version must answer again: that is when the rollback is done.
-        info = host.find(old_id)
-        url = info.health_url if info is not None else None
-        check = self._gate(host, old_id, url, None, {"passes": 1, "deadline_s": 30})
-        elapsed = time.monotonic() - started
-        self._metrics.rollback_seconds.observe(elapsed)
-        if not check.ok:
-            j.end(step, "failed", error=f"previous version not healthy: {check.reason}")
-            j.set_instance(
-                instance_id,
-                state="failed",
-                error=f"{reason}; restored one unhealthy: {check.reason}",
-            )
-            return
-        j.end(step, "ok", seconds=round(elapsed, 3))
-        j.set_instance(instance_id, state="rolled_back", error=reason)
+        with session_scope(self._factory) as s:
+            r = s.get_one(Rollout, rollout_id)
+            r.progress = fn(dict(r.progress or {}))
 
-    def _report(
-        self,
-        rollout_id: int,
-        image: str,
-        tenant: str,
-        host: str,
-        reason: str,
-        evidence: dict[str, Any],
-    ) -> None:
-        if self._on_failure is None:
-            return
-        try:
-            self._on_failure(RolloutFailure(rollout_id, image, tenant, host, reason, evidence))
-        except Exception:
-            log.exception("failure hook failed rollout=%s", rollout_id)
+    def _clear_control(self, rollout_id: int) -> None:
+        with session_scope(self._factory) as s:
+            r = s.get_one(Rollout, rollout_id)
+            if r.control in ("pause", "resume", "approve"):
+                r.control = None
+            if r.status == "awaiting_approval":
+                r.status = "running"
 
-    def _finish(self, rollout_id: int, status: str, error: str | None) -> None:
-        """Drop the kept previous containers of updated instances, then close the rollout."""
+    def _set_instance(self, instance_id: int, **fields: Any) -> None:
+        with session_scope(self._factory) as s:
+            row = s.get_one(RolloutInstance, instance_id)
+            for key, value in fields.items():
+                setattr(row, key, value)
+
+    def _finish(self, rollout_id: int, action: Finish) -> str:
+        """Drop the kept previous containers, close the rollout, tell who listens."""
         with self._factory() as s:
             rows = s.scalars(
                 select(RolloutInstance).where(RolloutInstance.rollout_id == rollout_id)
             ).all()
-            kept = [(r.host, r.old_container_id) for r in rows if r.state == "updated"]
+            kept = [(r.host, r.old_container_id) for r in rows if r.state == decide.UPDATED]
         for host_name, old_id in kept:
             if old_id is None:
                 continue
@@ -400,20 +465,144 @@ class RolloutExecutor:
                 )
         with session_scope(self._factory) as s:
             rollout = s.get_one(Rollout, rollout_id)
-            rollout.status = status
-            rollout.error = error
+            rollout.status = action.status
+            rollout.error = None if action.status == "succeeded" else action.reason
+            if action.status == "failed":
+                rollout.error = (rollout.progress or {}).get("reason") or action.reason
+            rollout.control = None
             rollout.finished_at = datetime.now(UTC)
             if rollout.started_at is not None:
                 self._metrics.duration.observe(
                     (rollout.finished_at - rollout.started_at).total_seconds()
                 )
-        self._metrics.results.labels(result=status).inc()
-        log.info("rollout finished rollout=%s status=%s", rollout_id, status)
-        self._progress(rollout_id)
+        self._metrics.results.labels(result=action.status).inc()
+        log.info("rollout finished rollout=%s status=%s", rollout_id, action.status)
+        self._notify(rollout_id)
+        return action.status
+
+    # --- lease ------------------------------------------------------------------------------
+    def _acquire(self, rollout_id: int) -> None:
+        now = datetime.now(UTC)
+        with session_scope(self._factory) as s:
+            result = s.execute(
+                update(Rollout)
+                .where(
+                    Rollout.id == rollout_id,
+                    or_(
+                        Rollout.owner.is_(None),
+                        Rollout.owner == self.owner,
+                        Rollout.lease_until.is_(None),
+                        Rollout.lease_until < now,
+                    ),
+                )
+                .values(owner=self.owner, lease_until=now + timedelta(seconds=self._lease))
+            )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                r = s.get(Rollout, rollout_id)
+                if r is None:
+                    from orchestrator.errors import NotFoundError
+
+                    raise NotFoundError(f"no rollout {rollout_id}")
+                raise ConflictError(
+                    f"rollout {rollout_id} is being run by {r.owner} (lease until "
+                    f"{r.lease_until:%H:%M:%S}); use pause/resume/abort to steer it"
+                )
+
+    def _renew(self, rollout_id: int) -> None:
+        with session_scope(self._factory) as s:
+            s.execute(
+                update(Rollout)
+                .where(Rollout.id == rollout_id, Rollout.owner == self.owner)
+                .values(lease_until=datetime.now(UTC) + timedelta(seconds=self._lease))
+            )
+
+    def _release(self, rollout_id: int) -> None:
+        with session_scope(self._factory) as s:
+            s.execute(
+                update(Rollout)
+                .where(Rollout.id == rollout_id, Rollout.owner == self.owner)
+                .values(owner=None, lease_until=None)
+            )
+
+    # --- crash recovery ----------------------------------------------------------------------
+    def reconcile(self, rollout_id: int) -> None:
+        """Bring every instance a dead process left mid-step to a known state (see instance.py)."""
+        with self._factory() as s:
+            r = s.get_one(Rollout, rollout_id)
+            jobs = [
+                InstanceJob.from_rows(r, i)
+                for i in r.instances
+                if i.state in (decide.UPDATING, decide.REVERTING)
+            ]
+        for job in jobs:
+            self._worker.reconcile(job)
+
+    def resumable(self) -> list[int]:
+        """Rollouts that should be running but whose runner's lease has lapsed."""
+        now = datetime.now(UTC)
+        with self._factory() as s:
+            return list(
+                s.scalars(
+                    select(Rollout.id).where(
+                        Rollout.status.in_(decide.ACTIVE),
+                        or_(Rollout.lease_until.is_(None), Rollout.lease_until < now),
+                    )
+                )
+            )
+
+    # --- hooks --------------------------------------------------------------------------------
+    def _crashpoint(self, name: str) -> None:
+        if self._crash_at == name:
+            log.warning("test crash point reached: %s: SIGKILL", name)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _hold(self, job: InstanceJob, active: bool) -> None:
+        if self.on_instance is None:
+            return
+        try:
+            self.on_instance(job.tenant, job.host, active)
+        except Exception:
+            log.exception("instance hook failed tenant=%s host=%s", job.tenant, job.host)
+
+    def _notify(self, rollout_id: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(rollout_id)
+
+    def _report(self, failure: RolloutFailure) -> None:
+        if self._on_failure is None:
+            return
+        try:
+            self._on_failure(failure)
+        except Exception:
+            log.exception("failure hook failed rollout=%s", failure.rollout_id)
+
+    def _report_rollout(self, rollout_id: int, image: str, reason: str) -> None:
+        self._report(
+            RolloutFailure(rollout_id, image, "", "", f"rolling back: {reason}", {"step": "budget"})
+        )
 
 
-def _safe_logs(host: DockerHost, container_id: str) -> str:
-    try:
-        return host.logs(container_id, tail=20)[-2000:]
-    except DockerError as exc:
-        return f"(logs unavailable: {exc})"
+Progress = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _with_wave_done(wave: int, now: float) -> Progress:
+    def apply(progress: dict[str, Any]) -> dict[str, Any]:
+        done = dict(progress.get("wave_done_at") or {})
+        done.setdefault(str(wave), now)
+        return {**progress, "wave_done_at": done}
+
+    return apply
+
+
+def _with_approved(wave: int) -> Progress:
+    def apply(progress: dict[str, Any]) -> dict[str, Any]:
+        return {**progress, "approved": sorted({*progress.get("approved", []), wave})}
+
+    return apply
+
+
+def _tenant_window_open(tenant: Tenant | None, now: float) -> bool:
+    if tenant is None or not tenant.maintenance_window:
+        return False
+    w = tenant.maintenance_window
+    return window_open(str(w["cron"]), w["duration"], tenant.timezone, now)

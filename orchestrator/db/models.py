@@ -97,6 +97,14 @@ class Rollout(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A one-shot request from an operator: pause | resume | approve | abort | rollback.
+    control: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Decision state: approved waves, wave end times, acknowledged failures, last reason.
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The process running the rollout holds a lease; another may take over when it lapses.
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     instances: Mapped[list[RolloutInstance]] = relationship(
         back_populates="rollout", order_by="RolloutInstance.position", cascade="all"
@@ -121,6 +129,9 @@ class RolloutInstance(Base):
     new_container_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    wave: Mapped[int] = mapped_column(Integer, default=0)
+    backup_path: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    migrated: Mapped[bool] = mapped_column(default=False)
 
     rollout: Mapped[Rollout] = relationship(back_populates="instances")
     steps: Mapped[list[RolloutStep]] = relationship(

@@ -8,6 +8,7 @@ Docker SDK errors are converted here, once, into ``orchestrator.errors``; caller
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ class ContainerInfo:
     restart_count: int
     exit_code: int | None
     ports: dict[str, Any] = field(default_factory=dict)
+    health_url: str | None = None  # the label, with {ip} / {port:N} resolved
 
     @property
     def tenant(self) -> str | None:
@@ -52,10 +54,6 @@ class ContainerInfo:
     @property
     def component(self) -> str:
         return self.labels.get(COMPONENT_LABEL, "app")
-
-    @property
-    def health_url(self) -> str | None:
-        return self.labels.get(HEALTH_URL_LABEL)
 
     @property
     def running(self) -> bool:
@@ -77,7 +75,37 @@ def _info(attrs: dict[str, Any]) -> ContainerInfo:
         restart_count=int(attrs.get("RestartCount") or 0),
         exit_code=state.get("ExitCode"),
         ports=dict((attrs.get("NetworkSettings") or {}).get("Ports") or {}),
+        health_url=resolve_health_url((config.get("Labels") or {}).get(HEALTH_URL_LABEL), attrs),
     )
+
+
+_PLACEHOLDER = re.compile(r"\{(ip|port:(\d+)(?:/(tcp|udp))?)\}")
+
+
+def resolve_health_url(template: str | None, attrs: dict[str, Any]) -> str | None:
+    """Resolve ``{ip}`` (the container's address) and ``{port:8080}`` (the host port published
+    for 8080/tcp) in a ``smartcpd.health-url`` label, so the URL follows a container that is
+    re-created with another address or a random published port. None when unresolvable."""
+    if not template or "{" not in template:
+        return template
+    net = attrs.get("NetworkSettings") or {}
+    missing = False
+
+    def sub(m: re.Match[str]) -> str:
+        nonlocal missing
+        if m.group(1) == "ip":
+            ips = [n.get("IPAddress") for n in (net.get("Networks") or {}).values()]
+            ip = next((i for i in ips if i), None)
+            missing = missing or ip is None
+            return ip or ""
+        key = f"{m.group(2)}/{m.group(3) or 'tcp'}"
+        bindings = (net.get("Ports") or {}).get(key) or []
+        port = next((b.get("HostPort") for b in bindings if b.get("HostPort")), None)
+        missing = missing or port is None
+        return str(port or "")
+
+    url = _PLACEHOLDER.sub(sub, template)
+    return None if missing else url
 
 
 class DockerHost:

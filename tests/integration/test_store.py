@@ -43,7 +43,7 @@ def test_migration_creates_schema_and_is_idempotent(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
     tables = set(inspect(engine).get_table_names())
     assert {"hosts", "tenants", "rollouts", "rollout_steps", "incidents", "audit"} <= tables
     engine.dispose()

@@ -2,7 +2,9 @@
 
 from typing import Any
 
-from orchestrator.fleet.runtime import clone_config
+import pytest
+
+from orchestrator.fleet.runtime import clone_config, resolve_health_url
 
 OLD_IMAGE: dict[str, Any] = {
     "Env": ["PATH=/usr/bin", "SMARTCPD_VERSION=1"],
@@ -80,3 +82,28 @@ def test_clone_host_network_has_no_endpoints() -> None:
     body, extra = clone_config(attrs, OLD_IMAGE, "img:2", {})
     assert "NetworkingConfig" not in body
     assert extra == {}
+
+
+ATTRS_NET: dict[str, Any] = {
+    "NetworkSettings": {
+        "Networks": {"bridge": {"IPAddress": "10.213.1.5"}},
+        "Ports": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "49153"}], "9000/tcp": None},
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (None, None),
+        ("http://127.0.0.1:18081/health", "http://127.0.0.1:18081/health"),
+        ("http://127.0.0.1:{port:8080}/health", "http://127.0.0.1:49153/health"),
+        ("http://127.0.0.1:{port:8080/tcp}/health", "http://127.0.0.1:49153/health"),
+        ("http://{ip}:8080/health", "http://10.213.1.5:8080/health"),
+        ("http://127.0.0.1:{port:9000}/health", None),  # not published
+        ("http://127.0.0.1:{port:7}/health", None),
+    ],
+)
+def test_resolve_health_url(template: str | None, expected: str | None) -> None:
+    assert resolve_health_url(template, ATTRS_NET) == expected
+    assert resolve_health_url("http://{ip}/h", {}) is None

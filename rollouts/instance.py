@@ -1,0 +1,438 @@
+"""One instance's steps: pull → backup → migrate → replace → gate, and the way back.
+
+Every step is journalled before it acts (``rollouts.journal``) and written so that running
+it again, or ``reconcile`` after a crash, ends in a known state: the instance on the new
+version and healthy (``updated``), or on its previous container, restarted, with its
+database restored when a migration ran (``failed`` / ``reverted`` / back to ``pending``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Histogram
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.db.models import Rollout, RolloutInstance, Tenant
+from orchestrator.errors import CpdopsError, DockerError
+from orchestrator.fleet.discovery import KEPT_MARKER
+from orchestrator.fleet.fleetfile import resolve_secret
+from orchestrator.fleet.hosts import HostRegistry
+from orchestrator.fleet.runtime import PREVIOUS_IMAGE_LABEL, ROLLOUT_LABEL, DockerHost
+from rollouts import dbsafety, decide
+from rollouts.gates import GateResult, http_gate
+from rollouts.journal import Journal
+
+if TYPE_CHECKING:
+    from rollouts.executor import RolloutFailure
+
+log = logging.getLogger(__name__)
+
+ONEOFF_LABEL = "cpdops.oneoff"
+NEW_MARKER = "--cpdops-new-"
+MIGRATE_MARKER = "--cpdops-migrate-"
+
+
+@dataclass(frozen=True)
+class InstanceJob:
+    rollout_id: int
+    instance_id: int
+    tenant: str
+    host: str
+    name: str
+    image: str
+    target_version: str | None
+    gate: dict[str, Any]
+    backup: bool
+    migrate: list[str] | None
+    order: str
+    state: str
+    old_container_id: str | None
+    old_version: str | None
+    backup_path: str | None
+    migrated: bool
+
+    @property
+    def kept_name(self) -> str:
+        return f"{self.name}{KEPT_MARKER}r{self.rollout_id}"
+
+    @classmethod
+    def from_rows(cls, r: Rollout, i: RolloutInstance) -> InstanceJob:
+        opts = r.options or {}
+        return cls(
+            rollout_id=r.id,
+            instance_id=i.id,
+            tenant=i.tenant,
+            host=i.host,
+            name=i.container_name,
+            image=r.image,
+            target_version=r.target_version,
+            gate=dict(opts.get("gate") or {}),
+            backup=bool(opts.get("backup", True)),
+            migrate=opts.get("migrate"),
+            order=str((opts.get("strategy") or {}).get("order", "auto")),
+            state=i.state,
+            old_container_id=i.old_container_id,
+            old_version=i.old_version,
+            backup_path=i.backup_path,
+            migrated=i.migrated,
+        )
+
+
+def choose_order(requested: str, attrs: dict[str, Any]) -> str:
+    """Pure: start-first only when the container publishes no fixed host port."""
+    if requested != "auto":
+        return requested
+    bindings = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
+    fixed = any(b.get("HostPort") for bs in bindings.values() for b in (bs or []))
+    return "stop-first" if fixed else "start-first"
+
+
+class InstanceWorker:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        hosts: HostRegistry,
+        *,
+        stop_timeout_s: int,
+        backup_dir: Path,
+        crashpoint: Callable[[str], None],
+        report: Callable[[RolloutFailure], None],
+        rollback_seconds: Histogram,
+    ) -> None:
+        self._factory = factory
+        self._hosts = hosts
+        self._journal = Journal(factory)
+        self._stop_timeout = stop_timeout_s
+        self._backup_dir = backup_dir
+        self._crashpoint = crashpoint
+        self._report_fn = report
+        self._rollback_seconds = rollback_seconds
+
+    # --- forward ------------------------------------------------------------------------------
+    def update(self, job: InstanceJob) -> None:
+        j, host = self._journal, self._hosts.get(job.host)
+        step = j.begin(job.instance_id, "pull", image=job.image)
+        try:
+            host.ensure_image(job.image)
+            old = host.inspect(job.name)
+        except DockerError as exc:
+            j.end(step, "failed", error=str(exc))
+            return self._fail(job, str(exc), {"step": "pull"})
+        j.end(step, "ok")
+        old_id = str(old["Id"])
+        j.set_instance(job.instance_id, old_container_id=old_id, old_image=old["Config"]["Image"])
+        job = _replace(job, old_container_id=old_id)
+        order = choose_order(job.order, old)
+
+        dsn = self._tenant_dsn(job.tenant) if (job.backup or job.migrate) else None
+        if dsn is not None and job.backup:
+            step = j.begin(job.instance_id, "backup")
+            try:
+                backup = dbsafety.backup(
+                    dsn, self._backup_dir / f"rollout-{job.rollout_id}", label=job.tenant
+                )
+            except CpdopsError as exc:
+                j.end(step, "failed", error=str(exc))
+                return self._fail(job, f"backup refused: {exc}", {"step": "backup"})
+            j.end(step, "ok", path=str(backup.path), size_bytes=backup.size_bytes)
+            j.set_instance(job.instance_id, backup_path=str(backup.path))
+            job = _replace(job, backup_path=str(backup.path))
+            self._crashpoint("after_backup")
+
+        if job.migrate:
+            j.set_instance(job.instance_id, migrated=True)  # journalled before it acts
+            job = _replace(job, migrated=True)
+            step = j.begin(job.instance_id, "migrate", command=job.migrate)
+            try:
+                result = host.run_oneoff_like(
+                    old_id,
+                    image=job.image,
+                    command=list(job.migrate or []),
+                    name=f"{job.name}{MIGRATE_MARKER}r{job.rollout_id}",
+                    labels={ROLLOUT_LABEL: str(job.rollout_id), ONEOFF_LABEL: "1"},
+                    timeout_s=float(job.gate.get("migrate_timeout_s", 600)),
+                )
+                ok, detail = (
+                    result.exit_code == 0,
+                    {
+                        "exit_code": result.exit_code,
+                        "logs": result.logs[-2000:],
+                        "seconds": round(result.seconds, 3),
+                    },
+                )
+            except DockerError as exc:
+                ok, detail = False, {"error": str(exc)}
+            if not ok:
+                j.end(step, "failed", **detail)
+                self._restore(job, None, "migration failed", final=decide.FAILED)
+                return self._report(job, "migration failed", {"step": "migrate", **detail})
+            j.end(step, "ok", **detail)
+
+        if order == "start-first":
+            return self._start_first(job, host)
+        step = j.begin(job.instance_id, "replace", order=order, kept_name=job.kept_name)
+        new_id: str | None = None
+        try:
+            host.stop(old_id, timeout=self._stop_timeout)
+            self._crashpoint("after_stop_old")
+            host.rename(old_id, job.kept_name)
+            new_id = self._create(job, host, old_id, job.name)
+            host.start(new_id)
+            self._crashpoint("after_start_new")
+        except DockerError as exc:
+            j.end(step, "failed", error=str(exc), new_container=new_id)
+            self._restore(job, new_id, str(exc), final=decide.FAILED)
+            return self._report(job, str(exc), {"step": "replace"})
+        j.end(step, "ok", new_container=new_id)
+        self._gate_and_settle(job, host, new_id)
+
+    def _start_first(self, job: InstanceJob, host: DockerHost) -> None:
+        j = self._journal
+        temp = f"{job.name}{NEW_MARKER}r{job.rollout_id}"
+        assert job.old_container_id is not None
+        step = j.begin(job.instance_id, "replace", order="start-first", kept_name=job.kept_name)
+        new_id: str | None = None
+        try:
+            new_id = self._create(job, host, job.old_container_id, temp)
+            host.start(new_id)
+            self._crashpoint("after_start_new")
+        except DockerError as exc:
+            j.end(step, "failed", error=str(exc), new_container=new_id)
+            if new_id is not None:
+                host.remove(new_id, force=True)
+            return self._fail(job, str(exc), {"step": "replace"})
+        j.end(step, "ok", new_container=new_id)
+        result = self._gate(job, host, new_id)
+        if not result.ok:
+            self._gate_failed(job, host, new_id, result)
+            return
+        step = j.begin(job.instance_id, "promote", new_container=new_id)
+        try:
+            host.stop(job.old_container_id, timeout=self._stop_timeout)
+            self._crashpoint("after_stop_old")
+            host.rename(job.old_container_id, job.kept_name)
+            host.rename(new_id, job.name)
+        except DockerError as exc:
+            j.end(step, "failed", error=str(exc))
+            self._restore(job, new_id, str(exc), final=decide.FAILED)
+            return self._report(job, str(exc), {"step": "promote"})
+        j.end(step, "ok")
+        j.set_instance(job.instance_id, state=decide.UPDATED)
+
+    def _create(self, job: InstanceJob, host: DockerHost, old_id: str, name: str) -> str:
+        old_image = str(host.inspect(old_id)["Config"]["Image"])
+        new_id = host.create_like(
+            old_id,
+            image=job.image,
+            name=name,
+            extra_labels={ROLLOUT_LABEL: str(job.rollout_id), PREVIOUS_IMAGE_LABEL: old_image},
+        )
+        self._journal.set_instance(job.instance_id, new_container_id=new_id)
+        return new_id
+
+    def _gate(
+        self,
+        job: InstanceJob,
+        host: DockerHost,
+        container_id: str,
+        *,
+        version: str | bool | None = True,
+        gate: dict[str, Any] | None = None,
+    ) -> GateResult:
+        gate = gate if gate is not None else job.gate
+        expect = job.target_version if version is True else (version or None)
+
+        def crashed() -> bool:
+            info = host.find(container_id)
+            return info is None or info.status in ("exited", "dead")
+
+        info = host.find(container_id)
+        url = info.health_url if info is not None else None
+        if not url:
+            return GateResult(not crashed(), 1, 1, "running (no health URL)")
+        return http_gate(
+            url,
+            expect_version=expect,
+            passes=int(gate.get("passes", 3)),
+            deadline_s=float(gate.get("deadline_s", 60)),
+            interval_s=float(gate.get("interval_s", 0.5)),
+            should_stop=crashed,
+        )
+
+    def _gate_and_settle(self, job: InstanceJob, host: DockerHost, new_id: str) -> None:
+        j = self._journal
+        step = j.begin(job.instance_id, "gate", expect_version=job.target_version)
+        result = self._gate(job, host, new_id)
+        if result.ok:
+            j.end(step, "ok", passes=result.passes, attempts=result.attempts)
+            j.set_instance(job.instance_id, state=decide.UPDATED)
+            log.info(
+                "instance updated rollout=%s tenant=%s host=%s",
+                job.rollout_id,
+                job.tenant,
+                job.host,
+            )
+            return
+        j.end(step, "failed", **_evidence(result))
+        self._gate_failed(job, host, new_id, result)
+
+    def _gate_failed(
+        self, job: InstanceJob, host: DockerHost, new_id: str, result: GateResult
+    ) -> None:
+        evidence = {"step": "gate", **_evidence(result), "logs": _safe_logs(host, new_id)}
+        self._restore(job, new_id, result.reason, final=decide.FAILED)
+        self._report(job, result.reason, evidence)
+
+    # --- backward -----------------------------------------------------------------------------
+    def revert(self, job: InstanceJob) -> None:
+        """Rollback of an updated instance: back to its kept container (a restart)."""
+        host = self._hosts.get(job.host)
+        current = host.find(job.name)
+        new_id = current.id if current is not None and current.id != job.old_container_id else None
+        self._restore(job, new_id, "rollout rolled back", final=decide.REVERTED)
+
+    def _restore(self, job: InstanceJob, new_id: str | None, reason: str, *, final: str) -> None:
+        """Remove the new container, restore the DB if migrated, restart the kept one."""
+        started = time.monotonic()
+        j, host = self._journal, self._hosts.get(job.host)
+        old_id = job.old_container_id
+        step = j.begin(job.instance_id, "rollback", new_container=new_id, reason=reason)
+        try:
+            for ref in {new_id, f"{job.name}{NEW_MARKER}r{job.rollout_id}"} - {None}:
+                assert ref is not None
+                info = host.find(ref)
+                if info is not None and info.id != old_id:
+                    host.remove(info.id, force=True)
+            if job.migrated and job.backup_path:
+                dsn = self._tenant_dsn(job.tenant)
+                if dsn is not None:
+                    if old_id is not None:  # nothing may use the database while it is restored
+                        host.stop(old_id, timeout=self._stop_timeout)
+                    seconds = dbsafety.restore(dsn, Path(job.backup_path))
+                    j.set_instance(job.instance_id, migrated=False)
+                    log.info(
+                        "database restored rollout=%s tenant=%s seconds=%.2f",
+                        job.rollout_id,
+                        job.tenant,
+                        seconds,
+                    )
+            if old_id is not None:
+                current = host.find(job.name)
+                if current is not None and current.id != old_id:
+                    host.remove(current.id, force=True)
+                if current is None or current.id != old_id:
+                    host.rename(old_id, job.name)
+                host.start(old_id)
+        except (DockerError, CpdopsError) as exc:
+            j.end(step, "failed", error=str(exc))
+            j.set_instance(job.instance_id, state=decide.ERROR, error=f"rollback failed: {exc}")
+            return
+        check = (
+            self._gate(
+                job,
+                host,
+                old_id,
+                version=False,
+                gate={"passes": 1, "deadline_s": 30, "interval_s": 0.1},
+            )
+            if old_id is not None
+            else GateResult(True, 0, 0, "nothing to restart")
+        )
+        elapsed = time.monotonic() - started
+        self._rollback_seconds.observe(elapsed)
+        if not check.ok:
+            j.end(step, "failed", error=f"previous version not healthy: {check.reason}")
+            j.set_instance(
+                job.instance_id,
+                state=decide.ERROR,
+                error=f"{reason}; the restored one is unhealthy: {check.reason}",
+            )
+            return
+        j.end(step, "ok", seconds=round(elapsed, 3))
+        j.set_instance(
+            job.instance_id, state=final, error=reason if final == decide.FAILED else None
+        )
+
+    # --- crash recovery -----------------------------------------------------------------------
+    def reconcile(self, job: InstanceJob) -> None:
+        """Finish or undo what a dead process left: the instance ends updated, or pending
+        again on its previous container (the rollout then retries it), never in between."""
+        host = self._hosts.get(job.host)
+        j = self._journal
+        step = j.begin(job.instance_id, "reconcile", state=job.state)
+        if job.state == decide.REVERTING:
+            j.end(step, "ok", action="revert again")
+            return self.revert(job)
+        kept = host.find(job.kept_name)
+        current = host.find(job.name)
+        new_here = current is not None and current.labels.get(ROLLOUT_LABEL) == str(job.rollout_id)
+        if kept is not None and new_here and current is not None and current.running:
+            job = _replace(job, old_container_id=kept.id)
+            result = self._gate(job, host, current.id)
+            if result.ok:
+                j.end(step, "ok", action="new container verified")
+                j.set_instance(job.instance_id, state=decide.UPDATED)
+                return
+        old_id = (
+            kept.id
+            if kept is not None
+            else (current.id if current is not None and not new_here else job.old_container_id)
+        )
+        if old_id is None:
+            j.end(step, "failed", error="previous container not found")
+            j.set_instance(
+                job.instance_id, state=decide.ERROR, error="previous container not found"
+            )
+            return
+        job = _replace(job, old_container_id=old_id)
+        new_id = current.id if current is not None and current.id != old_id else None
+        self._restore(job, new_id, "recovered after a crash", final=decide.PENDING)
+        for ref in (f"{job.name}{MIGRATE_MARKER}r{job.rollout_id}",):
+            host.remove(ref, force=True)
+        j.end(step, "ok", action="restored previous container; will retry")
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _tenant_dsn(self, tenant: str) -> str | None:
+        with self._factory() as s:
+            dsn = s.scalars(select(Tenant.db_dsn).where(Tenant.slug == tenant)).first()
+        return resolve_secret(dsn) if dsn else None
+
+    def _fail(self, job: InstanceJob, reason: str, evidence: dict[str, Any]) -> None:
+        self._journal.set_instance(job.instance_id, state=decide.FAILED, error=reason)
+        self._report(job, reason, evidence)
+
+    def _report(self, job: InstanceJob, reason: str, evidence: dict[str, Any]) -> None:
+        from rollouts.executor import RolloutFailure
+
+        self._report_fn(
+            RolloutFailure(job.rollout_id, job.image, job.tenant, job.host, reason, evidence)
+        )
+
+
+def _replace(job: InstanceJob, **changes: Any) -> InstanceJob:
+    from dataclasses import replace
+
+    return replace(job, **changes)
+
+
+def _evidence(result: GateResult) -> dict[str, Any]:
+    return {
+        "reason": result.reason,
+        "status_code": result.status_code,
+        "body": result.body_excerpt,
+        "reported_version": result.version,
+    }
+
+
+def _safe_logs(host: DockerHost, container_id: str) -> str:
+    try:
+        return host.logs(container_id, tail=20)[-2000:]
+    except DockerError as exc:
+        return f"(logs unavailable: {exc})"
