@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 import click
 from sqlalchemy import select
 
-from orchestrator.context import AppContext, build_context
-from orchestrator.db.models import Incident, Rollout
+from orchestrator.cli_common import _dump, _opened, _table, json_option
+from orchestrator.db.models import Incident
 from orchestrator.errors import CpdopsError, InputError, OperationFailed
 
 log = logging.getLogger(__name__)
@@ -32,54 +28,6 @@ class CpdopsGroup(click.Group):
         except CpdopsError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
-
-
-def _context(migrate: bool = True) -> AppContext:
-    from orchestrator.settings import Settings
-
-    return build_context(Settings(), migrate=migrate)
-
-
-@contextmanager
-def _opened(migrate: bool = True) -> Iterator[AppContext]:
-    ctx = _context(migrate)
-    try:
-        yield ctx
-    finally:
-        ctx.close()
-
-
-def _dump(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[_cell(c) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    header = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    click.echo(header.rstrip())
-    for r in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _csv(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise InputError("an empty list was given")
-    return items
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 
 
 @click.group(cls=CpdopsGroup)
@@ -197,136 +145,6 @@ def fleet_ls(as_json: bool) -> None:
         raise OperationFailed("no host answered")
 
 
-# --- rollouts ----------------------------------------------------------------------------------
-@main.group()
-def rollout() -> None:
-    """Rollouts: move instances to a new image, with health gates and rollback."""
-
-
-def _rollout_dict(ctx: AppContext, rollout_id: int) -> dict[str, Any]:
-    """The rollout as the API shows it (``GET /api/v1/rollouts/{id}``)."""
-    from orchestrator.api.routes.rollouts import rollout_detail
-
-    with ctx.factory() as s:
-        return rollout_detail(s, rollout_id).model_dump(mode="json")
-
-
-def _print_rollout(data: dict[str, Any]) -> None:
-    click.echo(f"rollout {data['id']}: {data['status']}  image {data['image']}")
-    if data["error"]:
-        click.echo(f"  error: {data['error']}")
-    if data["incident"]:
-        click.echo(f"  incident: {data['incident']}")
-    _table(
-        [
-            (i["tenant"], i["host"], i["container_name"], i["old_version"], i["state"], i["error"])
-            for i in data["instances"]
-        ],
-        ["tenant", "host", "container", "from", "state", "error"],
-    )
-
-
-def _progress_printer(ctx: AppContext) -> Callable[[int], None]:
-    seen: dict[tuple[str, str], str] = {}
-
-    def show(rollout_id: int) -> None:
-        data = _rollout_dict(ctx, rollout_id)
-        total = len(data["instances"])
-        done = sum(1 for i in data["instances"] if i["state"] in ("updated", "rolled_back"))
-        for i in data["instances"]:
-            key = (i["tenant"], i["host"])
-            if seen.get(key) != i["state"] and i["state"] != "pending":
-                seen[key] = i["state"]
-                click.echo(
-                    f"[{done}/{total}] {i['tenant']}@{i['host']}: {i['state']}"
-                    + (f" ({i['error']})" if i["error"] else ""),
-                    err=True,
-                )
-
-    return show
-
-
-@rollout.command("start")
-@click.option("--image", required=True, help="image reference, e.g. smartcpd:2.4.1")
-@click.option("--tenants", help="comma-separated tenant slugs (default: all)")
-@click.option("--hosts", "hosts_", help="comma-separated host names")
-@click.option("--rings", help="comma-separated rings")
-@click.option("--passes", type=int, default=None, help="health passes required by the gate")
-@click.option("--deadline", type=float, default=None, help="seconds allowed for the gate")
-@json_option
-def rollout_start(
-    image: str,
-    tenants: str | None,
-    hosts_: str | None,
-    rings: str | None,
-    passes: int | None,
-    deadline: float | None,
-    as_json: bool,
-) -> None:
-    """Create a rollout and run it here, showing progress. Exit 1 if it fails."""
-    from pydantic import ValidationError
-
-    from rollouts.spec import GateSpec, RolloutRequest
-
-    with _opened() as ctx:
-        gate = GateSpec(
-            passes=passes or ctx.settings.gate_passes,
-            deadline_s=deadline or ctx.settings.gate_deadline_s,
-            interval_s=ctx.settings.gate_interval_s,
-        )
-        try:
-            request = RolloutRequest(
-                image=image,
-                tenants=_csv(tenants),
-                hosts=_csv(hosts_),
-                rings=_csv(rings),
-                gate=gate,
-            )
-        except ValidationError as exc:
-            raise InputError(_validation_message(exc)) from exc
-        rollout_id = ctx.executor.create(request, actor="cli")
-        if not as_json:
-            click.echo(f"rollout {rollout_id} created", err=True)
-            ctx.executor.on_progress = _progress_printer(ctx)
-        status = ctx.executor.run(rollout_id)
-        data = _rollout_dict(ctx, rollout_id)
-    if as_json:
-        _dump(data)
-    else:
-        _print_rollout(data)
-    if status != "succeeded":
-        sys.exit(1)
-
-
-@rollout.command("status")
-@click.argument("rollout_id", type=int)
-@json_option
-def rollout_status(rollout_id: int, as_json: bool) -> None:
-    """Show a rollout with its instances and steps."""
-    with _opened() as ctx:
-        data = _rollout_dict(ctx, rollout_id)
-    if as_json:
-        _dump(data)
-    else:
-        _print_rollout(data)
-
-
-@rollout.command("ls")
-@json_option
-def rollout_ls(as_json: bool) -> None:
-    """List rollouts, newest first."""
-    with _opened() as ctx, ctx.factory() as s:
-        rows = [
-            (r.id, r.image, r.status, r.created_by, r.created_at, r.finished_at, r.error)
-            for r in s.scalars(select(Rollout).order_by(Rollout.id.desc()).limit(100))
-        ]
-    headers = ["id", "image", "status", "by", "created", "finished", "error"]
-    if as_json:
-        _dump([dict(zip(headers, r, strict=True)) for r in rows])
-    else:
-        _table(rows, headers)
-
-
 # --- incidents ---------------------------------------------------------------------------------
 @main.group()
 def incidents() -> None:
@@ -439,14 +257,8 @@ def monitors_ls(as_json: bool) -> None:
         _table([list(d.values()) for d in data], list(data[0]) if data else ["id"])
 
 
-def _validation_message(exc: Any) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)
-
-
+from orchestrator.cli_rollout import rollout  # noqa: E402
 from orchestrator.demo.cli import demo  # noqa: E402
 
+main.add_command(rollout)
 main.add_command(demo)

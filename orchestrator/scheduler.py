@@ -20,8 +20,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
 from orchestrator.context import AppContext, sync_monitors
-from orchestrator.db.models import Rollout
-from orchestrator.errors import ConflictError, CpdopsError
+from orchestrator.db.models import Rollout, Tenant
+from orchestrator.errors import ConflictError, CpdopsError, InputError
+from rollouts.windows import next_window_start, window_open
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,31 @@ def run_scheduled_rollout(rollout_id: int) -> None:
         log.error("scheduled rollout %s fired with no context bound", rollout_id)
         return
     _run(ctx, rollout_id)
+
+
+def first_start(ctx: AppContext, rollout_id: int) -> datetime:
+    """When a scheduled rollout should first run: its ``at``, or the earliest opening of a
+    selected tenant's maintenance window (now, if one is open)."""
+    now = datetime.now(UTC)
+    with ctx.factory() as s:
+        r = s.get_one(Rollout, rollout_id)
+        if r.scheduled_for is not None:
+            return r.scheduled_for
+        slugs = {i.tenant for i in r.instances}
+        tenants = list(s.scalars(select(Tenant).where(Tenant.slug.in_(slugs))))
+    starts = []
+    for t in tenants:
+        w = t.maintenance_window
+        if not w:
+            continue
+        if window_open(str(w["cron"]), w["duration"], t.timezone, now.timestamp()):
+            return now
+        nxt = next_window_start(str(w["cron"]), t.timezone, now)
+        if nxt is not None:
+            starts.append(nxt)
+    if not starts:
+        raise InputError("--window: none of the selected tenants has a maintenance window")
+    return min(starts)
 
 
 def store_schedule(ctx: AppContext, rollout_id: int, at: datetime) -> None:

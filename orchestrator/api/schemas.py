@@ -64,6 +64,7 @@ class StepOut(ORM):
 
 class RolloutInstanceOut(ORM):
     position: int
+    wave: int = Field(description="0-based wave index")
     tenant: str
     host: str
     container_name: str
@@ -86,11 +87,28 @@ class RolloutOut(ORM):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    scheduled_for: datetime | None
+    control: str | None = Field(description="an operator's request not yet applied")
+    progress: dict[str, Any] = Field(description="approved waves, wave end times, last reason")
+    owner: str | None = Field(description="the cpdops process running it (lease holder)")
     incident: str | None = Field(default=None, description="number of the linked mass incident")
 
 
 class RolloutDetail(RolloutOut):
     instances: list[RolloutInstanceOut]
+
+
+class PlannedOut(BaseModel):
+    tenant: str
+    host: str
+    container: str
+    version: str | None = Field(description="the version it runs now")
+
+
+class PlanOut(BaseModel):
+    image: str
+    target_version: str | None
+    waves: list[list[PlannedOut]]
 
 
 class EventOut(ORM):

@@ -35,7 +35,7 @@ def demo_build(version: str, fail: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def demo_up(count: int, version: str, as_json: bool) -> None:
     """Start COUNT stand-in tenants with published ports on 127.0.0.1."""
-    from orchestrator.cli import _opened
+    from orchestrator.cli_common import _opened
     from orchestrator.db.session import session_scope
     from orchestrator.demo.fleet import demo_tenants, register_tenants, start_tenant
     from orchestrator.errors import ContainerError

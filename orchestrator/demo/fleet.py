@@ -45,7 +45,12 @@ def demo_tenants(count: int, base_port: int = BASE_PORT) -> list[DemoTenant]:
 
 
 def start_tenant(
-    host: DockerHost, tenant: DemoTenant, image: str, *, extra_labels: dict[str, str] | None = None
+    host: DockerHost,
+    tenant: DemoTenant,
+    image: str,
+    *,
+    extra_labels: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> str:
     """Run one stand-in instance with a fixed published port on 127.0.0.1."""
     labels = {
@@ -59,7 +64,7 @@ def start_tenant(
         image=image,
         name=tenant.container,
         labels=labels,
-        environment={"SMARTCPD_TENANT": tenant.slug, "SMARTCPD_PORT": "8080"},
+        environment={"SMARTCPD_TENANT": tenant.slug, "SMARTCPD_PORT": "8080", **(env or {})},
         ports={"8080/tcp": ("127.0.0.1", tenant.port)},
         restart_policy={"Name": "unless-stopped"},
     )

@@ -34,7 +34,9 @@ class Placed:
     host: str
 
 
-def fleet_yaml(hosts: Sequence[Any], tenants: Sequence[Placed]) -> str:
+def fleet_yaml(
+    hosts: Sequence[Any], tenants: Sequence[Placed], extra: dict[str, str] | None = None
+) -> str:
     lines = ["version: 1", "hosts:"]
     for h in hosts:
         lines += [f"  - name: {h.name}", f"    url: {h.url}"]
@@ -47,6 +49,8 @@ def fleet_yaml(hosts: Sequence[Any], tenants: Sequence[Placed]) -> str:
             f"    ring: {ring}",
             f"    host: {p.host}",
         ]
+        if extra and p.tenant.slug in extra:
+            lines += ["    " + line for line in extra[p.tenant.slug].splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -60,19 +64,31 @@ def make_context(tmp_path: Path, db_url: str | None = None, **overrides: Any) ->
 
 
 def place_tenants(
-    ctx: AppContext, hosts: Sequence[Any], names: Sequence[tuple[str, int]], image: str
+    ctx: AppContext,
+    hosts: Sequence[Any],
+    names: Sequence[tuple[str, int]],
+    image: str,
+    *,
+    env: dict[str, dict[str, str]] | None = None,
+    extra_yaml: dict[str, str] | None = None,
 ) -> list[Placed]:
-    """Start stand-in tenants: ``names`` are (slug, index of the daemon in ``hosts``)."""
+    """Start stand-in tenants: ``names`` are (slug, index of the daemon in ``hosts``);
+    ``env`` adds container environment per slug; ``extra_yaml`` adds fleet-file lines per
+    slug (e.g. a maintenance window)."""
     placed = []
     for slug, idx in names:
         handle = hosts[idx]
         tenant = DemoTenant(slug, f"smartcpd-{slug}", free_port(), "general")
         start_tenant(
-            DockerHost(handle.name, handle.url), tenant, image, extra_labels={TEST_LABEL: "1"}
+            DockerHost(handle.name, handle.url),
+            tenant,
+            image,
+            extra_labels={TEST_LABEL: "1"},
+            env=(env or {}).get(slug),
         )
         placed.append(Placed(tenant, handle.name))
     with session_scope(ctx.factory) as s:
-        apply_fleet(s, parse_fleet_text(fleet_yaml(hosts, placed)))
+        apply_fleet(s, parse_fleet_text(fleet_yaml(hosts, placed, extra_yaml)))
     return placed
 
 

@@ -118,7 +118,7 @@ def test_failing_image_restores_first_instance_and_opens_mass_incident(
     with ctx.factory() as s:
         rollout = s.get_one(Rollout, rollout_id)
         assert rollout.status == "failed"
-        assert [i.state for i in rollout.instances] == ["rolled_back", "pending", "pending"]
+        assert [i.state for i in rollout.instances] == ["failed", "pending", "pending"]
         assert "HTTP 500" in (rollout.instances[0].error or "")
         steps = rollout.instances[0].steps
         assert [(st.step, st.state) for st in steps] == [

@@ -7,10 +7,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.api.deps import CtxDep, SessionDep
-from orchestrator.api.schemas import RolloutDetail, RolloutOut
+from orchestrator.api.schemas import PlannedOut, PlanOut, RolloutDetail, RolloutOut
 from orchestrator.db.models import Incident, Rollout, RolloutInstance
 from orchestrator.errors import NotFoundError
-from orchestrator.scheduler import run_rollout_now
+from orchestrator.scheduler import first_start, run_rollout_now, schedule_rollout
+from rollouts.planner import waves_of
 from rollouts.spec import RolloutRequest
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
@@ -41,22 +42,82 @@ def list_rollouts(
 
 
 @router.post(
+    "/plan",
+    response_model=PlanOut,
+    summary="Dry run: the waves a rollout would take",
+    description="Validates like `POST /rollouts` and returns the plan. Nothing is touched.",
+    responses={400: {"description": "unknown tenant/host/image"}},
+)
+def plan_rollout(body: RolloutRequest, ctx: CtxDep) -> PlanOut:
+    plan, version = ctx.executor.plan(body)
+    return PlanOut(
+        image=body.image,
+        target_version=version,
+        waves=[
+            [
+                PlannedOut(
+                    tenant=p.tenant, host=p.host, container=p.container_name, version=p.version
+                )
+                for p in wave
+            ]
+            for wave in waves_of(plan)
+        ],
+    )
+
+
+@router.post(
     "",
     response_model=RolloutDetail,
     status_code=202,
-    summary="Create a rollout and start it now",
+    summary="Create a rollout; start it now or schedule it",
     description=(
         "Validates the selection and the image (it must exist on every target host), refuses "
         "an instance already held by an active rollout (409), stores the plan and starts it in "
-        "the background. Poll `GET /api/v1/rollouts/{id}` for progress."
+        "the background — or, with `schedule.at` / `schedule.window`, stores a persistent "
+        "scheduler job. Poll `GET /api/v1/rollouts/{id}` for progress."
     ),
     responses={400: {"description": "unknown tenant/host/image"}, 409: {"description": "overlap"}},
 )
 def create_rollout(request: Request, body: RolloutRequest, ctx: CtxDep) -> RolloutDetail:
-    rollout_id = ctx.executor.create(body, actor="api")
-    run_rollout_now(request.app.state.scheduler, ctx, rollout_id)
+    scheduler = request.app.state.scheduler
+    scheduled = body.schedule.at is not None or body.schedule.window
+    rollout_id = ctx.executor.create(body, actor="api", claim=not scheduled)
+    if scheduled:
+        schedule_rollout(scheduler, rollout_id, first_start(ctx, rollout_id))
+    else:
+        run_rollout_now(scheduler, ctx, rollout_id)
     with ctx.factory() as session:
         return rollout_detail(session, rollout_id)
+
+
+def _control_route(action: str, summary: str) -> None:
+    def control(rollout_id: int, request: Request, ctx: CtxDep) -> RolloutDetail:
+        ctx.executor.control(rollout_id, action, actor="api")
+        if rollout_id in ctx.executor.resumable():
+            run_rollout_now(request.app.state.scheduler, ctx, rollout_id)
+        with ctx.factory() as session:
+            return rollout_detail(session, rollout_id)
+
+    router.add_api_route(
+        f"/{{rollout_id}}/{action}",
+        control,
+        methods=["POST"],
+        response_model=RolloutDetail,
+        status_code=202,
+        summary=summary,
+        responses={404: {"description": "no such rollout"}, 409: {"description": "not now"}},
+        name=f"rollout_{action}",
+    )
+
+
+for _action, _summary in (
+    ("pause", "Pause: no new instance starts; those in progress finish"),
+    ("resume", "Resume a paused rollout"),
+    ("approve", "Approve the next wave of a rollout awaiting approval"),
+    ("abort", "Abort: stop where it is; updated instances stay updated"),
+    ("rollback", "Roll back every instance the rollout updated"),
+):
+    _control_route(_action, _summary)
 
 
 @router.get("/{rollout_id}", response_model=RolloutDetail, summary="A rollout with its steps")
