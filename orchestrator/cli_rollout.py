@@ -233,16 +233,20 @@ def rollout_ls(as_json: bool) -> None:
 
 def _control(action: str) -> Callable[..., None]:
     @click.argument("rollout_id", type=int)
-    @click.option("--wait/--no-wait", default=action == "resume", help="run it here if no one does")
+    @click.option(
+        "--wait/--no-wait", default=True, help="run it here to its end if no process runs it"
+    )
     @json_option
     def command(rollout_id: int, wait: bool, as_json: bool) -> None:
         with _opened() as ctx:
-            ctx.executor.control(rollout_id, action, actor="cli")
-            # If the process that ran it is gone, resume/rollback/abort run it here.
-            if (
-                action in ("resume", "rollback", "abort", "approve")
-                and rollout_id in ctx.executor.resumable()
-            ):
+            orphaned = rollout_id in ctx.executor.resumable()
+            status = rollout_dict(ctx, rollout_id)["status"]
+            # `resume` of a rollout whose runner died (status still running) is a takeover.
+            if not (action == "resume" and orphaned and status not in ("paused", "waiting_window")):
+                ctx.executor.control(rollout_id, action, actor="cli")
+            orphaned = orphaned or rollout_id in ctx.executor.resumable()
+            # If no process runs it, resume/rollback/abort/approve run it here.
+            if action != "pause" and wait and orphaned:
                 if not as_json:
                     ctx.executor.on_progress = _progress_printer(ctx)
                 ctx.executor.run(rollout_id)
