@@ -122,6 +122,9 @@ def next_actions(view: RolloutView) -> list[Action]:
         todo = [i for i in insts if i.state == UPDATED]
         actions += [Revert(i.id) for i in _take(view, todo)]
         if not todo and not busy:
+            errors = sum(1 for i in insts if i.state == ERROR)
+            if errors:
+                return [Finish("failed", f"{errors} instance(s) could not be restored")]
             final = "rolled_back" if view.manual_rollback or control == "rollback" else "failed"
             return [Finish(final, "every updated instance is back on its previous version")]
         return actions or [Wait("reverting")]

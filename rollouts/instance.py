@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 ONEOFF_LABEL = "cpdops.oneoff"
 NEW_MARKER = "--cpdops-new-"
 MIGRATE_MARKER = "--cpdops-migrate-"
+REVERT_MARKER = "--cpdops-revert-"
 
 
 @dataclass(frozen=True)
@@ -294,11 +295,81 @@ class InstanceWorker:
 
     # --- backward -----------------------------------------------------------------------------
     def revert(self, job: InstanceJob) -> None:
-        """Rollback of an updated instance: back to its kept container (a restart)."""
+        """Rollback of an updated instance: back to its kept container (a restart) while the
+        rollout runs; after it ended (kept containers removed), a re-create on the previous
+        image with the whole configuration, gated like an update."""
         host = self._hosts.get(job.host)
         current = host.find(job.name)
         new_id = current.id if current is not None and current.id != job.old_container_id else None
-        self._restore(job, new_id, "rollout rolled back", final=decide.REVERTED)
+        kept = host.find(job.old_container_id) if job.old_container_id else None
+        if kept is not None or current is None:
+            self._restore(job, new_id, "rollout rolled back", final=decide.REVERTED)
+            return
+        self._recreate_previous(job, host, current.id)
+
+    def _recreate_previous(self, job: InstanceJob, host: DockerHost, current_id: str) -> None:
+        j = self._journal
+        old_image = str(
+            host.inspect(current_id)["Config"]["Labels"].get(PREVIOUS_IMAGE_LABEL) or ""
+        )
+        aside = f"{job.name}{REVERT_MARKER}r{job.rollout_id}"
+        step = j.begin(job.instance_id, "recreate-previous", image=old_image, aside=aside)
+        started = time.monotonic()
+        if not old_image:
+            j.end(step, "failed", error="the container does not name its previous image")
+            j.set_instance(job.instance_id, state=decide.ERROR, error="previous image unknown")
+            return
+        prev_id: str | None = None
+        try:
+            host.stop(current_id, timeout=self._stop_timeout)
+            host.rename(current_id, aside)
+            if job.migrated and job.backup_path:
+                dsn = self._tenant_dsn(job.tenant)
+                if dsn is not None:
+                    from rollouts import dbsafety
+
+                    dbsafety.restore(dsn, Path(job.backup_path))
+                    j.set_instance(job.instance_id, migrated=False)
+            prev_id = host.create_like(
+                current_id,
+                image=old_image,
+                name=job.name,
+                extra_labels={ROLLOUT_LABEL: str(job.rollout_id)},
+            )
+            host.start(prev_id)
+        except (DockerError, CpdopsError) as exc:
+            j.end(step, "failed", error=str(exc))
+            self._undo_recreate(job, host, current_id, prev_id)
+            j.set_instance(job.instance_id, state=decide.ERROR, error=f"rollback failed: {exc}")
+            return
+        result = self._gate(job, host, prev_id, version=job.old_version or False)
+        if not result.ok:
+            j.end(step, "failed", **_evidence(result))
+            self._undo_recreate(job, host, current_id, prev_id)
+            j.set_instance(
+                job.instance_id,
+                state=decide.ERROR,
+                error=f"previous version not healthy: {result.reason}",
+            )
+            return
+        host.remove(current_id, force=True)
+        elapsed = time.monotonic() - started
+        self._rollback_seconds.observe(elapsed)
+        j.end(step, "ok", seconds=round(elapsed, 3))
+        j.set_instance(job.instance_id, state=decide.REVERTED, new_container_id=prev_id)
+
+    def _undo_recreate(
+        self, job: InstanceJob, host: DockerHost, current_id: str, prev_id: str | None
+    ) -> None:
+        """Put the updated container back if the re-create of the previous one failed."""
+        try:
+            if prev_id is not None:
+                host.remove(prev_id, force=True)
+            if host.find(job.name) is None:
+                host.rename(current_id, job.name)
+            host.start(current_id)
+        except DockerError as exc:
+            log.error("could not put the updated container back tenant=%s: %s", job.tenant, exc)
 
     def _restore(self, job: InstanceJob, new_id: str | None, reason: str, *, final: str) -> None:
         """Remove the new container, restore the DB if migrated, restart the kept one."""

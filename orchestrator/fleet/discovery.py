@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 # Name marker of the previous container kept (stopped) by a rollout until it ends.
 KEPT_MARKER = "--cpdops-old-"
+# Every container cpdops names itself during a rollout (kept, start-first, migration, revert)
+# carries this; such containers are not instances.
+WORK_MARKER = "--cpdops-"
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def discover_host(host: DockerHost) -> list[Instance]:
     versions: dict[str, str | None] = {}
     result = []
     for info in host.list_managed():
-        if KEPT_MARKER in info.name:
+        if WORK_MARKER in info.name:
             continue
         if info.image_id not in versions:
             try:

@@ -254,3 +254,8 @@ def test_revert_respects_parallelism() -> None:
     assert next_actions(view(fleet(), wave_done_at={0: 0.0})) == [
         Finish("succeeded", "every instance is on the new version")
     ]
+
+
+def test_rollback_that_could_not_restore_everything_fails() -> None:
+    state = view(fleet("reverted", "error"), status="rolling_back", manual_rollback=True)
+    assert next_actions(state) == [Finish("failed", "1 instance(s) could not be restored")]
