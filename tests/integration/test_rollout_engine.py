@@ -341,3 +341,66 @@ def test_sigkill_at_step_points_then_resume(
     finally:
         for h in docker_hosts:
             remove_test_containers(h.client)
+
+
+def test_window_schedule_survives_a_restart(
+    tmp_path: Path, docker_hosts: list[Any], standin_images: dict[str, str]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import httpx
+
+    from orchestrator.settings import Settings
+    from tests.integration.server import running_server
+
+    db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
+    ctx = make_context(tmp_path, db_url)
+    opens = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    window = (
+        "timezone: UTC\n"
+        f'maintenance_window: {{cron: "{opens.minute} {opens.hour} * * *", duration: 10m}}'
+    )
+    env = {**os.environ, "CPDOPS_DATABASE_URL": db_url}
+    try:
+        placed = place_tenants(
+            ctx,
+            docker_hosts,
+            [("w0", 0), ("w1", 1)],
+            standin_images["1"],
+            extra_yaml={"w0": window, "w1": window},
+        )
+        ctx.close()
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        created = cli(
+            env,
+            "rollout",
+            "start",
+            "--image",
+            standin_images["2"],
+            "--window",
+            "--passes",
+            "2",
+            "--json",
+        )
+        assert created.returncode == 0, created.stderr
+        data = json.loads(created.stdout)
+        assert data["status"] == "scheduled"
+        settings = Settings(database_url=db_url, run_monitors=False, rollout_lease_s=3)
+        with running_server(settings):
+            pass  # cpdops restarts before the window opens: the job is in the database
+        assert set(_versions(placed).values()) == {"1"}
+        with running_server(settings) as base, httpx.Client(base_url=base) as api:
+
+            def done() -> dict[str, Any] | None:
+                got: dict[str, Any] = api.get("/api/v1/rollouts/1").json()
+                return got if got["status"] in ("succeeded", "failed") else None
+
+            final = wait_for(done, timeout=150, what="the scheduled rollout to run")
+        assert final["status"] == "succeeded", final
+        started = datetime.fromisoformat(final["started_at"])
+        assert started >= opens, "it started inside the window, not before"
+        assert set(_versions(placed).values()) == {"2"}
+    finally:
+        for h in docker_hosts:
+            remove_test_containers(h.client)
