@@ -212,10 +212,13 @@ class InstanceWorker:
                 host.remove(new_id, force=True)
             return self._fail(job, str(exc), {"step": "replace"})
         j.end(step, "ok", new_container=new_id)
+        step = j.begin(job.instance_id, "gate", expect_version=job.target_version)
         result = self._gate(job, host, new_id)
         if not result.ok:
+            j.end(step, "failed", **_evidence(result))
             self._gate_failed(job, host, new_id, result)
             return
+        j.end(step, "ok", passes=result.passes, attempts=result.attempts)
         step = j.begin(job.instance_id, "promote", new_container=new_id)
         try:
             host.stop(job.old_container_id, timeout=self._stop_timeout)

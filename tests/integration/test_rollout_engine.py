@@ -404,3 +404,55 @@ def test_window_schedule_survives_a_restart(
     finally:
         for h in docker_hosts:
             remove_test_containers(h.client)
+
+
+def test_start_first_when_no_fixed_port(
+    tmp_path: Path, docker_hosts: list[Any], standin_images: dict[str, str]
+) -> None:
+    """A container publishing a random port is replaced start-first: the new one answers
+    before the old one stops; the health URL label follows it through {port:8080}."""
+    from orchestrator.db.session import session_scope
+    from orchestrator.fleet.apply import apply_fleet
+    from orchestrator.fleet.fleetfile import parse_fleet_text
+    from orchestrator.fleet.runtime import DockerHost
+    from tests.integration.fleet import TEST_LABEL
+
+    handle = docker_hosts[0]
+    ctx = make_context(tmp_path)
+    try:
+        host = DockerHost(handle.name, handle.url)
+        host.run(
+            image=standin_images["1"],
+            name="smartcpd-sf",
+            labels={
+                "smartcpd.tenant": "sf",
+                "smartcpd.health-url": "http://127.0.0.1:{port:8080}/health",
+                TEST_LABEL: "1",
+            },
+            ports={"8080/tcp": ("127.0.0.1", None)},
+        )
+        with session_scope(ctx.factory) as s:
+            apply_fleet(
+                s,
+                parse_fleet_text(
+                    f"version: 1\nhosts:\n  - name: {handle.name}\n    url: {handle.url}\n"
+                ),
+            )
+        before = host.find("smartcpd-sf")
+        assert before is not None and before.health_url is not None
+        wait_health(before.health_url, version="1")
+        rollout_id = ctx.executor.create(
+            RolloutRequest(image=standin_images["2"], tenants=["sf"], gate=GATE)
+        )
+        assert ctx.executor.run(rollout_id) == "succeeded"
+        after = host.find("smartcpd-sf")
+        assert after is not None and after.id != before.id and after.health_url is not None
+        assert wait_health(after.health_url, version="2")["version"] == "2"
+        with ctx.factory() as s:
+            steps = s.get_one(Rollout, rollout_id).instances[0].steps
+            assert [st.step for st in steps] == ["pull", "replace", "gate", "promote"]
+            assert steps[1].detail["order"] == "start-first"
+        assert _leftovers(docker_hosts) == []
+    finally:
+        ctx.close()
+        remove_test_containers(handle.client)
