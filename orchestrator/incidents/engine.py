@@ -133,6 +133,8 @@ class IncidentEngine:
                 subject=(
                     f"Rollout {failure.rollout_id} to {failure.image} failed on "
                     f"{failure.tenant}@{failure.host}"
+                    if failure.tenant
+                    else f"Rollout {failure.rollout_id} to {failure.image}: {failure.reason}"
                 ),
                 description=(
                     f"Rollout {failure.rollout_id} (image {failure.image}) failed on tenant "
