@@ -165,3 +165,32 @@ def test_apply_is_idempotent_and_bad_file_changes_nothing(store, tmp_path: Path)
         assert s.scalar(select(func.count()).select_from(Host)) == 1
         ring = s.scalars(select(Tenant.ring).where(Tenant.slug == "acme")).one()
         assert ring == "canary"
+
+
+def test_upgrade_from_0001_keeps_rows(db_url: str) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(db_url)
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO rollouts (id, image, status, selection, options, created_by, "
+                "created_at) VALUES (1, 'x:1', 'succeeded', '{}', '{}', 'cli', :now)"
+            ),
+            {"now": "2026-11-25 00:00:00"},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO rollout_instances (id, rollout_id, position, tenant, host, "
+                "container_name, state) VALUES (1, 1, 0, 'acme', 'h1', 'c', 'updated')"
+            )
+        )
+    upgrade(engine)
+    with make_session_factory(engine)() as s:
+        from orchestrator.db.models import Rollout
+
+        r = s.get_one(Rollout, 1)
+        assert r.progress == {} and r.control is None and r.owner is None
+        assert r.instances[0].wave == 0 and r.instances[0].migrated is False
+    engine.dispose()

@@ -107,3 +107,19 @@ ATTRS_NET: dict[str, Any] = {
 def test_resolve_health_url(template: str | None, expected: str | None) -> None:
     assert resolve_health_url(template, ATTRS_NET) == expected
     assert resolve_health_url("http://{ip}/h", {}) is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "bindings", "expected"),
+    [
+        ("auto", {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18081"}]}, "stop-first"),
+        ("auto", {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}, "start-first"),
+        ("auto", {}, "start-first"),
+        ("stop-first", {}, "stop-first"),
+        ("start-first", {"8080/tcp": [{"HostPort": "1"}]}, "start-first"),
+    ],
+)
+def test_choose_order(requested: str, bindings: dict[str, Any], expected: str) -> None:
+    from rollouts.instance import choose_order
+
+    assert choose_order(requested, {"HostConfig": {"PortBindings": bindings}}) == expected
