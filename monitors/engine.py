@@ -93,10 +93,13 @@ class MonitorEngine:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         probes: Mapping[str, Callable[[], Probe]] | None = None,
         drain_timeout_s: float = 10.0,
+        on_result: Callable[[MonitorSpec, ProbeResult, MonitorStatus], None] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self._on_change = on_change
+        # Called on the loop thread for every check (must be cheap: e.g. history aggregation).
+        self._on_result = on_result
         self._clock = clock
         self._jitter = jitter
         self._max_concurrency = max_concurrency
@@ -426,12 +429,19 @@ class MonitorEngine:
             )
             mon.last_result = result
             mon.probe_count += 1
-            if mon.state.status == old.status:
-                return
-            now = datetime.now(UTC)
-            mon.last_change_at = now
-            change = StateChange(spec, old.status, mon.state.status, result, result.reason, now)
-        self._notify(change)
+            status = mon.state.status
+            changed = status != old.status
+            if changed:
+                now = datetime.now(UTC)
+                mon.last_change_at = now
+                change = StateChange(spec, old.status, status, result, result.reason, now)
+        if self._on_result is not None:
+            try:
+                self._on_result(spec, result, status)
+            except Exception:
+                logger.exception("on_result failed monitor=%s", spec.id)
+        if changed:
+            self._notify(change)
 
     def _notify(self, change: StateChange) -> None:
         loop = self._loop

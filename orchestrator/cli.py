@@ -230,31 +230,55 @@ def monitors() -> None:
 
 
 @monitors.command("ls")
+@click.option("--tenant", help="only this tenant's monitors")
 @json_option
-def monitors_ls(as_json: bool) -> None:
-    """List monitors with their last state change."""
+def monitors_ls(tenant: str | None, as_json: bool) -> None:
+    """List monitors: last recorded state, reason, uptime (maintenance excluded)."""
     from monitors.state import MonitorStatus
     from orchestrator.db.models import MonitorRecord
+    from orchestrator.monitor_history import uptimes
 
     with _opened() as ctx, ctx.factory() as s:
-        rows = list(s.scalars(select(MonitorRecord).order_by(MonitorRecord.id)))
-    data = [
+        stmt = select(MonitorRecord).order_by(MonitorRecord.id)
+        if tenant:
+            stmt = stmt.where(MonitorRecord.tenant == tenant)
+        rows = list(s.scalars(stmt))
+        up = uptimes(s, [m.id for m in rows])
+    data: list[dict[str, Any]] = [
         {
             "id": m.id,
             "tenant": m.tenant,
             "host": m.host,
             "kind": m.kind,
-            "target": m.target,
             "status": MonitorStatus(m.status).name.lower(),
             "reason": m.reason,
             "changed_at": m.changed_at,
+            "uptime": up[m.id],
         }
         for m in rows
     ]
     if as_json:
         _dump(data)
-    else:
-        _table([list(d.values()) for d in data], list(data[0]) if data else ["id"])
+        return
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    _table(
+        [
+            (
+                d["id"],
+                d["status"],
+                pct(d["uptime"]["1h"]),
+                pct(d["uptime"]["24h"]),
+                pct(d["uptime"]["7d"]),
+                d["reason"][:50],
+                d["changed_at"],
+            )
+            for d in data
+        ],
+        ["monitor", "status", "1h", "24h", "7d", "reason", "changed"],
+    )
 
 
 from orchestrator.cli_rollout import rollout  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitors.engine import MonitorEngine, StateChange
+from monitors.history import MinuteAggregator
 from monitors.metrics import MonitorCollector
 from monitors.probe import MonitorSpec
 from orchestrator.db.migrate import upgrade
-from orchestrator.db.models import ConfigItem
+from orchestrator.db.models import ConfigItem, Tenant
 from orchestrator.db.session import make_engine, make_session_factory
 from orchestrator.errors import DockerError
 from orchestrator.fleet.discovery import Instance, discover
@@ -23,8 +25,10 @@ from orchestrator.fleet.fleetfile import parse_duration
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.incidents.engine import IncidentEngine
 from orchestrator.metrics import StoreCollector, make_registry
+from orchestrator.monitor_history import flush
 from orchestrator.settings import Settings
 from rollouts.executor import RolloutExecutor
+from rollouts.windows import window_open
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +43,14 @@ class AppContext:
     incidents: IncidentEngine
     executor: RolloutExecutor
     monitors: MonitorEngine | None = None
+    history: MinuteAggregator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         if self.monitors is not None:
             self.monitors.stop()
+        if self.history is not None:
+            flush(self.factory, self.history)
         self.hosts.close()
         self.engine.dispose()
 
@@ -76,7 +83,8 @@ def start_monitors(ctx: AppContext) -> MonitorEngine:
     def on_change(change: StateChange) -> None:
         ctx.incidents.on_monitor_change(change)
 
-    engine = MonitorEngine(on_change)
+    ctx.history = MinuteAggregator()
+    engine = MonitorEngine(on_change, on_result=ctx.history.add)
     ctx.registry.register(MonitorCollector(engine))
     engine.start()
     ctx.monitors = engine
@@ -134,6 +142,31 @@ def monitors_for(instances: list[Instance], defaults: dict[str, Any]) -> list[Mo
     return specs
 
 
+def apply_maintenance(ctx: AppContext, now: float | None = None) -> list[str]:
+    """Put the monitors of tenants inside their maintenance window into MAINTENANCE (they
+    open no incident) and release the others; returns the tenants in maintenance."""
+    if ctx.monitors is None:
+        return []
+    at = now if now is not None else time.time()
+    with ctx.factory() as s:
+        inside = {
+            t.slug
+            for t in s.scalars(select(Tenant).where(Tenant.maintenance_window.is_not(None)))
+            if t.maintenance_window
+            and window_open(
+                str(t.maintenance_window["cron"]), t.maintenance_window["duration"], t.timezone, at
+            )
+        }
+    views = ctx.monitors.snapshot()
+    held = [v.spec.id for v in views if v.spec.tenant in inside]
+    free = [v.spec.id for v in views if v.spec.tenant not in inside]
+    if held:
+        ctx.monitors.set_maintenance(held, "maintenance window")
+    if free:
+        ctx.monitors.clear_maintenance(free)
+    return sorted(inside)
+
+
 def sync_monitors(ctx: AppContext) -> int:
     """Discover instances and (re)configure the monitors; returns how many there are."""
     if ctx.monitors is None:
@@ -149,4 +182,5 @@ def sync_monitors(ctx: AppContext) -> int:
         keep = [v.spec for v in ctx.monitors.snapshot() if v.spec.host in found.errors]
         specs.extend(keep)
     ctx.monitors.set_monitors(specs)
+    apply_maintenance(ctx)
     return len(specs)

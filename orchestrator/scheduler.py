@@ -19,9 +19,10 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
-from orchestrator.context import AppContext, sync_monitors
+from orchestrator.context import AppContext, apply_maintenance, sync_monitors
 from orchestrator.db.models import Rollout, Tenant
 from orchestrator.errors import ConflictError, CpdopsError, InputError
+from orchestrator.monitor_history import flush
 from rollouts.windows import next_window_start, window_open
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,25 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             seconds=ctx.settings.discovery_interval_s,
             next_run_time=datetime.now(UTC),
             id="sync-monitors",
+            jobstore="internal",
+            replace_existing=True,
+        )
+    if ctx.monitors is not None and ctx.history is not None:
+        scheduler.add_job(
+            flush,
+            "interval",
+            args=[ctx.factory, ctx.history],
+            seconds=10,
+            id="flush-history",
+            jobstore="internal",
+            replace_existing=True,
+        )
+        scheduler.add_job(
+            apply_maintenance,
+            "interval",
+            args=[ctx],
+            seconds=5,
+            id="maintenance",
             jobstore="internal",
             replace_existing=True,
         )

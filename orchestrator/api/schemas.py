@@ -151,3 +151,28 @@ class MonitorOut(BaseModel):
     status_code: int = Field(description="0 down, 1 up, 2 pending, 3 maintenance")
     reason: str
     changed_at: datetime | None
+    uptime: dict[str, float | None] = Field(
+        default_factory=dict, description="share of passing checks per window, maintenance excluded"
+    )
+
+
+class PointOut(BaseModel):
+    start: int = Field(description="Unix time of the minute (or hour) the point covers")
+    checks: int
+    failures: int
+    maintenance: int
+    avg_latency_s: float | None
+    max_latency_s: float | None
+
+
+class HistoryOut(BaseModel):
+    monitor: str
+    window: str
+    uptime: float | None
+    points: list[PointOut]
+
+
+class TenantUptimeOut(BaseModel):
+    tenant: str
+    monitors: list[str]
+    uptime: dict[str, float | None]

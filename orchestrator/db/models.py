@@ -222,6 +222,20 @@ class MonitorRecord(Base):
     down_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class MonitorMinute(Base):
+    """Per-minute aggregate of one monitor's checks (SPEC §5: history as aggregates)."""
+
+    __tablename__ = "monitor_minutes"
+
+    monitor_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    minute: Mapped[int] = mapped_column(Integer, primary_key=True, doc="Unix time // 60")
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    maintenance: Mapped[int] = mapped_column(Integer, default=0)
+    duration_sum: Mapped[float] = mapped_column(default=0.0)
+    duration_max: Mapped[float] = mapped_column(default=0.0)
+
+
 class AuditEntry(Base):
     __tablename__ = "audit"
 

@@ -122,3 +122,72 @@ def test_serve_monitors_incident_and_api_rollout(
     finally:
         for h in hosts:
             remove_test_containers(h.client)
+
+
+def test_maintenance_window_means_no_incident_and_history(
+    tmp_path: Path, docker_hosts: list[Any], standin_images: dict[str, str]
+) -> None:
+    hosts = docker_hosts[:2]
+    db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
+    ctx = make_context(tmp_path, db_url)
+    always = 'maintenance_window: {cron: "* * * * *", duration: 10m}'
+    try:
+        placed = place_tenants(
+            ctx,
+            hosts,
+            [("calm", 0), ("loud", 1)],
+            standin_images["1"],
+            extra_yaml={"calm": always},
+        )
+        ctx.close()
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        settings = Settings(
+            database_url=db_url,
+            monitor_interval_s=INTERVAL,
+            monitor_timeout_s=INTERVAL,
+            monitor_failure_threshold=THRESHOLD,
+            discovery_interval_s=1.0,
+        )
+        with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+
+            def states() -> dict[str, str]:
+                return {m["tenant"]: m["status"] for m in api.get("/api/v1/monitors").json()}
+
+            wait_for(
+                lambda: states() == {"calm": "maintenance", "loud": "up"},
+                timeout=30,
+                what="calm in maintenance, loud up",
+            )
+            hosts[0].client.containers.get("smartcpd-calm").stop(timeout=2)
+            hosts[1].client.containers.get("smartcpd-loud").stop(timeout=2)
+            wait_for(
+                lambda: api.get("/api/v1/incidents", params={"tenant": "loud"}).json(),
+                timeout=20,
+                what="loud's incident",
+            )
+            time.sleep(INTERVAL * (THRESHOLD + 3))
+            assert api.get("/api/v1/incidents", params={"tenant": "calm"}).json() == []
+            assert states()["calm"] == "maintenance"
+
+            loud_id = next(
+                m["id"] for m in api.get("/api/v1/monitors").json() if m["tenant"] == "loud"
+            )
+
+            def flushed() -> dict[str, Any] | None:
+                got: dict[str, Any] = api.get(
+                    f"/api/v1/monitors/{loud_id}/history", params={"window": "1h"}
+                ).json()
+                return got if got["points"] and got["uptime"] is not None else None
+
+            hist = wait_for(flushed, timeout=30, what="history flushed")
+            assert 0 < hist["uptime"] < 1, "some checks passed, some failed"
+            assert sum(p["checks"] for p in hist["points"]) > 0
+            calm = api.get("/api/v1/tenants/calm/uptime").json()
+            assert calm["uptime"]["1h"] is None, "maintenance is excluded from uptime"
+            bad = api.get(f"/api/v1/monitors/{loud_id}/history", params={"window": "2y"})
+            assert bad.status_code == 422
+            assert api.get("/api/v1/monitors/nope/history").status_code == 404
+    finally:
+        for h in hosts:
+            remove_test_containers(h.client)

@@ -43,7 +43,7 @@ def test_migration_creates_schema_and_is_idempotent(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == "0003"
     tables = set(inspect(engine).get_table_names())
     assert {"hosts", "tenants", "rollouts", "rollout_steps", "incidents", "audit"} <= tables
     engine.dispose()
@@ -194,3 +194,33 @@ def test_upgrade_from_0001_keeps_rows(db_url: str) -> None:
         assert r.progress == {} and r.control is None and r.owner is None
         assert r.instances[0].wave == 0 and r.instances[0].migrated is False
     engine.dispose()
+
+
+def test_history_flush_is_additive_and_uptime(store) -> None:  # type: ignore[no-untyped-def]
+    import time as _time
+    from datetime import UTC, datetime
+
+    from monitors.history import MinuteAggregator
+    from monitors.probe import MonitorSpec, ProbeResult
+    from monitors.state import MonitorStatus
+    from orchestrator.monitor_history import flush, history, uptimes
+
+    spec = MonitorSpec(
+        id="a/app@h/http", name="a", tenant="a", host="h", kind="http", target="http://x"
+    )
+    agg = MinuteAggregator()
+    now = datetime.now(UTC)
+    for ok in (True, True, False):
+        agg.add(spec, ProbeResult(ok=ok, duration_s=0.2, reason="", at=now), MonitorStatus.UP)
+    assert flush(store, agg) == 1
+    agg.add(spec, ProbeResult(ok=True, duration_s=0.5, reason="", at=now), MonitorStatus.UP)
+    agg.add(
+        spec, ProbeResult(ok=False, duration_s=0.1, reason="", at=now), MonitorStatus.MAINTENANCE
+    )
+    assert flush(store, agg) == 1
+    with store() as s:
+        up = uptimes(s, [spec.id], now=_time.time())
+        assert up[spec.id]["1h"] == 0.75 and up[spec.id]["30d"] == 0.75
+        [point] = history(s, spec.id, "1h")
+        assert (point.checks, point.failures, point.maintenance) == (4, 1, 1)
+        assert point.max_latency_s == 0.5

@@ -1,0 +1,143 @@
+"""Monitor history in the database: flushing minute aggregates, uptime and history queries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitors.history import MinuteAggregator, uptime
+from orchestrator.db.models import MonitorMinute
+from orchestrator.db.session import session_scope
+
+WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+
+
+def flush(factory: sessionmaker[Session], aggregator: MinuteAggregator) -> int:
+    """Write the buckets gathered since the last flush (additive upsert); rows written."""
+    rows = aggregator.drain()
+    if not rows:
+        return 0
+    with session_scope(factory) as s:
+        dialect = s.get_bind().dialect.name
+        ins = (
+            postgresql.insert(MonitorMinute)
+            if dialect == "postgresql"
+            else sqlite.insert(MonitorMinute)
+        )
+        for monitor_id, minute, b in rows:
+            stmt = ins.values(
+                monitor_id=monitor_id,
+                minute=minute,
+                checks=b.checks,
+                failures=b.failures,
+                maintenance=b.maintenance,
+                duration_sum=b.duration_sum,
+                duration_max=b.duration_max,
+            )
+            ex = stmt.excluded
+            s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[MonitorMinute.monitor_id, MonitorMinute.minute],
+                    set_={
+                        "checks": MonitorMinute.checks + ex.checks,
+                        "failures": MonitorMinute.failures + ex.failures,
+                        "maintenance": MonitorMinute.maintenance + ex.maintenance,
+                        "duration_sum": MonitorMinute.duration_sum + ex.duration_sum,
+                        "duration_max": func.max(MonitorMinute.duration_max, ex.duration_max)
+                        if dialect == "sqlite"
+                        else func.greatest(MonitorMinute.duration_max, ex.duration_max),
+                    },
+                )
+            )
+    return len(rows)
+
+
+def uptimes(
+    session: Session, monitor_ids: Iterable[str], now: float | None = None
+) -> dict[str, dict[str, float | None]]:
+    """Uptime per monitor over 1h/24h/7d/30d, maintenance excluded."""
+    ids = list(monitor_ids)
+    now_min = int((now if now is not None else time.time()) // 60)
+    out: dict[str, dict[str, float | None]] = {i: {} for i in ids}
+    if not ids:
+        return out
+    for label, seconds in WINDOWS.items():
+        rows = session.execute(
+            select(
+                MonitorMinute.monitor_id,
+                func.sum(MonitorMinute.checks),
+                func.sum(MonitorMinute.failures),
+            )
+            .where(
+                MonitorMinute.monitor_id.in_(ids), MonitorMinute.minute > now_min - seconds // 60
+            )
+            .group_by(MonitorMinute.monitor_id)
+        ).all()
+        got = {mid: uptime(int(c or 0), int(f or 0)) for mid, c, f in rows}
+        for i in ids:
+            out[i][label] = got.get(i)
+    return out
+
+
+def combined_uptime(session: Session, monitor_ids: Iterable[str], window: str) -> float | None:
+    """One uptime over several monitors (a tenant's), maintenance excluded."""
+    ids = list(monitor_ids)
+    if not ids:
+        return None
+    since = int(time.time() // 60) - WINDOWS[window] // 60
+    c, f = session.execute(
+        select(func.sum(MonitorMinute.checks), func.sum(MonitorMinute.failures)).where(
+            MonitorMinute.monitor_id.in_(ids), MonitorMinute.minute > since
+        )
+    ).one()
+    return uptime(int(c or 0), int(f or 0))
+
+
+@dataclass(frozen=True)
+class Point:
+    start: int  # unix seconds
+    checks: int
+    failures: int
+    maintenance: int
+    avg_latency_s: float | None
+    max_latency_s: float | None
+
+
+def history(
+    session: Session, monitor_id: str, window: str, now: float | None = None
+) -> list[Point]:
+    """Points over ``window``: per minute for 1h/24h, per hour for 7d/30d."""
+    seconds = WINDOWS[window]
+    step = 1 if seconds <= 86400 else 60  # in minutes
+    now_min = int((now if now is not None else time.time()) // 60)
+    rows = session.execute(
+        select(MonitorMinute)
+        .where(
+            MonitorMinute.monitor_id == monitor_id, MonitorMinute.minute > now_min - seconds // 60
+        )
+        .order_by(MonitorMinute.minute)
+    ).scalars()
+    grouped: dict[int, list[MonitorMinute]] = {}
+    for r in rows:
+        grouped.setdefault(r.minute // step * step, []).append(r)
+    points = []
+    for start, items in sorted(grouped.items()):
+        checks = sum(i.checks for i in items)
+        points.append(
+            Point(
+                start=start * 60,
+                checks=checks,
+                failures=sum(i.failures for i in items),
+                maintenance=sum(i.maintenance for i in items),
+                avg_latency_s=(sum(i.duration_sum for i in items) / checks) if checks else None,
+                max_latency_s=max((i.duration_max for i in items), default=None)
+                if checks
+                else None,
+            )
+        )
+    return points
