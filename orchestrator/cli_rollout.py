@@ -15,7 +15,7 @@ from sqlalchemy import select
 from orchestrator.cli_common import _csv, _dump, _opened, _table, _validation_message, json_option
 from orchestrator.context import AppContext
 from orchestrator.db.models import Rollout
-from orchestrator.errors import InputError
+from orchestrator.errors import ConflictError, InputError
 from rollouts import decide
 from rollouts.planner import waves_of
 from rollouts.spec import RolloutRequest
@@ -249,7 +249,10 @@ def _control(action: str) -> Callable[..., None]:
             if action != "pause" and wait and orphaned:
                 if not as_json:
                     ctx.executor.on_progress = _progress_printer(ctx)
-                ctx.executor.run(rollout_id)
+                try:
+                    ctx.executor.run(rollout_id)
+                except ConflictError as exc:  # another process (cpdops serve) took it first
+                    click.echo(f"note: {exc}", err=True)
             data = rollout_dict(ctx, rollout_id)
         _emit(data, as_json, f"{action} requested for rollout {rollout_id}")
 
