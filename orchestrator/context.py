@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,16 @@ from monitors.engine import MonitorEngine, StateChange
 from monitors.history import MinuteAggregator
 from monitors.metrics import MonitorCollector
 from monitors.probe import MonitorSpec
+from monitors.probes import PROBES
+from monitors.probes.postgres import connection_params, server_label
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.models import ConfigItem, Tenant
 from orchestrator.db.session import make_engine, make_session_factory
-from orchestrator.errors import DockerError
+from orchestrator.errors import CpdopsError, DockerError
 from orchestrator.fleet.discovery import Instance, discover
-from orchestrator.fleet.fleetfile import parse_duration
+from orchestrator.fleet.fleetfile import parse_duration, resolve_secret
 from orchestrator.fleet.hosts import HostRegistry
+from orchestrator.fleet.runtime import DockerHost
 from orchestrator.incidents.engine import IncidentEngine
 from orchestrator.metrics import StoreCollector, make_registry
 from orchestrator.monitor_history import flush
@@ -122,24 +126,80 @@ def monitor_defaults(ctx: AppContext) -> dict[str, Any]:
     return values
 
 
-def monitors_for(instances: list[Instance], defaults: dict[str, Any]) -> list[MonitorSpec]:
-    """Monitors generated from the discovered instances (one HTTP probe per health URL)."""
+def monitors_for(
+    instances: list[Instance],
+    defaults: dict[str, Any],
+    hosts: Mapping[str, DockerHost] | None = None,
+    tenant_dsns: Mapping[str, str] | None = None,
+) -> list[MonitorSpec]:
+    """Monitors generated from the registry and the labels — nobody types them:
+    per instance an ``http`` probe of its health URL, a ``sip`` OPTIONS probe of its
+    ``smartcpd.sip-uri``, a ``container`` probe (state, health, restarts, OOM, CPU/memory);
+    per tenant with a database DSN a ``postgres`` deep-health probe."""
     specs = []
     for inst in instances:
-        if not inst.health_url:
-            continue
+        base = f"{inst.tenant}/{inst.component}@{inst.host}"
+        name = f"{inst.tenant}-{inst.component}"
+        common = {"tenant": inst.tenant, "host": inst.host, **defaults}
+        if inst.health_url:
+            specs.append(
+                MonitorSpec(
+                    id=f"{base}/http",
+                    name=f"{name}-http",
+                    kind="http",
+                    target=inst.health_url,
+                    **common,
+                )
+            )
+        if inst.sip_uri and "sip" in PROBES:
+            specs.append(
+                MonitorSpec(
+                    id=f"{base}/sip", name=f"{name}-sip", kind="sip", target=inst.sip_uri, **common
+                )
+            )
+        host = (hosts or {}).get(inst.host)
+        if host is not None:
+            options = {"tls": host.tls} if host.tls else {}
+            specs.append(
+                MonitorSpec(
+                    id=f"{base}/container",
+                    name=f"{name}-container",
+                    kind="container",
+                    target=f"{host.url}#{inst.name}",
+                    options=options,
+                    **common,
+                )
+            )
+    for tenant, dsn in sorted((tenant_dsns or {}).items()):
+        server = server_label(connection_params(dsn))
         specs.append(
             MonitorSpec(
-                id=f"{inst.tenant}/{inst.component}@{inst.host}/http",
-                name=f"{inst.tenant}-{inst.component}-http",
-                tenant=inst.tenant,
-                host=inst.host,
-                kind="http",
-                target=inst.health_url,
+                id=f"{tenant}/db",
+                name=f"{tenant}-db",
+                tenant=tenant,
+                host=server,
+                kind="postgres",
+                target=dsn,
+                options={"server": server},
                 **defaults,
             )
         )
     return specs
+
+
+def tenant_dsns(ctx: AppContext) -> dict[str, str]:
+    """Tenants' database DSNs, secrets resolved; a tenant whose ${VAR} is unset is skipped."""
+    out = {}
+    with ctx.factory() as s:
+        rows = list(s.execute(select(Tenant.slug, Tenant.db_dsn).where(Tenant.db_dsn.is_not(None))))
+    for slug, dsn in rows:
+        if not dsn:
+            continue
+        try:
+            out[slug] = resolve_secret(dsn)
+        except CpdopsError as exc:
+            log.warning("no database monitor for tenant=%s: %s", slug, exc)
+    return out
 
 
 def apply_maintenance(ctx: AppContext, now: float | None = None) -> list[str]:
@@ -176,7 +236,8 @@ def sync_monitors(ctx: AppContext) -> int:
     except DockerError as exc:
         log.warning("monitor sync: discovery failed: %s", exc)
         return -1
-    specs = monitors_for(found.instances, monitor_defaults(ctx))
+    hosts = {h.name: h for h in ctx.hosts.hosts()}
+    specs = monitors_for(found.instances, monitor_defaults(ctx), hosts, tenant_dsns(ctx))
     if found.errors:
         # Keep the monitors of an unreachable host rather than dropping them.
         keep = [v.spec for v in ctx.monitors.snapshot() if v.spec.host in found.errors]

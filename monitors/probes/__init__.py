@@ -10,8 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from monitors.probe import Probe
+from monitors.probes.container import ContainerProbe
 from monitors.probes.http import HttpProbe
+from monitors.probes.postgres import PostgresProbe
 
 PROBES: dict[str, Callable[[], Probe]] = {
     "http": HttpProbe,
+    "postgres": PostgresProbe,
+    "container": ContainerProbe,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,20 @@ def resolve_health_url(template: str | None, attrs: dict[str, Any]) -> str | Non
     return None if missing else url
 
 
+@dataclass(frozen=True)
+class OneOffResult:
+    """How a one-off container (``DockerHost.run_oneoff_like``) ended."""
+
+    exit_code: int  # 137 (SIGKILL) when it was killed at the timeout
+    logs: str  # stdout and stderr interleaved, the last ONEOFF_LOG_LINES lines
+    seconds: float
+    timed_out: bool = False
+
+
+ONEOFF_LOG_LINES = 1000
+ONEOFF_KILL_WAIT_S = 30
+
+
 class DockerHost:
     """One Docker Engine endpoint (``unix://``, ``tcp://`` with TLS, ``ssh://``)."""
 
@@ -129,6 +144,10 @@ class DockerHost:
 
     def __repr__(self) -> str:
         return f"DockerHost({self.name!r}, {self.url!r})"
+
+    @property
+    def tls(self) -> dict[str, Any] | None:
+        return self._tls
 
     @property
     def client(self) -> docker.DockerClient:
@@ -226,6 +245,27 @@ class DockerHost:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise self._fail(f"inspect {ref}", exc) from exc
 
+    def inspect_or_none(self, ref: str) -> dict[str, Any] | None:
+        """Like :meth:`inspect`, but None when there is no container ``ref``."""
+        try:
+            return dict(self.client.api.inspect_container(ref))
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"inspect {ref}", exc) from exc
+
+    def stats(self, ref: str) -> dict[str, Any]:
+        """One stats sample of a running container (``docker stats --no-stream``), without
+        waiting a second for the engine's second sample (``one-shot``, API >= 1.41), so
+        ``precpu_stats`` is empty: CPU usage comes from two calls."""
+        try:
+            try:
+                return dict(self.client.api.stats(ref, stream=False, one_shot=True))
+            except docker.errors.InvalidVersion:  # engine API < 1.41: the slower two-sample form
+                return dict(self.client.api.stats(ref, stream=False))
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"stats {ref}", exc) from exc
+
     def find(self, ref: str) -> ContainerInfo | None:
         try:
             return _info(self.client.api.inspect_container(ref))
@@ -290,6 +330,105 @@ class DockerHost:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise self._fail(f"run {kwargs.get('name', '')}", exc) from exc
         return str(container.id)
+
+    def run_oneoff_like(
+        self,
+        ref: str,
+        *,
+        image: str,
+        command: list[str],
+        name: str,
+        labels: dict[str, str],
+        timeout_s: float,
+    ) -> OneOffResult:
+        """Run ``command`` to its end in a one-off container of ``image`` set up like container
+        ``ref`` (its env, mounts and networks; see ``oneoff_config``), e.g. a migration.
+
+        Waits at most ``timeout_s``, then kills it (``timed_out``). The container is removed
+        afterwards, also on errors; a container left under ``name`` by an earlier attempt
+        (carrying ``labels``) is removed first, any other one there is an error."""
+        attrs = self.inspect(ref)
+        body, extra_networks = clone_config(attrs, self.image_config(attrs["Image"]), image, {})
+        body, extra_networks = oneoff_config(body, extra_networks, command=command, labels=labels)
+        stale = self.find(name)
+        if stale is not None:
+            if any(stale.labels.get(k) != v for k, v in labels.items()):
+                raise ContainerError(
+                    f"host {self.name}: cannot run one-off {name}: another container has the name"
+                )
+            log.warning("removing a leftover one-off container host=%s name=%s", self.name, name)
+            self.remove(stale.id, force=True)
+        started = time.monotonic()
+        try:
+            created = self.client.api.create_container_from_config(body, name=name)
+        except docker.errors.ImageNotFound as exc:
+            raise ImageNotFound(f"image {image} is not present on host {self.name}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"create one-off {name} from {image}", exc) from exc
+        container_id = str(created["Id"])
+        try:
+            for net, endpoint in extra_networks.items():
+                self._call(
+                    f"connect {name} to {net}",
+                    self.client.api.connect_container_to_network,
+                    container_id,
+                    net,
+                    links=endpoint.get("Links"),
+                )
+            self._call(f"start one-off {name}", self.client.api.start, container_id)
+            exit_code, timed_out = self._wait_oneoff(container_id, name, timeout_s)
+            raw = self._call(
+                f"logs of one-off {name}",
+                self.client.api.logs,
+                container_id,
+                stdout=True,
+                stderr=True,
+                tail=ONEOFF_LOG_LINES,
+            )
+            seconds = time.monotonic() - started
+        finally:
+            try:
+                self.remove(container_id, force=True)
+            except DockerError as exc:
+                log.error("one-off container left behind host=%s name=%s: %s", self.name, name, exc)
+        return OneOffResult(
+            exit_code=exit_code,
+            logs=bytes(raw).decode("utf-8", "replace"),
+            seconds=seconds,
+            timed_out=timed_out,
+        )
+
+    def _wait_oneoff(self, container_id: str, name: str, timeout_s: float) -> tuple[int, bool]:
+        """(exit code, timed out): wait for the container to stop, kill it at ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            result = self.client.api.wait(container_id, timeout=max(timeout_s, 0.01))
+            return int(result.get("StatusCode", -1)), False
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+            # docker-py's wait gives up with ReadTimeout (over a unix socket: ConnectionError)
+            if time.monotonic() < deadline - 0.5:
+                raise self._fail(f"wait for one-off {name}", exc) from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"wait for one-off {name}", exc) from exc
+        log.warning(
+            "one-off container did not finish in %.0fs; killing it host=%s name=%s",
+            timeout_s,
+            self.name,
+            name,
+        )
+        try:
+            self.client.api.kill(container_id)
+        except docker.errors.APIError:
+            pass  # it stopped meanwhile
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"kill one-off {name}", exc) from exc
+        result = self._call(
+            f"wait for one-off {name}",
+            self.client.api.wait,
+            container_id,
+            timeout=ONEOFF_KILL_WAIT_S,
+        )
+        return int(result.get("StatusCode", -1)), True
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -372,6 +511,45 @@ def clone_config(
     elif mode.startswith(("container:", "host", "none")):
         endpoints = {}
     return body, endpoints
+
+
+def oneoff_config(
+    body: dict[str, Any],
+    extra_networks: dict[str, dict[str, Any]],
+    *,
+    command: list[str],
+    labels: dict[str, str],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Turn a ``clone_config`` result into a one-off container's (it runs beside the instance).
+
+    Kept: env, mounts, networks, user, working dir, entrypoint. Changed: ``command`` as Cmd;
+    only ``labels`` (the instance's could route traffic or monitors to it); no exposed or
+    published ports, no restart policy, no healthcheck, no auto-remove (its logs are read
+    after it ends), no stdin; on its networks without the instance's aliases, fixed
+    addresses or MAC address."""
+    out = {k: v for k, v in body.items() if k not in ("ExposedPorts", "MacAddress")}
+    out["Cmd"] = list(command)
+    out["Labels"] = dict(labels)
+    out["Healthcheck"] = {"Test": ["NONE"]}
+    out.update(OpenStdin=False, AttachStdin=False, StdinOnce=False)
+    host_config = dict(out.get("HostConfig") or {})
+    host_config.update(
+        PortBindings={},
+        PublishAllPorts=False,
+        RestartPolicy={"Name": "no", "MaximumRetryCount": 0},
+        AutoRemove=False,
+    )
+    out["HostConfig"] = host_config
+
+    def endpoint(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k not in ("Aliases", "IPAMConfig", "MacAddress")}
+
+    endpoints = (out.get("NetworkingConfig") or {}).get("EndpointsConfig")
+    if endpoints:
+        out["NetworkingConfig"] = {
+            "EndpointsConfig": {n: endpoint(e) for n, e in endpoints.items()}
+        }
+    return out, {net: endpoint(e) for net, e in extra_networks.items()}
 
 
 def _explain(exc: Exception) -> str:

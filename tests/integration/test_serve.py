@@ -53,9 +53,13 @@ def test_serve_monitors_incident_and_api_rollout(
 
             def all_up() -> bool:
                 mons = api.get("/api/v1/monitors").json()
-                return len(mons) == 3 and all(m["status"] == "up" for m in mons)
+                kinds = sorted(m["kind"] for m in mons)
+                # generated from the labels: an http and a container monitor per instance
+                return kinds == ["container"] * 3 + ["http"] * 3 and all(
+                    m["status"] == "up" for m in mons
+                )
 
-            wait_for(all_up, timeout=30, what="3 monitors UP")
+            wait_for(all_up, timeout=30, what="6 monitors UP")
 
             # Stop one tenant: DOWN within the threshold, exactly one incident.
             hosts[1].client.containers.get("smartcpd-globex").stop(timeout=2)
@@ -152,7 +156,10 @@ def test_maintenance_window_means_no_incident_and_history(
         with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
 
             def states() -> dict[str, str]:
-                return {m["tenant"]: m["status"] for m in api.get("/api/v1/monitors").json()}
+                got: dict[str, set[str]] = {}
+                for m in api.get("/api/v1/monitors").json():
+                    got.setdefault(m["tenant"], set()).add(m["status"])
+                return {t: "/".join(sorted(v)) for t, v in got.items()}
 
             wait_for(
                 lambda: states() == {"calm": "maintenance", "loud": "up"},
@@ -171,7 +178,9 @@ def test_maintenance_window_means_no_incident_and_history(
             assert states()["calm"] == "maintenance"
 
             loud_id = next(
-                m["id"] for m in api.get("/api/v1/monitors").json() if m["tenant"] == "loud"
+                m["id"]
+                for m in api.get("/api/v1/monitors").json()
+                if m["tenant"] == "loud" and m["kind"] == "http"
             )
 
             def flushed() -> dict[str, Any] | None:

@@ -1,0 +1,185 @@
+"""MonitorCollector on fake engine snapshots: probe samples become consistent gauge families."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitors.engine import MonitorView
+from monitors.metrics import register
+from monitors.probe import MetricSample, MonitorSpec, ProbeResult
+from monitors.state import MonitorState, MonitorStatus
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+class FakeEngine:
+    def __init__(self, views: Sequence[MonitorView]) -> None:
+        self.views = list(views)
+
+    def snapshot(self) -> list[MonitorView]:
+        return list(self.views)
+
+
+def view(
+    monitor: str,
+    kind: str,
+    found: Sequence[MetricSample] = (),
+    *,
+    tenant: str = "acme",
+    host: str = "d1",
+    at: datetime = T0,
+    checked: bool = True,
+) -> MonitorView:
+    spec = MonitorSpec(
+        id=monitor, name=monitor, tenant=tenant, host=host, kind=kind, target="x://secret@x"
+    )
+    result = ProbeResult(ok=True, duration_s=0.01, reason="ok", at=at, samples=tuple(found))
+    return MonitorView(
+        spec=spec,
+        state=MonitorState(MonitorStatus.UP),
+        last_result=result if checked else None,
+        last_change_at=None,
+        probe_count=1 if checked else 0,
+        hold_reason=None,
+    )
+
+
+def pg(name: str, value: float, server: str = "db1:5432", **labels: str) -> MetricSample:
+    return MetricSample(name, value, {"server": server, **labels}, help=f"{name} help")
+
+
+def scrape(*views: MonitorView) -> dict[str, list[tuple[dict[str, str], float]]]:
+    registry = CollectorRegistry()
+    register(registry, FakeEngine(views))
+    text = generate_latest(registry).decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def series(
+    scraped: Mapping[str, list[tuple[dict[str, str], float]]], name: str
+) -> list[tuple[dict[str, str], float]]:
+    return sorted(scraped.get(name, []), key=lambda row: sorted(row[0].items()))
+
+
+def test_pg_samples_carry_server_labels_not_monitor_labels() -> None:
+    scraped = scrape(
+        view(
+            "acme/db",
+            "postgres",
+            [
+                pg("pg_up", 1),
+                pg("pg_stat_activity_count", 3, datname="app", state="active"),
+                pg("pg_stat_activity_count", 0, datname="app", state="idle"),
+            ],
+        )
+    )
+    assert series(scraped, "pg_up") == [({"server": "db1:5432"}, 1.0)]
+    assert series(scraped, "pg_stat_activity_count") == [
+        ({"server": "db1:5432", "datname": "app", "state": "active"}, 3.0),
+        ({"server": "db1:5432", "datname": "app", "state": "idle"}, 0.0),
+    ]
+    # the monitor's own series are still there, with the monitor labels
+    assert series(scraped, "probe_success") == [
+        ({"monitor": "acme/db", "tenant": "acme", "kind": "postgres", "host": "d1"}, 1.0)
+    ]
+
+
+def test_one_server_watched_by_two_monitors_is_exported_once() -> None:
+    newer_but_down = view(
+        "beta/db", "postgres", [pg("pg_up", 0)], tenant="beta", at=T0 + timedelta(seconds=5)
+    )
+    older_up = view("acme/db", "postgres", [pg("pg_up", 1), pg("pg_settings_max_connections", 100)])
+    newest_up = view(
+        "gamma/db",
+        "postgres",
+        [pg("pg_up", 1), pg("pg_settings_max_connections", 200)],
+        tenant="gamma",
+        at=T0 + timedelta(seconds=1),
+    )
+    other_server = view("delta/db", "postgres", [pg("pg_up", 0, server="db2:5432")])
+    scraped = scrape(newer_but_down, older_up, newest_up, other_server)
+    assert series(scraped, "pg_up") == [
+        ({"server": "db1:5432"}, 1.0),
+        ({"server": "db2:5432"}, 0.0),
+    ]
+    assert series(scraped, "pg_settings_max_connections") == [({"server": "db1:5432"}, 200.0)]
+
+
+def test_container_samples_carry_the_monitor_labels() -> None:
+    scraped = scrape(
+        view(
+            "acme/app@d1/container",
+            "container",
+            [
+                MetricSample("container_restarts", 2),
+                MetricSample("container_memory_usage_bytes", 1024.0),
+                # a sample may not override the monitor's labels
+                MetricSample("container_cpu_usage_ratio", 0.5, {"host": "spoofed"}),
+            ],
+        ),
+        view("acme/web", "http"),
+    )
+    labels = {"monitor": "acme/app@d1/container", "tenant": "acme", "kind": "container"}
+    labels["host"] = "d1"
+    assert series(scraped, "container_restarts") == [(labels, 2.0)]
+    assert series(scraped, "container_memory_usage_bytes") == [(labels, 1024.0)]
+    assert series(scraped, "container_cpu_usage_ratio") == [(labels, 0.5)]
+
+
+def test_label_names_are_made_consistent_within_a_family() -> None:
+    scraped = scrape(
+        view("m1", "container", [MetricSample("container_restarts", 1)]),
+        view("m2", "container", [MetricSample("container_restarts", 4, {"reason": "oom"})]),
+        view("db", "postgres", [pg("pg_database_size_bytes", 10, datname="a")]),
+        view("db2", "postgres", [pg("pg_database_size_bytes", 20, server="db2:5432")]),
+    )
+    restarts = series(scraped, "container_restarts")
+    assert [set(labels) for labels, _ in restarts] == [
+        {"monitor", "tenant", "kind", "host", "reason"}
+    ] * 2
+    assert [(labels["monitor"], labels["reason"], value) for labels, value in restarts] == [
+        ("m1", "", 1.0),
+        ("m2", "oom", 4.0),
+    ]
+    # a missing label is exported empty (Prometheus treats that as absent)
+    assert series(scraped, "pg_database_size_bytes") == [
+        ({"server": "db2:5432", "datname": ""}, 20.0),
+        ({"server": "db1:5432", "datname": "a"}, 10.0),
+    ]
+
+
+def test_clashing_or_invalid_names_and_duplicates_are_skipped() -> None:
+    scraped = scrape(
+        view(
+            "m1",
+            "container",
+            [
+                MetricSample("probe_success", 0),  # would clash with the engine's own family
+                MetricSample("bad-name", 1),
+                MetricSample("container_restarts", 1, {"bad-label": "x"}),
+                MetricSample("container_restarts", 3),
+                MetricSample("container_restarts", 5),  # same series again: first one wins
+            ],
+        )
+    )
+    assert series(scraped, "probe_success") == [
+        ({"monitor": "m1", "tenant": "acme", "kind": "container", "host": "d1"}, 1.0)
+    ]
+    assert "bad-name" not in scraped
+    assert [value for _, value in series(scraped, "container_restarts")] == [3.0]
+
+
+def test_unchecked_monitors_export_no_samples_and_target_is_never_a_label() -> None:
+    scraped = scrape(view("m1", "postgres", [pg("pg_up", 1)], checked=False))
+    assert "pg_up" not in scraped
+    assert series(scraped, "monitor_status")[0][1] == 1.0
+    everything = str(scraped)
+    assert "secret" not in everything
