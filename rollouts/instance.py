@@ -25,7 +25,7 @@ from orchestrator.fleet.discovery import KEPT_MARKER
 from orchestrator.fleet.fleetfile import resolve_secret
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import PREVIOUS_IMAGE_LABEL, ROLLOUT_LABEL, DockerHost
-from rollouts import decide
+from rollouts import dbsafety, decide
 from rollouts.gates import GateResult, http_gate
 from rollouts.journal import Journal
 
@@ -135,8 +135,6 @@ class InstanceWorker:
         dsn = self._tenant_dsn(job.tenant) if (job.backup or job.migrate) else None
         if dsn is not None and job.backup:
             step = j.begin(job.instance_id, "backup")
-            from rollouts import dbsafety
-
             try:
                 backup = dbsafety.backup(
                     dsn, self._backup_dir / f"rollout-{job.rollout_id}", label=job.tenant
@@ -329,8 +327,6 @@ class InstanceWorker:
             if job.migrated and job.backup_path:
                 dsn = self._tenant_dsn(job.tenant)
                 if dsn is not None:
-                    from rollouts import dbsafety
-
                     dbsafety.restore(dsn, Path(job.backup_path))
                     j.set_instance(job.instance_id, migrated=False)
             prev_id = host.create_like(
@@ -389,8 +385,6 @@ class InstanceWorker:
             if job.migrated and job.backup_path:
                 dsn = self._tenant_dsn(job.tenant)
                 if dsn is not None:
-                    from rollouts import dbsafety
-
                     if old_id is not None:  # nothing may use the database while it is restored
                         host.stop(old_id, timeout=self._stop_timeout)
                     seconds = dbsafety.restore(dsn, Path(job.backup_path))

@@ -67,12 +67,28 @@ stop_dockerd_if_ours() {
 
 start_postgres() {
   # A PostgreSQL cluster on 127.0.0.1:5432 with role/database cpdops (password cpdops).
+  # Containers on the test daemons' bridges (cpdtbrN, 10.213.N.0/24) reach it at their
+  # gateway 10.213.N.1: it listens on every address (the bridges come and go with the test
+  # daemons, so they cannot be named) and pg_hba lets 10.213.0.0/16 in with a password.
   apt_install postgresql
   local ver; ver="$(ls /etc/postgresql | sort -n | tail -1)"
   if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
     say "starting PostgreSQL $ver"
     pg_ctlcluster --skip-systemctl-redirect "$ver" main start
     STARTED_POSTGRES="$ver"
+  fi
+  local hba rule="host all all 10.213.0.0/16 scram-sha-256"
+  hba="$(su postgres -c "psql -qtAc 'SHOW hba_file'")"
+  if ! grep -qF "$rule" "$hba"; then
+    say "PostgreSQL: letting the test containers (10.213.0.0/16) in ($hba)"
+    printf '# cpdops: containers on the test dockerd bridges (scripts/setup.sh)\n%s\n' \
+      "$rule" >>"$hba"
+    su postgres -c "psql -qtAc 'SELECT pg_reload_conf()'" >/dev/null
+  fi
+  if [ "$(su postgres -c "psql -qtAc 'SHOW listen_addresses'")" != "*" ]; then
+    say "PostgreSQL: listening on all addresses (restart)"
+    su postgres -c "psql -qc \"ALTER SYSTEM SET listen_addresses = '*'\""
+    pg_ctlcluster --skip-systemctl-redirect "$ver" main restart
   fi
   su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='cpdops'\"" | grep -q 1 \
     || su postgres -c "psql -qc \"CREATE ROLE cpdops LOGIN CREATEDB PASSWORD 'cpdops'\""

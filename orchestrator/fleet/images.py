@@ -3,9 +3,10 @@
 No registry is reachable where cpdops is tested and demonstrated, so every image is made locally:
 
 * ``cpdops-base:bookworm`` is a Debian root made by ``debootstrap --variant=minbase
-  --include=python3`` and imported into the engine. The root filesystem tarball is cached per
-  machine in ``$CPDOPS_CACHE_DIR`` (default ``/var/cache/cpdops``) under a name that carries a hash
-  of the recipe, so debootstrap (~40 s) runs once per machine; a lock file keeps two concurrent
+  --include=python3,postgresql-client`` (``psql`` for the stand-in's tenant database) and
+  imported into the engine. The root filesystem tarball is cached per machine in
+  ``$CPDOPS_CACHE_DIR`` (default ``/var/cache/cpdops``) under a name that carries a hash of the
+  recipe, so debootstrap (~1 min) runs once per machine; a lock file keeps two concurrent
   callers from both running it.
 * ``smartcpd-fake:<version>[-fail-<mode>]`` is built FROM the base image with the stand-in
   server (``orchestrator/demo/standin/server.py``); a label holds a hash of server.py, the
@@ -48,7 +49,8 @@ BASE_TAG = "bookworm"
 BASE_IMAGE = f"{BASE_REPOSITORY}:{BASE_TAG}"
 BASE_SUITE = "bookworm"
 BASE_VARIANT = "minbase"
-BASE_PACKAGES = ("python3",)
+# postgresql-client: the stand-in's schema and migrations run `psql` inside the container.
+BASE_PACKAGES = ("python3", "postgresql-client")
 APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
 # Directories whose files (not subdirectories) are deleted to keep the image small.
 BASE_STRIPPED = (

@@ -456,3 +456,103 @@ def test_start_first_when_no_fixed_port(
     finally:
         ctx.close()
         remove_test_containers(handle.client)
+
+
+@pytest.mark.parametrize("image_key", ["2-fail-health", "2-fail-migration"])
+def test_migration_then_failure_restores_the_database(
+    image_key: str,
+    tmp_path: Path,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+    tenant_db: Any,
+) -> None:
+    from rollouts import dbsafety
+
+    handle = docker_hosts[0]
+    ctx = make_context(tmp_path, backup_dir=str(tmp_path / "backups"))
+    try:
+        placed = place_tenants(
+            ctx,
+            [handle],
+            [("mdb", 0)],
+            standin_images["1"],
+            env={"mdb": {"SMARTCPD_DB_DSN": tenant_db.container_dsn(handle)}},
+            extra_yaml={"mdb": f'db_dsn: "{tenant_db.host_dsn}"'},
+        )
+        assert wait_health(placed[0].tenant.health_url, version="1")["db"] == "ok"
+        before = dbsafety.db_fingerprint(tenant_db.host_dsn)
+        old_id = handle.client.containers.get("smartcpd-mdb").id
+        request = RolloutRequest(
+            image=standin_images[image_key],
+            gate=GateSpec(passes=2, deadline_s=4, interval_s=0.2),
+            migrate=["python3", "/app/server.py", "migrate"],
+        )
+        rollout_id = ctx.executor.create(request)
+        assert ctx.executor.run(rollout_id) == "failed"
+        assert dbsafety.db_fingerprint(tenant_db.host_dsn) == before, "DB content restored"
+        columns = dbsafety.query(
+            tenant_db.host_dsn,
+            "SELECT count(*) FROM information_schema.columns WHERE column_name = 'duration_s'",
+        )
+        assert columns.strip() == "0"
+        assert wait_health(placed[0].tenant.health_url, version="1")["db"] == "ok"
+        assert handle.client.containers.get("smartcpd-mdb").id == old_id
+        with ctx.factory() as s:
+            inst = s.get_one(Rollout, rollout_id).instances[0]
+            steps = [(st.step, st.state) for st in inst.steps]
+            assert ("backup", "ok") in steps
+            expected_migrate = "failed" if image_key == "2-fail-migration" else "ok"
+            assert ("migrate", expected_migrate) in steps
+            assert steps[-1] == ("rollback", "ok")
+            assert inst.state == "failed" and not inst.migrated
+        assert _leftovers(docker_hosts) == []
+    finally:
+        ctx.close()
+        remove_test_containers(handle.client)
+
+
+def test_sigkill_after_backup_then_resume(
+    tmp_path: Path, docker_hosts: list[Any], standin_images: dict[str, str], tenant_db: Any
+) -> None:
+    handle = docker_hosts[1]
+    db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
+    ctx = make_context(tmp_path, db_url)
+    env = {
+        **os.environ,
+        "CPDOPS_DATABASE_URL": db_url,
+        "CPDOPS_ROLLOUT_LEASE_S": "2",
+        "CPDOPS_BACKUP_DIR": str(tmp_path / "backups"),
+    }
+    try:
+        placed = place_tenants(
+            ctx,
+            [handle],
+            [("kdb", 0)],
+            standin_images["1"],
+            env={"kdb": {"SMARTCPD_DB_DSN": tenant_db.container_dsn(handle)}},
+            extra_yaml={"kdb": f'db_dsn: "{tenant_db.host_dsn}"'},
+        )
+        ctx.close()
+        wait_health(placed[0].tenant.health_url, version="1")
+        crashed = cli(
+            {**env, "CPDOPS_TEST_CRASH_AT": "after_backup"},
+            "rollout",
+            "start",
+            "--image",
+            standin_images["2"],
+            "--passes",
+            "2",
+            "--migrate",
+            "python3 /app/server.py migrate",
+        )
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        time.sleep(2.5)
+        resumed = cli(env, "rollout", "resume", "1", "--json")
+        assert resumed.returncode == 0, resumed.stderr
+        data = json.loads(resumed.stdout)
+        assert data["status"] == "succeeded", data
+        assert wait_health(placed[0].tenant.health_url, version="2")["db"] == "ok"
+        assert list((tmp_path / "backups" / "rollout-1").iterdir()), "the backup is kept"
+        assert _leftovers(docker_hosts) == []
+    finally:
+        remove_test_containers(handle.client)

@@ -240,3 +240,193 @@ def test_sigterm_during_slow_start_exits_0() -> None:
 def test_info_body_is_json_serialisable() -> None:
     _status, body = server.route(_config(), "/")
     assert json.loads(json.dumps(body)) == body
+
+
+# --- the tenant database ----------------------------------------------------------------------
+
+
+def test_load_config_reads_the_db_dsn() -> None:
+    assert _config().db_dsn is None
+    assert _config(SMARTCPD_DB_DSN="  ").db_dsn is None
+    assert _config(SMARTCPD_DB_DSN="postgresql://u:p@h/db").db_dsn == "postgresql://u:p@h/db"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "bare", "password"),
+    [
+        ("postgresql://u:p%40ss@10.213.1.1:5432/t1", "postgresql://u@10.213.1.1:5432/t1", "p@ss"),
+        ("postgres://u@h/db", "postgres://u@h/db", None),
+        ("postgresql://h/db?sslmode=off&password=x", "postgresql://h/db?sslmode=off", "x"),
+        ("postgresql://u:@h/db", "postgresql://u@h/db", ""),
+        ("host=h dbname=x password=y", "host=h dbname=x password=y", None),
+    ],
+)
+def test_split_password(dsn: str, bare: str, password: str | None) -> None:
+    assert server.split_password(dsn) == (bare, password)
+
+
+def test_redact_hides_the_password() -> None:
+    assert server.redact("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert server.redact("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert "secret" not in server.redact("postgresql://h/db?password=secret")
+
+
+def test_psql_gets_the_password_in_its_environment_not_argv() -> None:
+    argv, env = server.psql_invocation(
+        "postgresql://u:secret@h/db", "SELECT 1", {"PATH": "/usr/bin", "PGPASSWORD": "old"}
+    )
+
+    assert argv[0] == "psql"
+    assert "secret" not in " ".join(argv)
+    assert argv[argv.index("-d") + 1] == "postgresql://u@h/db"
+    assert argv[-2:] == ["-c", "SELECT 1"]
+    assert argv[argv.index("-v") : argv.index("-v") + 2] == ["-v", "ON_ERROR_STOP=1"]
+    assert "-w" in argv  # never prompts
+    assert env["PGPASSWORD"] == "secret"
+    assert env["PATH"] == "/usr/bin"
+
+
+@pytest.mark.parametrize(
+    ("version", "number"), [("1", 1), ("2", 2), ("10.4-rc1", 10), ("unknown", 0), ("", 0)]
+)
+def test_version_number(version: str, number: int) -> None:
+    assert server.version_number(version) == number
+
+
+def test_migration_of_v1_has_no_steps_and_v2_four() -> None:
+    assert server.migration_steps("1") == []
+    steps = server.migration_steps("2")
+
+    assert [s.description for s in steps] == [
+        "add column calls.duration_s",
+        "back-fill calls.duration_s",
+        "create table schema_version",
+        "record schema version 2",
+    ]
+    assert "ALTER TABLE calls ADD COLUMN IF NOT EXISTS duration_s" in steps[0].sql
+    assert steps[3].sql.endswith("VALUES ('2')")
+
+
+def test_migration_quotes_the_version() -> None:
+    assert server.migration_steps("3'x")[3].sql.endswith("VALUES ('3''x')")
+
+
+class FakeDatabase:
+    """Records the SQL it is given; fails on the injected statement like PostgreSQL would."""
+
+    def __init__(self, *, fail_on: str | None = None) -> None:
+        self.dsn = "postgresql://u:p@h/db"
+        self.statements: list[str] = []
+        self.fail_on = fail_on
+
+    def ensure_schema(self) -> None:
+        self.statements.append("<v1 schema>")
+
+    def run(self, sql: str) -> str:
+        if "RAISE EXCEPTION" in sql or (self.fail_on and self.fail_on in sql):
+            raise server.DbError("ERROR:  boom")
+        self.statements.append(sql)
+        return ""
+
+    def problem(self) -> str | None:
+        return None
+
+
+def test_migrate_runs_each_step_on_its_own(capsys: pytest.CaptureFixture[str]) -> None:
+    database = FakeDatabase()
+
+    code = server.migrate(_config(SMARTCPD_VERSION="2"), database)
+
+    assert code == 0
+    steps = server.migration_steps("2")
+    assert database.statements == ["<v1 schema>", *[s.sql for s in steps]]
+    out = capsys.readouterr().out
+    assert "step 1 of 4 committed: add column calls.duration_s" in out
+    assert "migrated to 2 (4 steps)" in out
+
+
+def test_failing_migration_commits_the_first_half_then_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database = FakeDatabase()
+
+    code = server.migrate(_config(SMARTCPD_VERSION="2", SMARTCPD_FAIL="migration"), database)
+
+    assert code == 1
+    steps = server.migration_steps("2")
+    assert database.statements == ["<v1 schema>", steps[0].sql, steps[1].sql]
+    err = capsys.readouterr().err
+    assert "migration to 2 failed: step 3 of 4 (injected failure): ERROR:  boom" in err
+
+
+def test_migration_stops_at_the_first_failing_step(capsys: pytest.CaptureFixture[str]) -> None:
+    database = FakeDatabase(fail_on="CREATE TABLE IF NOT EXISTS schema_version")
+
+    code = server.migrate(_config(SMARTCPD_VERSION="2"), database)
+
+    assert code == 1
+    assert len(database.statements) == 3  # schema, step 1, step 2
+    assert "step 3 of 4 (create table schema_version)" in capsys.readouterr().err
+
+
+def test_injected_failure_is_raised_by_the_database() -> None:
+    sql = server.injected_failure_sql(2, 4)
+    assert sql.startswith("DO $$ BEGIN RAISE EXCEPTION 'injected failure after step 2 of 4")
+
+
+@pytest.mark.parametrize(
+    ("problem", "status", "body"),
+    [
+        (None, 200, {"version": "7", "tenant": "acme", "status": "ok", "db": "ok"}),
+        (
+            "connection refused",
+            500,
+            {"version": "7", "tenant": "acme", "status": "failing", "db": "connection refused"},
+        ),
+    ],
+)
+def test_health_with_a_database(problem: str | None, status: int, body: dict[str, str]) -> None:
+    config = _config(SMARTCPD_TENANT="acme", SMARTCPD_DB_DSN="postgresql://h/db")
+    assert server.route(config, "/health", lambda: problem) == (status, body)
+
+
+def test_fail_health_wins_over_the_database_check() -> None:
+    def unreachable() -> str | None:
+        raise AssertionError("the database must not be asked")
+
+    status, _body = server.route(_config(SMARTCPD_FAIL="health"), "/health", unreachable)
+    assert status == 500
+
+
+def test_database_without_psql_reports_it() -> None:
+    database = server.Database("postgresql://u:secret@h/db", environ={"PATH": "/nonexistent"})
+
+    problem = database.problem()
+
+    assert problem is not None and "psql is not installed" in problem
+
+
+def test_http_health_checks_the_database_per_request() -> None:
+    database = FakeDatabase()
+    checks: list[int] = []
+
+    def problem() -> str | None:
+        checks.append(1)
+        return "db down" if len(checks) > 1 else None
+
+    database.problem = problem
+    config = _config(SMARTCPD_HOST="127.0.0.1", SMARTCPD_PORT="0", SMARTCPD_DB_DSN="x")
+    httpd = server.make_server(config, database)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}/health"
+        first = httpx.get(url, trust_env=False)
+        second = httpx.get(url, trust_env=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+    assert (first.status_code, first.json()["db"]) == (200, "ok")
+    assert (second.status_code, second.json()["db"]) == (500, "db down")
