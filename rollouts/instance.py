@@ -166,6 +166,7 @@ class InstanceWorker:
                         "exit_code": result.exit_code,
                         "logs": result.logs[-2000:],
                         "seconds": round(result.seconds, 3),
+                        "timed_out": result.timed_out,
                     },
                 )
             except DockerError as exc:
