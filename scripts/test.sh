@@ -11,7 +11,8 @@ trap cleanup EXIT
 setup_venv
 start_dockerd
 start_postgres
-export CPDOPS_REQUIRE_DOCKER=1 CPDOPS_REQUIRE_POSTGRES=1
+apt_install kamailio   # a real SIP peer for the SIP probe tests
+export CPDOPS_REQUIRE_DOCKER=1 CPDOPS_REQUIRE_POSTGRES=1 CPDOPS_REQUIRE_KAMAILIO=1
 cd "$ROOT"
 
 set +e

@@ -13,9 +13,13 @@ from monitors.probe import Probe
 from monitors.probes.container import ContainerProbe
 from monitors.probes.http import HttpProbe
 from monitors.probes.postgres import PostgresProbe
+from monitors.probes.sip import SipProbe
+from monitors.probes.tcp import TcpProbe
 
 PROBES: dict[str, Callable[[], Probe]] = {
     "http": HttpProbe,
     "postgres": PostgresProbe,
     "container": ContainerProbe,
+    "tcp": TcpProbe,
+    "sip": SipProbe,
 }
