@@ -285,6 +285,7 @@ class RolloutExecutor:
     def run(self, rollout_id: int) -> str:
         """Run (or take over, or finish reverting) a rollout to its end; the final status."""
         self._acquire(rollout_id)
+        image, hosts = "", []
         try:
             with session_scope(self._factory) as s:
                 rollout = s.get_one(Rollout, rollout_id)
@@ -300,22 +301,35 @@ class RolloutExecutor:
             self.reconcile(rollout_id)
             for name in hosts:  # pre-pull on every target host before the first wave
                 self._hosts.get(name).ensure_image(image)
+                self._worker.prepulled.add((name, image))
             return self._loop(rollout_id, strategy)
         finally:
+            self._worker.prepulled.difference_update((name, image) for name in hosts)
             self._release(rollout_id)
 
     def _loop(self, rollout_id: int, strategy: Strategy) -> str:
-        futures: dict[int, Future[None]] = {}
+        # Instance id -> its running step and job. A finished one is popped (and its monitors
+        # released) before the next look at the journal, so its slot is refilled at once.
+        futures: dict[int, tuple[Future[None], InstanceJob]] = {}
+        renewed = self._clock()
+        quick = 0  # decisions in a row without waiting (bounded: no busy loop on a bug)
         with ThreadPoolExecutor(
             max_workers=strategy.parallelism, thread_name_prefix=f"rollout-{rollout_id}"
         ) as pool:
             while True:
-                self._renew(rollout_id)
-                view, jobs = self._view(rollout_id)
+                for iid in [i for i, (f, _) in futures.items() if f.done()]:
+                    self._pop(futures, iid)
+                if self._clock() - renewed >= self._lease / 3:
+                    self._renew(rollout_id)
+                    renewed = self._clock()
+                view, actions, jobs = self._decide(rollout_id, strategy)
                 until: float | None = None
-                for action in next_actions(view):
+                acted = False  # a bookkeeping action changed the view: decide again at once
+                for action in actions:
                     if isinstance(action, Update | Revert):
                         job = jobs[action.instance_id]
+                        if action.instance_id in futures:  # its last step is just returning
+                            self._pop(futures, action.instance_id)
                         state = decide.UPDATING if isinstance(action, Update) else decide.REVERTING
                         self._set_instance(action.instance_id, state=state)
                         self._hold(job, True)
@@ -324,35 +338,49 @@ class RolloutExecutor:
                             if isinstance(action, Update)
                             else self._worker.revert
                         )
-                        futures[action.instance_id] = pool.submit(self._guarded, run, job)
+                        futures[action.instance_id] = (pool.submit(self._guarded, run, job), job)
                     elif isinstance(action, SetStatus):
                         self._set_status(rollout_id, action, view)
+                        acted = True
                     elif isinstance(action, MarkWaveDone):
                         self._progress_update(
                             rollout_id, _with_wave_done(action.wave, self._clock())
                         )
+                        acted = True
                         if action.wave + 1 < len({i.wave for i in view.instances}):
                             self._crashpoint("mid_bake")
                     elif isinstance(action, Approve):
                         self._progress_update(rollout_id, _with_approved(action.wave))
                         self._clear_control(rollout_id)
+                        acted = True
                     elif isinstance(action, Finish):
-                        wait_futures(list(futures.values()))
-                        return self._finish(rollout_id, action)
+                        for iid in list(futures):
+                            futures[iid][0].exception()  # waits
+                            self._pop(futures, iid)
+                        return self._finish(rollout_id, action, strategy)
                     elif isinstance(action, Wait) and action.until is not None:
                         until = action.until
                 self._notify(rollout_id)
+                if acted and quick < 3:
+                    quick += 1
+                    continue
+                quick = 0
                 timeout = self._tick
                 if until is not None:
                     timeout = max(0.0, min(self._tick * 5, until - self._clock()))
-                running = [f for f in futures.values() if not f.done()]
-                if running:
-                    wait_futures(running, timeout=timeout, return_when="FIRST_COMPLETED")
+                if futures:  # returns at once when one has finished meanwhile
+                    wait_futures(
+                        [f for f, _ in futures.values()],
+                        timeout=timeout,
+                        return_when="FIRST_COMPLETED",
+                    )
                 else:
                     time.sleep(timeout)
-                for iid in [i for i, f in futures.items() if f.done()]:
-                    futures.pop(iid).result()
-                    self._hold(jobs[iid], False)
+
+    def _pop(self, futures: dict[int, tuple[Future[None], InstanceJob]], iid: int) -> None:
+        future, job = futures.pop(iid)
+        future.result()  # _guarded never raises; a bug in it should not pass silently
+        self._hold(job, False)
 
     def _guarded(self, fn: Callable[[InstanceJob], None], job: InstanceJob) -> None:
         try:
@@ -362,14 +390,16 @@ class RolloutExecutor:
             self._set_instance(job.instance_id, state=decide.ERROR, error=f"internal error: {exc}")
 
     # --- state ------------------------------------------------------------------------------
-    def _view(self, rollout_id: int) -> tuple[RolloutView, dict[int, InstanceJob]]:
+    def _decide(
+        self, rollout_id: int, strategy: Strategy
+    ) -> tuple[RolloutView, list[decide.Action], dict[int, InstanceJob]]:
+        """Read the rollout, ask ``next_actions``; jobs for the instances it starts."""
         now = self._clock()
         with self._factory() as s:
             r = s.get_one(Rollout, rollout_id)
-            opts = r.options
-            window = bool((opts.get("schedule") or {}).get("window"))
+            window = bool((r.options.get("schedule") or {}).get("window"))
             tenants = {t.slug: t for t in s.scalars(select(Tenant))} if window else {}
-            jobs = {i.id: InstanceJob.from_rows(r, i) for i in r.instances}
+            rows = {i.id: i for i in r.instances}
             instances = tuple(
                 InstanceView(
                     id=i.id,
@@ -378,12 +408,12 @@ class RolloutExecutor:
                     state=i.state,
                     eligible=(not window) or _tenant_window_open(tenants.get(i.tenant), now),
                 )
-                for i in r.instances
+                for i in rows.values()
             )
             p = r.progress or {}
             view = RolloutView(
                 status=r.status,
-                strategy=Strategy.model_validate(opts.get("strategy") or {}),
+                strategy=strategy,
                 instances=instances,
                 now=now,
                 control=r.control,
@@ -392,7 +422,13 @@ class RolloutExecutor:
                 acknowledged_failures=int(p.get("acknowledged_failures", 0)),
                 manual_rollback=bool(p.get("manual_rollback")),
             )
-        return view, jobs
+            actions = next_actions(view)
+            jobs = {
+                a.instance_id: InstanceJob.from_rows(r, rows[a.instance_id])
+                for a in actions
+                if isinstance(a, Update | Revert)
+            }
+        return view, actions, jobs
 
     def _set_status(self, rollout_id: int, action: SetStatus, view: RolloutView) -> None:
         with session_scope(self._factory) as s:
@@ -447,22 +483,28 @@ class RolloutExecutor:
             for key, value in fields.items():
                 setattr(row, key, value)
 
-    def _finish(self, rollout_id: int, action: Finish) -> str:
+    def _finish(self, rollout_id: int, action: Finish, strategy: Strategy) -> str:
         """Drop the kept previous containers, close the rollout, tell who listens."""
         with self._factory() as s:
-            rows = s.scalars(
-                select(RolloutInstance).where(RolloutInstance.rollout_id == rollout_id)
+            kept = s.execute(
+                select(RolloutInstance.host, RolloutInstance.old_container_id).where(
+                    RolloutInstance.rollout_id == rollout_id,
+                    RolloutInstance.state == decide.UPDATED,
+                    RolloutInstance.old_container_id.is_not(None),
+                )
             ).all()
-            kept = [(r.host, r.old_container_id) for r in rows if r.state == decide.UPDATED]
-        for host_name, old_id in kept:
-            if old_id is None:
-                continue
+
+        def drop(host_name: str, old_id: str) -> None:
             try:
                 self._hosts.get(host_name).remove(old_id, force=True)
             except DockerError as exc:
                 log.warning(
                     "could not remove kept container host=%s id=%s: %s", host_name, old_id, exc
                 )
+
+        if kept:  # as many at once as the rollout ran
+            with ThreadPoolExecutor(max_workers=min(strategy.parallelism, len(kept))) as pool:
+                list(pool.map(lambda row: drop(str(row[0]), str(row[1])), kept))
         with session_scope(self._factory) as s:
             rollout = s.get_one(Rollout, rollout_id)
             rollout.status = action.status

@@ -38,6 +38,9 @@ ONEOFF_LABEL = "cpdops.oneoff"
 NEW_MARKER = "--cpdops-new-"
 MIGRATE_MARKER = "--cpdops-migrate-"
 REVERT_MARKER = "--cpdops-revert-"
+FAILED_MARKER = "--cpdops-failed-"
+# The gate asks Docker whether the container died at most this often (HTTP polls are faster).
+CRASH_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,20 +118,29 @@ class InstanceWorker:
         self._crashpoint = crashpoint
         self._report_fn = report
         self._rollback_seconds = rollback_seconds
+        # (host, image) pairs the executor has just made sure of (pre-pull before wave 1).
+        self.prepulled: set[tuple[str, str]] = set()
 
     # --- forward ------------------------------------------------------------------------------
     def update(self, job: InstanceJob) -> None:
         j, host = self._journal, self._hosts.get(job.host)
         step = j.begin(job.instance_id, "pull", image=job.image)
         try:
-            host.ensure_image(job.image)
+            if (job.host, job.image) not in self.prepulled:
+                host.ensure_image(job.image)
             old = host.inspect(job.name)
         except DockerError as exc:
             j.end(step, "failed", error=str(exc))
             return self._fail(job, str(exc), {"step": "pull"})
-        j.end(step, "ok")
         old_id = str(old["Id"])
-        j.set_instance(job.instance_id, old_container_id=old_id, old_image=old["Config"]["Image"])
+        j.end(
+            step,
+            "ok",
+            instance=(
+                job.instance_id,
+                {"old_container_id": old_id, "old_image": old["Config"]["Image"]},
+            ),
+        )
         job = _replace(job, old_container_id=old_id)
         order = choose_order(job.order, old)
 
@@ -160,6 +172,7 @@ class InstanceWorker:
                     labels={ROLLOUT_LABEL: str(job.rollout_id), ONEOFF_LABEL: "1"},
                     timeout_s=float(job.gate.get("migrate_timeout_s", 600)),
                 )
+                detail: dict[str, Any]
                 ok, detail = (
                     result.exit_code == 0,
                     {
@@ -178,14 +191,14 @@ class InstanceWorker:
             j.end(step, "ok", **detail)
 
         if order == "start-first":
-            return self._start_first(job, host)
+            return self._start_first(job, host, old)
         step = j.begin(job.instance_id, "replace", order=order, kept_name=job.kept_name)
         new_id: str | None = None
         try:
             host.stop(old_id, timeout=self._stop_timeout)
             self._crashpoint("after_stop_old")
             host.rename(old_id, job.kept_name)
-            new_id = self._create(job, host, old_id, job.name)
+            new_id = self._create(job, host, old, job.name)
             host.start(new_id)
             self._crashpoint("after_start_new")
         except DockerError as exc:
@@ -195,14 +208,14 @@ class InstanceWorker:
         j.end(step, "ok", new_container=new_id)
         self._gate_and_settle(job, host, new_id)
 
-    def _start_first(self, job: InstanceJob, host: DockerHost) -> None:
+    def _start_first(self, job: InstanceJob, host: DockerHost, old: dict[str, Any]) -> None:
         j = self._journal
         temp = f"{job.name}{NEW_MARKER}r{job.rollout_id}"
         assert job.old_container_id is not None
         step = j.begin(job.instance_id, "replace", order="start-first", kept_name=job.kept_name)
         new_id: str | None = None
         try:
-            new_id = self._create(job, host, job.old_container_id, temp)
+            new_id = self._create(job, host, old, temp)
             host.start(new_id)
             self._crashpoint("after_start_new")
         except DockerError as exc:
@@ -228,16 +241,18 @@ class InstanceWorker:
             j.end(step, "failed", error=str(exc))
             self._restore(job, new_id, str(exc), final=decide.FAILED)
             return self._report(job, str(exc), {"step": "promote"})
-        j.end(step, "ok")
-        j.set_instance(job.instance_id, state=decide.UPDATED)
+        j.end(step, "ok", instance=(job.instance_id, {"state": decide.UPDATED}))
 
-    def _create(self, job: InstanceJob, host: DockerHost, old_id: str, name: str) -> str:
-        old_image = str(host.inspect(old_id)["Config"]["Image"])
+    def _create(self, job: InstanceJob, host: DockerHost, old: dict[str, Any], name: str) -> str:
+        """Create the new container from the old one's inspect result (taken before it was
+        stopped or renamed: neither changes the configuration that is copied)."""
+        old_image = str(old["Config"]["Image"])
         new_id = host.create_like(
-            old_id,
+            str(old["Id"]),
             image=job.image,
             name=name,
             extra_labels={ROLLOUT_LABEL: str(job.rollout_id), PREVIOUS_IMAGE_LABEL: old_image},
+            attrs=old,
         )
         self._journal.set_instance(job.instance_id, new_container_id=new_id)
         return new_id
@@ -254,14 +269,21 @@ class InstanceWorker:
         gate = gate if gate is not None else job.gate
         expect = job.target_version if version is True else (version or None)
 
-        def crashed() -> bool:
+        checked = [time.monotonic()]
+
+        def crashed(*, now: bool = False) -> bool:
+            # Between Docker checks the HTTP poll alone decides; a crash is seen within
+            # CRASH_CHECK_S (the container was just found running, or just started).
+            if not now and time.monotonic() - checked[0] < CRASH_CHECK_S:
+                return False
+            checked[0] = time.monotonic()
             info = host.find(container_id)
             return info is None or info.status in ("exited", "dead")
 
         info = host.find(container_id)
         url = info.health_url if info is not None else None
         if not url:
-            return GateResult(not crashed(), 1, 1, "running (no health URL)")
+            return GateResult(not crashed(now=True), 1, 1, "running (no health URL)")
         return http_gate(
             url,
             expect_version=expect,
@@ -276,8 +298,13 @@ class InstanceWorker:
         step = j.begin(job.instance_id, "gate", expect_version=job.target_version)
         result = self._gate(job, host, new_id)
         if result.ok:
-            j.end(step, "ok", passes=result.passes, attempts=result.attempts)
-            j.set_instance(job.instance_id, state=decide.UPDATED)
+            j.end(
+                step,
+                "ok",
+                passes=result.passes,
+                attempts=result.attempts,
+                instance=(job.instance_id, {"state": decide.UPDATED}),
+            )
             log.info(
                 "instance updated rollout=%s tenant=%s host=%s",
                 job.rollout_id,
@@ -372,17 +399,19 @@ class InstanceWorker:
             log.error("could not put the updated container back tenant=%s: %s", job.tenant, exc)
 
     def _restore(self, job: InstanceJob, new_id: str | None, reason: str, *, final: str) -> None:
-        """Remove the new container, restore the DB if migrated, restart the kept one."""
+        """Put the kept container back: kill the new one (it is removed once the kept one
+        answers, off the critical path), restore the DB if migrated, restart the kept one."""
         started = time.monotonic()
         j, host = self._journal, self._hosts.get(job.host)
         old_id = job.old_container_id
         step = j.begin(job.instance_id, "rollback", new_container=new_id, reason=reason)
+        doomed: list[str] = []  # killed new containers, removed at the end
         try:
-            for ref in {new_id, f"{job.name}{NEW_MARKER}r{job.rollout_id}"} - {None}:
+            temp = host.find(f"{job.name}{NEW_MARKER}r{job.rollout_id}")
+            for ref in {new_id, temp.id if temp is not None else None} - {None, old_id}:
                 assert ref is not None
-                info = host.find(ref)
-                if info is not None and info.id != old_id:
-                    host.remove(info.id, force=True)
+                host.kill(ref)
+                doomed.append(ref)
             if job.migrated and job.backup_path:
                 dsn = self._tenant_dsn(job.tenant)
                 if dsn is not None:
@@ -399,13 +428,29 @@ class InstanceWorker:
             if old_id is not None:
                 current = host.find(job.name)
                 if current is not None and current.id != old_id:
-                    host.remove(current.id, force=True)
+                    if current.id not in doomed:
+                        host.kill(current.id)
+                        doomed.append(current.id)
+                    # Free the name: the failed container waits aside until it is removed.
+                    host.rename(
+                        current.id, f"{job.name}{FAILED_MARKER}r{job.rollout_id}-{current.id[:12]}"
+                    )
                 if current is None or current.id != old_id:
                     host.rename(old_id, job.name)
                 host.start(old_id)
+            else:
+                self._remove_all(host, doomed)
+                doomed = []
         except (DockerError, CpdopsError) as exc:
-            j.end(step, "failed", error=str(exc))
-            j.set_instance(job.instance_id, state=decide.ERROR, error=f"rollback failed: {exc}")
+            j.end(
+                step,
+                "failed",
+                error=str(exc),
+                instance=(
+                    job.instance_id,
+                    {"state": decide.ERROR, "error": f"rollback failed: {exc}"},
+                ),
+            )
             return
         check = (
             self._gate(
@@ -420,18 +465,45 @@ class InstanceWorker:
         )
         elapsed = time.monotonic() - started
         self._rollback_seconds.observe(elapsed)
+        self._remove_all(host, doomed)
         if not check.ok:
-            j.end(step, "failed", error=f"previous version not healthy: {check.reason}")
-            j.set_instance(
-                job.instance_id,
-                state=decide.ERROR,
-                error=f"{reason}; the restored one is unhealthy: {check.reason}",
+            j.end(
+                step,
+                "failed",
+                error=f"previous version not healthy: {check.reason}",
+                instance=(
+                    job.instance_id,
+                    {
+                        "state": decide.ERROR,
+                        "error": f"{reason}; the restored one is unhealthy: {check.reason}",
+                    },
+                ),
             )
             return
-        j.end(step, "ok", seconds=round(elapsed, 3))
-        j.set_instance(
-            job.instance_id, state=final, error=reason if final == decide.FAILED else None
+        j.end(
+            step,
+            "ok",
+            seconds=round(elapsed, 3),
+            instance=(
+                job.instance_id,
+                {"state": final, "error": reason if final == decide.FAILED else None},
+            ),
         )
+
+    @staticmethod
+    def _remove_all(host: DockerHost, refs: list[str]) -> None:
+        for ref in refs:
+            try:
+                host.remove(ref, force=True)
+            except DockerError as exc:  # reconcile or the next rollback sweeps it
+                log.warning(
+                    "could not remove failed container host=%s id=%s: %s", host.name, ref, exc
+                )
+
+    def _sweep_failed(self, job: InstanceJob, host: DockerHost) -> None:
+        """Remove failed new containers a crash left aside (``FAILED_MARKER``)."""
+        prefix = f"{job.name}{FAILED_MARKER}r{job.rollout_id}-"
+        self._remove_all(host, [c.id for c in host.list_managed() if c.name.startswith(prefix)])
 
     # --- crash recovery -----------------------------------------------------------------------
     def reconcile(self, job: InstanceJob) -> None:
@@ -440,6 +512,7 @@ class InstanceWorker:
         host = self._hosts.get(job.host)
         j = self._journal
         step = j.begin(job.instance_id, "reconcile", state=job.state)
+        self._sweep_failed(job, host)
         if job.state == decide.REVERTING:
             j.end(step, "ok", action="revert again")
             return self.revert(job)
@@ -467,8 +540,7 @@ class InstanceWorker:
         job = _replace(job, old_container_id=old_id)
         new_id = current.id if current is not None and current.id != old_id else None
         self._restore(job, new_id, "recovered after a crash", final=decide.PENDING)
-        for ref in (f"{job.name}{MIGRATE_MARKER}r{job.rollout_id}",):
-            host.remove(ref, force=True)
+        host.remove(f"{job.name}{MIGRATE_MARKER}r{job.rollout_id}", force=True)
         j.end(step, "ok", action="restored previous container; will retry")
 
     # --- helpers ------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import RolloutInstance, RolloutStep
@@ -12,27 +14,54 @@ from orchestrator.db.session import session_scope
 
 
 class Journal:
-    """Writes steps in their own short transactions, so they are durable at once."""
+    """Writes steps in their own short transactions, so they are durable at once.
+
+    The detail a step began with is remembered in memory, so closing it is one UPDATE (and,
+    with ``instance``, the instance's fields change in the same transaction). A step begun
+    by another process (known only from the database) is read back first.
+    """
 
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self._factory = factory
+        self._lock = threading.Lock()
+        self._open: dict[int, dict[str, Any]] = {}
 
     def begin(self, instance_id: int, step: str, **detail: Any) -> int:
         with session_scope(self._factory) as s:
             row = RolloutStep(instance_id=instance_id, step=step, state="started", detail=detail)
             s.add(row)
             s.flush()
-            return row.id
+            step_id = row.id
+        with self._lock:
+            self._open[step_id] = detail
+        return step_id
 
-    def end(self, step_id: int, state: str, **detail: Any) -> None:
+    def end(
+        self,
+        step_id: int,
+        state: str,
+        *,
+        instance: tuple[int, dict[str, Any]] | None = None,
+        **detail: Any,
+    ) -> None:
+        """Close a step; ``instance=(id, fields)`` also sets those instance fields."""
+        with self._lock:
+            began = self._open.pop(step_id, None)
         with session_scope(self._factory) as s:
-            row = s.get_one(RolloutStep, step_id)
-            row.state = state
-            row.detail = {**row.detail, **detail}
-            row.finished_at = datetime.now(UTC)
+            if began is None:
+                began = dict(s.get_one(RolloutStep, step_id).detail or {})
+            s.execute(
+                update(RolloutStep)
+                .where(RolloutStep.id == step_id)
+                .values(state=state, detail={**began, **detail}, finished_at=datetime.now(UTC))
+            )
+            if instance is not None:
+                _set(s, instance[0], instance[1])
 
     def set_instance(self, instance_id: int, **fields: Any) -> None:
         with session_scope(self._factory) as s:
-            row = s.get_one(RolloutInstance, instance_id)
-            for key, value in fields.items():
-                setattr(row, key, value)
+            _set(s, instance_id, fields)
+
+
+def _set(s: Session, instance_id: int, fields: dict[str, Any]) -> None:
+    s.execute(update(RolloutInstance).where(RolloutInstance.id == instance_id).values(**fields))

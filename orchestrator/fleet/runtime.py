@@ -277,6 +277,19 @@ class DockerHost:
     def stop(self, ref: str, timeout: int = 10) -> None:
         self._call(f"stop {ref}", self.client.api.stop, ref, timeout=timeout)
 
+    def kill(self, ref: str) -> None:
+        """SIGKILL a running container; nothing when it is not running or not there."""
+        try:
+            self.client.api.kill(ref)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # not running
+                return
+            raise self._fail(f"kill {ref}", exc) from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise self._fail(f"kill {ref}", exc) from exc
+
     def start(self, ref: str) -> None:
         self._call(f"start {ref}", self.client.api.start, ref)
 
@@ -298,9 +311,19 @@ class DockerHost:
             raise self._fail(f"logs {ref}", exc) from exc
         return bytes(raw).decode("utf-8", "replace")
 
-    def create_like(self, ref: str, *, image: str, name: str, extra_labels: dict[str, str]) -> str:
-        """Create (not start) a copy of container ``ref`` running ``image``; return its id."""
-        attrs = self.inspect(ref)
+    def create_like(
+        self,
+        ref: str,
+        *,
+        image: str,
+        name: str,
+        extra_labels: dict[str, str],
+        attrs: dict[str, Any] | None = None,
+    ) -> str:
+        """Create (not start) a copy of container ``ref`` running ``image``; return its id.
+
+        ``attrs`` is ``ref``'s inspect result when the caller has it (saves a request)."""
+        attrs = attrs if attrs is not None else self.inspect(ref)
         old_image_config = self.image_config(attrs["Image"])
         body, extra_networks = clone_config(attrs, old_image_config, image, extra_labels)
         try:

@@ -25,7 +25,13 @@ pytestmark = pytest.mark.docker
 
 CPDOPS = str(Path(sys.executable).parent / "cpdops")
 GATE = GateSpec(passes=2, deadline_s=20, interval_s=0.2)
-MARKERS = (KEPT_MARKER, "--cpdops-new-", "--cpdops-migrate-", "--cpdops-revert-")
+MARKERS = (
+    KEPT_MARKER,
+    "--cpdops-new-",
+    "--cpdops-migrate-",
+    "--cpdops-revert-",
+    "--cpdops-failed-",
+)
 
 
 def _versions(placed: list[Placed]) -> dict[str, str]:
