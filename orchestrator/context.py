@@ -243,6 +243,7 @@ def sync_monitors(ctx: AppContext) -> int:
         found = discover(ctx.hosts.hosts())
     except DockerError as exc:
         log.warning("monitor sync: discovery failed: %s", exc)
+        apply_monitors(ctx)  # the declared monitors do not wait for Docker
         return -1
     hosts = {h.name: h for h in ctx.hosts.hosts()}
     specs = monitors_for(found.instances, monitor_defaults(ctx), hosts, tenant_dsns(ctx))
