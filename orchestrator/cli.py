@@ -86,7 +86,11 @@ def db_upgrade() -> None:
 # --- apply / fleet -----------------------------------------------------------------------------
 @main.command()
 @click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False))
-@click.option("--prune", is_flag=True, help="remove hosts, tenants, notifiers not in the file")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="remove hosts, tenants, notifiers and declared monitors not in the file",
+)
 @json_option
 def apply(path: str, prune: bool, as_json: bool) -> None:
     """Load hosts, tenants, monitor defaults, thresholds and notifiers from a fleet file."""
