@@ -30,10 +30,12 @@ class Health:
 
     def __init__(self) -> None:
         self.state = "ok"
+        self.delay = 0.0
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                time.sleep(owner.delay)
                 body = f'{{"status":"{owner.state}"}}'.encode()
                 self.send_response(200 if self.path == "/health" else 404)
                 self.send_header("Content-Length", str(len(body)))
@@ -65,6 +67,39 @@ def health() -> Iterator[Health]:
         yield server
     finally:
         server.close()
+
+
+def test_http_latency_and_body_conditions(health: Health) -> None:
+    import asyncio
+
+    from monitors.probe import MonitorSpec, ProbeResult
+    from monitors.probes.http import HttpProbe
+
+    def check(**options: Any) -> ProbeResult:
+        spec = MonitorSpec(
+            id="m", name="m", tenant="t", host="h", kind="http", target=health.url,
+            options=options,
+        )  # fmt: skip
+
+        async def run() -> ProbeResult:
+            probe = HttpProbe()
+            try:
+                return await probe.check(spec)
+            finally:
+                await probe.aclose()
+
+        return asyncio.run(run())
+
+    assert check(max_latency_s=2, body_contains="ok").reason == "HTTP 200"
+    health.delay = 0.3
+    slow = check(max_latency_s=0.1)
+    assert not slow.ok and slow.reason.startswith("HTTP 200; took 0.3")
+    assert slow.reason.endswith("s (max_latency_s 0.1)")
+    assert check(max_latency_s=2).ok
+    missing = check(body_contains="nope", max_latency_s=0.1)
+    assert missing.reason.startswith("HTTP 200; body does not contain 'nope'; took ")
+    bad = check(tls_verify="no")
+    assert not bad.ok and bad.reason.startswith("invalid configuration: option 'tls_verify'")
 
 
 def fleet_text(health: Health, dead_port: int) -> str:
