@@ -8,6 +8,7 @@ exception.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,9 @@ from typing import Any, Protocol
 
 BODY_EXCERPT_CHARS = 512
 """How much of a response body a result keeps as evidence."""
+REDACTED = "***"
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):[^@/\s]*@")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|\S+)", re.I)
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,13 @@ class Probe(Protocol):
     async def check(self, spec: MonitorSpec) -> ProbeResult: ...
 
     async def aclose(self) -> None: ...
+
+
+def public_target(target: str) -> str:
+    """``target`` fit to show (API, CLI, tickets): a password in a URL's user part or in a libpq
+    ``password=`` keyword is replaced by ``***``, e.g. ``postgresql://mon:***@db:5432/acme``."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", target)
+    return _KV_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}", text)
 
 
 def timeout_reason(timeout_s: float) -> str:

@@ -86,7 +86,11 @@ def db_upgrade() -> None:
 # --- apply / fleet -----------------------------------------------------------------------------
 @main.command()
 @click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False))
-@click.option("--prune", is_flag=True, help="remove hosts, tenants, notifiers not in the file")
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="remove hosts, tenants, notifiers and declared monitors not in the file",
+)
 @json_option
 def apply(path: str, prune: bool, as_json: bool) -> None:
     """Load hosts, tenants, monitor defaults, thresholds and notifiers from a fleet file."""
@@ -235,28 +239,37 @@ def monitors() -> None:
 def monitors_ls(tenant: str | None, as_json: bool) -> None:
     """List monitors: last recorded state, reason, uptime (maintenance excluded)."""
     from monitors.state import MonitorStatus
-    from orchestrator.db.models import MonitorRecord
+    from orchestrator.db.models import DeclaredMonitor, MonitorRecord
     from orchestrator.monitor_history import uptimes
 
     with _opened() as ctx, ctx.factory() as s:
         stmt = select(MonitorRecord).order_by(MonitorRecord.id)
+        decl = select(DeclaredMonitor)
         if tenant:
             stmt = stmt.where(MonitorRecord.tenant == tenant)
+            decl = decl.where(DeclaredMonitor.tenant == tenant)
         rows = list(s.scalars(stmt))
-        up = uptimes(s, [m.id for m in rows])
-    data: list[dict[str, Any]] = [
-        {
-            "id": m.id,
-            "tenant": m.tenant,
-            "host": m.host,
-            "kind": m.kind,
-            "status": MonitorStatus(m.status).name.lower(),
-            "reason": m.reason,
-            "changed_at": m.changed_at,
-            "uptime": up[m.id],
-        }
-        for m in rows
-    ]
+        declared = {d.id: d for d in s.scalars(decl)}
+        # a declared monitor not checked yet has no recorded state: it is pending
+        ids = sorted({m.id for m in rows} | set(declared))
+        up = uptimes(s, ids)
+    recorded = {m.id: m for m in rows}
+    data: list[dict[str, Any]] = []
+    for monitor_id in ids:
+        m, d = recorded.get(monitor_id), declared.get(monitor_id)
+        data.append(
+            {
+                "id": monitor_id,
+                "tenant": m.tenant if m else d.tenant if d else "",
+                "host": m.host if m else d.host if d else "",
+                "kind": m.kind if m else d.kind if d else "",
+                "source": d.source if d else "generated",
+                "status": MonitorStatus(m.status if m else MonitorStatus.PENDING).name.lower(),
+                "reason": m.reason if m else "not checked yet",
+                "changed_at": m.changed_at if m else None,
+                "uptime": up[monitor_id],
+            }
+        )
     if as_json:
         _dump(data)
         return
@@ -268,6 +281,7 @@ def monitors_ls(tenant: str | None, as_json: bool) -> None:
         [
             (
                 d["id"],
+                d["source"],
                 d["status"],
                 pct(d["uptime"]["1h"]),
                 pct(d["uptime"]["24h"]),
@@ -277,7 +291,7 @@ def monitors_ls(tenant: str | None, as_json: bool) -> None:
             )
             for d in data
         ],
-        ["monitor", "status", "1h", "24h", "7d", "reason", "changed"],
+        ["monitor", "source", "status", "1h", "24h", "7d", "reason", "changed"],
     )
 
 

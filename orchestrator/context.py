@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from monitors.metrics import MonitorCollector
 from monitors.probe import MonitorSpec
 from monitors.probes import PROBES
 from monitors.probes.postgres import connection_params, server_label
+from orchestrator import declared_monitors
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.models import ConfigItem, Tenant
 from orchestrator.db.session import make_engine, make_session_factory
@@ -49,6 +51,9 @@ class AppContext:
     monitors: MonitorEngine | None = None
     history: MinuteAggregator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The monitors generated at the last sync (declared ones are read from the database).
+    generated: list[MonitorSpec] = field(default_factory=list)
+    monitor_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def close(self) -> None:
         if self.monitors is not None:
@@ -117,12 +122,14 @@ def monitor_defaults(ctx: AppContext) -> dict[str, Any]:
     }
     with ctx.factory() as session:
         item = session.scalars(select(ConfigItem).where(ConfigItem.key == "monitors")).first()
-        if item is not None:
-            # fleet file keys (interval, timeout, …) → MonitorSpec fields (interval_s, …)
-            for key, value in item.value.items():
-                field = f"{key}_s" if f"{key}_s" in values else key
-                if field in values:
-                    values[field] = parse_duration(value) if isinstance(value, str) else value
+    written = item.value.get("defaults") if item is not None else None
+    # Only the keys written in the fleet file (`monitors.defaults`) win over the settings;
+    # fleet file keys (interval, timeout, …) → MonitorSpec fields (interval_s, …).
+    for key, value in (written if isinstance(written, dict) else {}).items():
+        name = f"{key}_s" if f"{key}_s" in values else key
+        if name in values:
+            values[name] = parse_duration(value) if isinstance(value, str) else value
+    values["timeout_s"] = min(values["timeout_s"], values["interval_s"])
     return values
 
 
@@ -228,20 +235,50 @@ def apply_maintenance(ctx: AppContext, now: float | None = None) -> list[str]:
 
 
 def sync_monitors(ctx: AppContext) -> int:
-    """Discover instances and (re)configure the monitors; returns how many there are."""
+    """Discover instances and (re)configure the monitors, generated and declared; returns how
+    many there are."""
     if ctx.monitors is None:
         return 0
     try:
         found = discover(ctx.hosts.hosts())
     except DockerError as exc:
         log.warning("monitor sync: discovery failed: %s", exc)
+        apply_monitors(ctx)  # the declared monitors do not wait for Docker
         return -1
     hosts = {h.name: h for h in ctx.hosts.hosts()}
     specs = monitors_for(found.instances, monitor_defaults(ctx), hosts, tenant_dsns(ctx))
     if found.errors:
-        # Keep the monitors of an unreachable host rather than dropping them.
-        keep = [v.spec for v in ctx.monitors.snapshot() if v.spec.host in found.errors]
-        specs.extend(keep)
-    ctx.monitors.set_monitors(specs)
+        # Keep the generated monitors of an unreachable host rather than dropping them.
+        made = {spec.id for spec in specs}
+        specs.extend(
+            spec for spec in ctx.generated if spec.host in found.errors and spec.id not in made
+        )
+    with ctx.monitor_lock:
+        ctx.generated = specs
+    return apply_monitors(ctx)
+
+
+def apply_monitors(ctx: AppContext) -> int:
+    """Give the engine the generated monitors of the last sync plus the declared ones (read
+    now), without discovering again: what the API calls after declaring or deleting one.
+    A declared monitor whose id a generated one has is left out (the generated one wins)."""
+    if ctx.monitors is None:
+        return 0
+    defaults = monitor_defaults(ctx)
+    with ctx.monitor_lock:
+        specs = list(ctx.generated)
+        taken = {spec.id for spec in specs}
+        with ctx.factory() as session:
+            for spec in declared_monitors.specs(session, defaults):
+                if spec.id in taken:
+                    log.warning("declared monitor %s shadowed by a generated one", spec.id)
+                    continue
+                specs.append(spec)
+        ctx.monitors.set_monitors(specs)
     apply_maintenance(ctx)
     return len(specs)
+
+
+def generated_ids(ctx: AppContext) -> set[str]:
+    with ctx.monitor_lock:
+        return {spec.id for spec in ctx.generated}

@@ -71,6 +71,11 @@ class ContainerOptions:
         return cls(url, ref, tls, max_restarts)
 
 
+def validate(spec: MonitorSpec) -> None:
+    """Raise ``ValueError`` saying what is wrong with ``spec``'s target or options."""
+    ContainerOptions.from_spec(spec)
+
+
 @dataclass(frozen=True)
 class Seen:
     """What the previous check of a monitor saw (for restarts and CPU between checks)."""

@@ -1,6 +1,14 @@
-"""``http`` probe: GET the target, pass when the status is one of ``spec.expect_status``.
+"""``http`` probe: GET the target, pass when the status is one of ``spec.expect_status`` and the
+conditions of the options hold.
 
-One pooled :class:`httpx.AsyncClient` serves every http monitor of an engine. Redirects are not
+Options (unknown keys are errors):
+
+* ``body_contains``: text that must appear in the first 64 KiB of the body;
+* ``max_latency_s``: the check fails when the response took longer than this (seconds);
+* ``tls_verify``: ``false`` skips certificate verification (a self-signed health endpoint).
+
+One pooled :class:`httpx.AsyncClient` serves every http monitor of an engine (a second one,
+made on first use, serves the monitors with ``tls_verify: false``). Redirects are not
 followed unless asked for (a health URL that redirects is usually a misconfiguration); TLS
 certificates are verified by default; proxy and certificate settings from the environment are
 ignored (a health check must reach the target itself).
@@ -11,8 +19,11 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -22,6 +33,42 @@ USER_AGENT = "cpdops-monitor/0.1"
 MAX_BODY_BYTES = 64 * 1024
 """Read at most this much of a body (so a keep-alive connection can be reused); the rest is
 dropped together with the connection."""
+OPTION_KEYS = ("body_contains", "max_latency_s", "tls_verify")
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """``spec.options`` of an http monitor."""
+
+    body_contains: str | None = None
+    max_latency_s: float | None = None
+    tls_verify: bool = True
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> HttpOptions:
+        unknown = sorted(set(options) - set(OPTION_KEYS))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} (known: {', '.join(OPTION_KEYS)})")
+        body = options.get("body_contains")
+        if body is not None and (not isinstance(body, str) or not body):
+            raise ValueError("option 'body_contains' must be a non-empty string")
+        latency = options.get("max_latency_s")
+        if latency is not None and (
+            isinstance(latency, bool) or not isinstance(latency, int | float) or latency <= 0
+        ):
+            raise ValueError(f"option 'max_latency_s' must be a number > 0, got {latency!r}")
+        verify = options.get("tls_verify", True)
+        if not isinstance(verify, bool):
+            raise ValueError(f"option 'tls_verify' must be true or false, got {verify!r}")
+        return cls(body, float(latency) if latency is not None else None, verify)
+
+
+def validate(spec: MonitorSpec) -> None:
+    """Raise ``ValueError`` saying what is wrong with ``spec``'s target or options."""
+    HttpOptions.from_options(spec.options)
+    url = urlsplit(spec.target.strip())
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(f"target must be an http:// or https:// URL, got {spec.target!r}")
 
 
 class HttpProbe:
@@ -36,24 +83,45 @@ class HttpProbe:
         max_connections: int = 1000,
     ) -> None:
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
+        self._follow_redirects = follow_redirects
+        self._max_connections = max_connections
+        self._client = client or self._make_client(verify)
+        self._insecure: httpx.AsyncClient | None = None
+
+    def _make_client(self, verify: bool | ssl.SSLContext) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
             verify=verify,
-            follow_redirects=follow_redirects,
+            follow_redirects=self._follow_redirects,
             trust_env=False,
             headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+                max_connections=self._max_connections,
+                max_keepalive_connections=self._max_connections,
             ),
         )
+
+    def _client_for(self, opts: HttpOptions) -> httpx.AsyncClient:
+        if opts.tls_verify or not self._owns_client:
+            return self._client
+        if self._insecure is None:
+            self._insecure = self._make_client(False)
+        return self._insecure
 
     async def check(self, spec: MonitorSpec) -> ProbeResult:
         at = datetime.now(UTC)
         started = time.perf_counter()
         try:
-            async with self._client.stream(
+            opts = HttpOptions.from_options(spec.options)
+        except ValueError as exc:
+            return ProbeResult.failure(f"invalid configuration: {exc}", duration_s=0.0, at=at)
+        found = opts.body_contains is None
+        try:
+            async with self._client_for(opts).stream(
                 "GET", spec.target, timeout=httpx.Timeout(spec.timeout_s)
             ) as response:
-                excerpt = await _read_excerpt(response)
+                excerpt, body = await _read_body(response)
+                if opts.body_contains is not None:
+                    found = opts.body_contains.encode("utf-8") in body
         except httpx.TimeoutException:
             return ProbeResult.failure(
                 timeout_reason(spec.timeout_s), duration_s=time.perf_counter() - started, at=at
@@ -64,10 +132,15 @@ class HttpProbe:
             )
         duration = time.perf_counter() - started
         code = response.status_code
+        problems = []
+        if not found:
+            problems.append(f"body does not contain {opts.body_contains!r}")
+        if opts.max_latency_s is not None and duration > opts.max_latency_s:
+            problems.append(f"took {duration:.3f}s (max_latency_s {opts.max_latency_s})")
         return ProbeResult(
-            ok=code in spec.expect_status,
+            ok=code in spec.expect_status and not problems,
             duration_s=duration,
-            reason=f"HTTP {code}",
+            reason="; ".join([f"HTTP {code}", *problems]),
             status_code=code,
             body_excerpt=excerpt,
             at=at,
@@ -76,18 +149,20 @@ class HttpProbe:
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
+        if self._insecure is not None:
+            await self._insecure.aclose()
+            self._insecure = None
 
 
-async def _read_excerpt(response: httpx.Response) -> str:
-    head = bytearray()
-    seen = 0
+async def _read_body(response: httpx.Response) -> tuple[str, bytes]:
+    """The excerpt kept as evidence, and the first :data:`MAX_BODY_BYTES` of the body."""
+    body = bytearray()
     async for chunk in response.aiter_bytes():
-        if len(head) < BODY_EXCERPT_CHARS:
-            head += chunk[: BODY_EXCERPT_CHARS - len(head)]
-        seen += len(chunk)
-        if seen >= MAX_BODY_BYTES:
+        body += chunk[: MAX_BODY_BYTES - len(body)]
+        if len(body) >= MAX_BODY_BYTES:
             break
-    return bytes(head).decode("utf-8", errors="replace")
+    head = bytes(body[:BODY_EXCERPT_CHARS]).decode("utf-8", errors="replace")
+    return head, bytes(body)
 
 
 def describe_error(exc: BaseException) -> str:

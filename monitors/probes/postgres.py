@@ -112,6 +112,14 @@ def connection_params(target: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in params.items()}
 
 
+def validate(spec: MonitorSpec) -> None:
+    """Raise ``ValueError`` saying what is wrong with ``spec``'s target or options. A target
+    holding ``${VAR}`` references is read with the references in place (they are resolved when
+    the monitor is configured)."""
+    PgOptions.from_options(spec.options)
+    connection_params(spec.target)
+
+
 def server_label(params: Mapping[str, str]) -> str:
     """``host:port`` of a DSN without credentials (``[::1]:5432``; ``local:5432`` for a socket)."""
     host = params.get("host") or params.get("hostaddr") or "local"

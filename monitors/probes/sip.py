@@ -226,6 +226,12 @@ class SipOptions:
         return cls(transport=transport.lower() if transport else None, accept=accept)
 
 
+def validate(spec: MonitorSpec) -> None:
+    """Raise ``ValueError`` saying what is wrong with ``spec``'s target or options."""
+    opts = SipOptions.from_options(spec.options)
+    parse_target(spec.target, opts.transport)
+
+
 # ------------------------------------------------------------------ messages
 
 

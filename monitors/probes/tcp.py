@@ -79,6 +79,12 @@ def parse_target(target: str) -> tuple[str, int]:
     return url.hostname, port
 
 
+def validate(spec: MonitorSpec) -> None:
+    """Raise ``ValueError`` saying what is wrong with ``spec``'s target or options."""
+    TcpOptions.from_options(spec.options)
+    parse_target(spec.target)
+
+
 def format_address(host: str, port: int) -> str:
     """``host:port``, with IPv6 literals in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -151,6 +151,10 @@ class MonitorOut(BaseModel):
     status_code: int = Field(description="0 down, 1 up, 2 pending, 3 maintenance")
     reason: str
     changed_at: datetime | None
+    source: str = Field(
+        default="generated",
+        description="generated (registry and labels), api or fleet (declared)",
+    )
     uptime: dict[str, float | None] = Field(
         default_factory=dict, description="share of passing checks per window, maintenance excluded"
     )
@@ -176,3 +180,24 @@ class TenantUptimeOut(BaseModel):
     tenant: str
     monitors: list[str]
     uptime: dict[str, float | None]
+
+
+class DeclaredMonitorOut(ORM):
+    """A declared monitor as stored; ``target`` with any password replaced by ``***``."""
+
+    id: str = Field(description="<tenant>/<name>")
+    name: str
+    tenant: str
+    host: str
+    kind: str
+    target: str
+    interval_s: float | None = Field(description="null: the monitor defaults")
+    timeout_s: float | None
+    failure_threshold: int | None
+    recovery_threshold: int | None
+    expect_status: list[int] | None
+    options: dict[str, Any]
+    source: str = Field(description="api or fleet")
+    created_by: str
+    created_at: datetime
+    updated_at: datetime

@@ -236,6 +236,33 @@ class MonitorMinute(Base):
     duration_max: Mapped[float] = mapped_column(default=0.0)
 
 
+class DeclaredMonitor(Base):
+    """A monitor somebody declared (``POST /api/v1/monitors`` or the fleet file's
+    ``monitors.declared``), as opposed to one generated from the registry and the labels.
+
+    ``target`` is kept as written: ``${VAR}`` references are resolved when the monitor is
+    configured. Unset timing fields take the monitor defaults."""
+
+    __tablename__ = "declared_monitors"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True, doc="<tenant>/<name>")
+    name: Mapped[str] = mapped_column(String(63))
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    host: Mapped[str] = mapped_column(String(63), default="")
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(1000))
+    interval_s: Mapped[float | None] = mapped_column(nullable=True)
+    timeout_s: Mapped[float | None] = mapped_column(nullable=True)
+    failure_threshold: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    recovery_threshold: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    expect_status: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    source: Mapped[str] = mapped_column(String(16), doc="api | fleet")
+    created_by: Mapped[str] = mapped_column(String(100), default="api")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AuditEntry(Base):
     __tablename__ = "audit"
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from orchestrator import declared_monitors
 from orchestrator.db.models import AuditEntry, ConfigItem, Host, Notifier, Tenant
 from orchestrator.fleet.fleetfile import FleetFile
 
@@ -88,10 +89,16 @@ def apply_fleet(
         _upsert(
             session, report, Notifier, "name", name, {"kind": kind, "settings": data}, "notifier"
         )
-    for key, section in (("monitors", fleet.monitors), ("incidents", fleet.incidents)):
-        if section is not None:
-            value = section.model_dump(mode="json")
-            _upsert(session, report, ConfigItem, "key", key, {"value": value}, "config")
+    # Monitor defaults: only the keys written in the file (the others come from the settings).
+    value = {"defaults": fleet.monitors.defaults.model_dump(mode="json", exclude_unset=True)}
+    _upsert(session, report, ConfigItem, "key", "monitors", {"value": value}, "config")
+    value = fleet.incidents.model_dump(mode="json")
+    _upsert(session, report, ConfigItem, "key", "incidents", {"value": value}, "config")
+    found = declared_monitors.sync_fleet(session, fleet.monitors.declared, prune=prune)
+    for ids, into in zip(
+        found, (report.created, report.updated, report.unchanged, report.removed), strict=True
+    ):
+        into.extend(f"monitor/{monitor_id}" for monitor_id in ids)
     if prune:
         keep = {
             Host: {h.name for h in fleet.hosts},

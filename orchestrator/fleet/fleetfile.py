@@ -48,6 +48,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from monitors.probe import public_target
 from orchestrator.errors import FleetFileError
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "IncidentThresholds",
     "MaintenanceWindow",
     "MassIncidentThresholds",
+    "MonitorDeclaration",
     "MonitorDefaults",
     "MonitorsSection",
     "NotifierSpec",
@@ -512,8 +514,122 @@ class MonitorDefaults(_Spec):
         return timeout
 
 
+def _status_codes(codes: list[int] | None) -> list[int] | None:
+    if codes is None:
+        return None
+    if not codes:
+        raise ValueError("must list at least one status code (leave the key out for 200)")
+    bad = [code for code in codes if not 100 <= code <= 599]
+    if bad:
+        raise ValueError(f"status codes must be in 100..599, got {bad}")
+    return codes
+
+
+def _check_target(target: str) -> str:
+    _check_not_blank(target)
+    _env_references(target)  # a ${VAR} reference must be well formed
+    return target.strip()
+
+
+class MonitorDeclaration(_Spec):
+    """A monitor declared by hand (fleet file ``monitors.declared``, ``POST /api/v1/monitors``).
+
+    Its id is ``<tenant>/<name>``. ``target`` and ``options`` are checked by the probe kind
+    (``monitors.probes.VALIDATORS``); ``target`` may hold ``${VAR}`` references (a DSN's
+    password), resolved when the monitor is configured and never shown. Unset timing fields take
+    the monitor defaults."""
+
+    name: Annotated[Name, Field(description="unique within the tenant; the id is <tenant>/<name>")]
+    tenant: Annotated[Name, Field(description="slug of a tenant in the registry")]
+    kind: Annotated[str, Field(description="probe kind: http, tcp, sip, postgres, container")]
+    target: Annotated[
+        str,
+        AfterValidator(_check_target),
+        Field(
+            repr=False,  # a DSN may hold a password
+            description="what to probe, in the kind's form (URL, host:port, SIP URI, DSN, …)",
+        ),
+    ]
+    host: Annotated[
+        Name | None,
+        Field(description="Docker host the target belongs to (label, correlation); optional"),
+    ] = None
+    interval: Annotated[
+        PositiveDuration | None, Field(description="'30s' in the fleet file; seconds or '30s'")
+    ] = None
+    timeout: PositiveDuration | None = None
+    failure_threshold: Count | None = None
+    recovery_threshold: Count | None = None
+    expect_status: Annotated[
+        list[Annotated[int, Field(strict=True)]] | None,
+        AfterValidator(_status_codes),
+        Field(description="http: status codes that pass (default [200])"),
+    ] = None
+    options: Annotated[
+        dict[str, Any],
+        _none_as(dict),
+        Field(description="the kind's own settings, e.g. http body_contains, sip accept_codes"),
+    ] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.tenant}/{self.name}"
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from monitors.probes import PROBES  # imported late: the fleet file reads no probes
+
+        if kind not in PROBES:
+            raise ValueError(f"unknown probe kind {kind!r}; expected one of: {', '.join(PROBES)}")
+        return kind
+
+    @field_validator("target")
+    @classmethod
+    def _target_for_kind(cls, target: str, info: ValidationInfo) -> str:
+        problem = _kind_problem(info.data.get("kind"), target, {})
+        if problem is not None and problem[0] == "target":
+            raise ValueError(problem[1])
+        return target
+
+    @field_validator("options")
+    @classmethod
+    def _options_for_kind(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "target" not in info.data:
+            return options  # the target is invalid and reported already
+        problem = _kind_problem(info.data.get("kind"), info.data["target"], options)
+        if problem is not None:
+            raise ValueError(problem[1])
+        return options
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> MonitorDeclaration:
+        if self.interval is not None and self.timeout is not None and self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({format_duration(self.timeout)}) is longer than the interval "
+                f"({format_duration(self.interval)})"
+            )
+        return self
+
+
+def _kind_problem(kind: Any, target: str, options: dict[str, Any]) -> tuple[str, str] | None:
+    from monitors.probe import MonitorSpec
+    from monitors.probes import spec_problem
+
+    if not isinstance(kind, str):
+        return None  # the kind is invalid and reported already
+    try:
+        spec = MonitorSpec(
+            id="-", name="-", tenant="-", host="", kind=kind, target=target, options=options
+        )
+    except ValueError:
+        return None
+    return spec_problem(spec)
+
+
 class MonitorsSection(_Spec):
     defaults: Annotated[MonitorDefaults, _none_as(dict)] = Field(default_factory=MonitorDefaults)
+    declared: Annotated[list[MonitorDeclaration], _none_as(list)] = Field(default_factory=list)
 
 
 class MassIncidentThresholds(_Spec):
@@ -627,6 +743,8 @@ def _redact(value: Any) -> Any:
             for name in model.model_fields
             if getattr(value, name) is not None
         }
+        if isinstance(value, MonitorDeclaration):  # a DSN target may hold a password
+            updates["target"] = public_target(value.target)
         return value.model_copy(update=updates)
     if isinstance(value, list):
         return [_redact(item) for item in value]
@@ -673,6 +791,51 @@ def _cross_check(data: Any, lines: Mapping[Loc, int]) -> list[tuple[Loc, str]]:
             problems.append(
                 (("tenants", index, "host"), f"unknown host {host!r} (hosts in this file: {known})")
             )
+    problems += _check_declared(data, lines, hosts)
+    return problems
+
+
+def _check_declared(
+    data: dict[str, Any], lines: Mapping[Loc, int], hosts: set[str]
+) -> list[tuple[Loc, str]]:
+    """``monitors.declared``: known tenants and hosts, one monitor per ``tenant/name``."""
+    problems: list[tuple[Loc, str]] = []
+    section = data.get("monitors")
+    declared = section.get("declared") if isinstance(section, dict) else None
+    if not isinstance(declared, list):
+        return problems
+    tenants = data.get("tenants")
+    slugs = {
+        t["slug"]
+        for t in (tenants if isinstance(tenants, list) else [])
+        if isinstance(t, dict) and isinstance(t.get("slug"), str)
+    }
+    seen: dict[str, int] = {}
+    for index, item in enumerate(declared):
+        if not isinstance(item, dict):
+            continue
+        loc: Loc = ("monitors", "declared", index)
+        tenant, name, host = item.get("tenant"), item.get("name"), item.get("host")
+        if isinstance(tenant, str) and tenant not in slugs:
+            known = ", ".join(sorted(slugs)) or "none"
+            problems.append(
+                ((*loc, "tenant"), f"unknown tenant {tenant!r} (tenants in this file: {known})")
+            )
+        if isinstance(host, str) and host not in hosts:
+            known = ", ".join(sorted(hosts)) or "none"
+            problems.append(
+                ((*loc, "host"), f"unknown host {host!r} (hosts in this file: {known})")
+            )
+        if not isinstance(tenant, str) or not isinstance(name, str):
+            continue
+        key = f"{tenant}/{name}"
+        if key in seen:
+            first: Loc = ("monitors", "declared", seen[key], "name")
+            at = f", line {lines[first]}" if first in lines else ""
+            message = f"duplicate monitor {key!r} (first declared by {_format_path(first)}{at})"
+            problems.append(((*loc, "name"), message))
+        else:
+            seen[key] = index
     return problems
 
 

@@ -8,6 +8,7 @@ Docker SDK errors are converted here, once, into ``orchestrator.errors``; caller
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -160,6 +161,10 @@ class DockerHost:
                     ca_cert=self._tls.get("ca"),
                     verify=bool(self._tls.get("verify", True)),
                 )
+            path = self.url.removeprefix("unix://")
+            if self.url.startswith("unix://") and not os.path.exists(path):
+                # docker-py would leak the socket of the failed connect (a ResourceWarning)
+                raise HostUnreachable(f"host {self.name} ({self.url}): no socket at {path}")
             try:
                 self._client = docker.DockerClient(
                     base_url=self.url, tls=tls, timeout=self._timeout, version="auto"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitors.engine import StateChange
+from monitors.probe import public_target
 from monitors.state import MonitorStatus
 from orchestrator.db.models import Incident, MonitorRecord, Rollout, RolloutInstance
 from orchestrator.db.session import session_scope
@@ -48,7 +50,7 @@ class IncidentEngine:
             # Recovery may come as DOWN → MAINTENANCE → PENDING → UP: remember the DOWN.
             was_down = rec.down_since is not None
             rec.name, rec.tenant, rec.host = spec.name, spec.tenant, spec.host
-            rec.kind, rec.target = spec.kind, spec.target
+            rec.kind, rec.target = spec.kind, public_target(spec.target)
             now = datetime.now(UTC)
             rec.status, rec.reason, rec.changed_at = int(change.new), reason, now
             if change.new == MonitorStatus.DOWN and rec.down_since is None:
@@ -59,19 +61,8 @@ class IncidentEngine:
             if self._under_rollout(spec.tenant, spec.host):
                 log.info("DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant)
                 return
-            evidence: dict[str, Any] = {
-                "monitor": spec.id,
-                "target": spec.target,
-                "kind": spec.kind,
-            }
-            if result is not None:
-                evidence.update(
-                    reason=result.reason,
-                    status_code=result.status_code,
-                    body=result.body_excerpt,
-                    duration_s=result.duration_s,
-                    at=result.at.isoformat(),
-                )
+            target = public_target(spec.target)
+            evidence = monitor_evidence(change)
             with session_scope(self._factory) as s:
                 incident, created = open_or_join(
                     s,
@@ -80,7 +71,7 @@ class IncidentEngine:
                     type="incident",
                     subject=f"{spec.tenant}: {spec.name} is DOWN ({reason})",
                     description=(
-                        f"Monitor {spec.name} ({spec.kind} {spec.target}) on host {spec.host} "
+                        f"Monitor {spec.name} ({spec.kind} {target}) on host {spec.host} "
                         f"went DOWN: {reason}."
                     ),
                     author=AUTHOR,
@@ -149,3 +140,42 @@ class IncidentEngine:
             )
         if created:
             self.created.labels(type="mass_incident", source="rollout").inc()
+
+
+def monitor_evidence(change: StateChange) -> dict[str, Any]:
+    """What a ticket keeps of the check that turned a monitor DOWN: the monitor, the reason, the
+    status code, the start of the response, the kind's own details (SIP reply line, container
+    state, PostgreSQL numbers, …). The target's password is replaced by ``***``."""
+    spec, result = change.spec, change.result
+    evidence: dict[str, Any] = {
+        "monitor": spec.id,
+        "target": public_target(spec.target),
+        "kind": spec.kind,
+        "host": spec.host,
+        "reason": change.reason,
+    }
+    if result is not None:
+        evidence.update(
+            reason=result.reason,
+            status_code=result.status_code,
+            body=result.body_excerpt,
+            duration_s=result.duration_s,
+            at=result.at.isoformat(),
+            details=jsonable(dict(result.details)),
+        )
+    return evidence
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with anything JSON cannot hold (bytes, datetimes, tuples, …) made plain."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)

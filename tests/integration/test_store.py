@@ -43,9 +43,10 @@ def test_migration_creates_schema_and_is_idempotent(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)
-    assert current_revision(engine) == "0003"
+    assert current_revision(engine) == "0004"
     tables = set(inspect(engine).get_table_names())
     assert {"hosts", "tenants", "rollouts", "rollout_steps", "incidents", "audit"} <= tables
+    assert {"monitor_minutes", "declared_monitors"} <= tables
     engine.dispose()
 
 
@@ -224,3 +225,66 @@ def test_history_flush_is_additive_and_uptime(store) -> None:  # type: ignore[no
         [point] = history(s, spec.id, "1h")
         assert (point.checks, point.failures, point.maintenance) == (4, 1, 1)
         assert point.max_latency_s == 0.5
+
+
+def test_migrations_match_the_models(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from orchestrator.db.models import Base
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    ours = [d for d in diff if "declared_monitors" in repr(d)]
+    assert ours == []
+
+
+DECLARING = """
+version: 1
+tenants:
+  - slug: acme
+    name: ACME
+monitors:
+  defaults: {interval: 20s}
+  declared:
+    - {name: portal, tenant: acme, kind: http, target: "http://127.0.0.1:1/health"}
+    - name: db
+      tenant: acme
+      kind: postgres
+      target: "postgresql://mon:${CPDOPS_TEST_UNSET_PW}@127.0.0.1:1/acme"
+      interval: 5s
+      failure_threshold: 1
+"""
+
+
+def test_monitor_defaults_and_declared_specs(db_url: str, tmp_path: Path) -> None:
+    from orchestrator import declared_monitors
+    from orchestrator.context import build_context, monitor_defaults
+    from orchestrator.settings import Settings
+
+    ctx = build_context(Settings(database_url=db_url, monitor_timeout_s=7, monitor_interval_s=9))
+    try:
+        assert monitor_defaults(ctx)["interval_s"] == 9
+        with session_scope(ctx.factory) as s:
+            report = apply_fleet(s, parse_fleet_text(DECLARING))
+        assert {"monitor/acme/db", "monitor/acme/portal"} <= set(report.created)
+        defaults = monitor_defaults(ctx)
+        # only what the file writes wins over the settings
+        assert (defaults["interval_s"], defaults["timeout_s"]) == (20.0, 7)
+        with ctx.factory() as s:
+            specs = declared_monitors.specs(s, defaults)
+        # the db monitor's ${VAR} is unset: skipped, not configured with a broken DSN
+        assert [(x.id, x.interval_s, x.timeout_s, x.failure_threshold) for x in specs] == [
+            ("acme/portal", 20.0, 7, ctx.settings.monitor_failure_threshold)
+        ]
+        with session_scope(ctx.factory) as s:
+            again = apply_fleet(s, parse_fleet_text(DECLARING))
+        assert "monitor/acme/portal" in again.unchanged
+        with session_scope(ctx.factory) as s:
+            apply_fleet(s, parse_fleet_text(FLEET))
+        assert monitor_defaults(ctx)["interval_s"] == 9  # the file no longer sets it
+    finally:
+        ctx.close()

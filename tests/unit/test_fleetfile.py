@@ -24,6 +24,7 @@ from orchestrator.fleet.fleetfile import (
     IncidentThresholds,
     MaintenanceWindow,
     MassIncidentThresholds,
+    MonitorDeclaration,
     MonitorDefaults,
     MonitorsSection,
     OtrsNotifier,
@@ -540,6 +541,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     MaintenanceWindow,
     MonitorsSection,
     MonitorDefaults,
+    MonitorDeclaration,
     IncidentThresholds,
     MassIncidentThresholds,
     *NOTIFIER_KINDS.values(),
@@ -586,6 +588,9 @@ LITERAL_SECRETS = """\
         user_login: cpdops
         password: otrs-s3cret
         queue: Raw
+    monitors:
+      declared:
+        - {name: db, tenant: a, kind: postgres, target: "postgresql://u:mon-s3cret@db/a"}
 """
 
 

@@ -1,33 +1,66 @@
-"""Monitors: current state, uptime, history (per-minute aggregates)."""
+"""Monitors: current state, uptime, history (per-minute aggregates); declare and delete."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 
+from monitors.probe import public_target
 from monitors.state import MonitorStatus
+from orchestrator import declared_monitors
 from orchestrator.api.deps import CtxDep, SessionDep
-from orchestrator.api.schemas import HistoryOut, MonitorOut, PointOut, TenantUptimeOut
-from orchestrator.db.models import MonitorRecord
-from orchestrator.errors import NotFoundError
+from orchestrator.api.schemas import (
+    DeclaredMonitorOut,
+    HistoryOut,
+    MonitorOut,
+    PointOut,
+    TenantUptimeOut,
+)
+from orchestrator.context import AppContext, apply_monitors, generated_ids
+from orchestrator.db.models import DeclaredMonitor, Host, MonitorRecord, Tenant
+from orchestrator.errors import ConflictError, InputError, NotFoundError
+from orchestrator.fleet.fleetfile import MonitorDeclaration
 from orchestrator.monitor_history import WINDOWS, combined_uptime, history, uptimes
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["monitors"])
 Window = Literal["1h", "24h", "7d", "30d"]
+MonitorId = Annotated[str, Path(description="the monitor id, e.g. acme/portal (slashes allowed)")]
 
 
 @router.get(
     "/monitors",
     response_model=list[MonitorOut],
     summary="Monitors: state, last reason, uptime over 1h/24h/7d/30d (maintenance excluded)",
+    description=(
+        "Generated monitors (from the tenant registry and the container labels) and declared "
+        "ones (`POST /api/v1/monitors`, the fleet file's `monitors.declared`); `source` says "
+        "which. A declared monitor not checked yet is `pending`. Passwords in targets are `***`."
+    ),
 )
 def list_monitors(
     ctx: CtxDep, session: SessionDep, tenant: str | None = Query(default=None)
 ) -> list[MonitorOut]:
     stored = {m.id: m for m in session.scalars(select(MonitorRecord))}
+    declared = {d.id: d for d in session.scalars(select(DeclaredMonitor))}
     rows: dict[str, MonitorOut] = {}
+    for decl in declared.values():
+        rows[decl.id] = MonitorOut(
+            id=decl.id,
+            name=f"{decl.tenant}-{decl.name}",
+            tenant=decl.tenant,
+            host=decl.host,
+            kind=decl.kind,
+            target=public_target(decl.target),
+            status="pending",
+            status_code=int(MonitorStatus.PENDING),
+            reason="not checked yet",
+            changed_at=None,
+            source=decl.source,
+        )
     for rec in stored.values():
         rows[rec.id] = MonitorOut(
             id=rec.id,
@@ -35,11 +68,12 @@ def list_monitors(
             tenant=rec.tenant,
             host=rec.host,
             kind=rec.kind,
-            target=rec.target,
+            target=public_target(rec.target),
             status=MonitorStatus(rec.status).name.lower(),
             status_code=rec.status,
             reason=rec.reason,
             changed_at=rec.changed_at,
+            source=declared[rec.id].source if rec.id in declared else "generated",
         )
     # The live engine (in `cpdops serve`) knows the monitors not yet stored and the newest state.
     for view in ctx.monitors.snapshot() if ctx.monitors is not None else []:
@@ -51,17 +85,113 @@ def list_monitors(
             tenant=spec.tenant,
             host=spec.host,
             kind=spec.kind,
-            target=spec.target,
+            target=public_target(spec.target),
             status=status.name.lower(),
             status_code=int(status),
             reason=view.hold_reason or (view.last_result.reason if view.last_result else ""),
             changed_at=stored_rec.changed_at if stored_rec else view.last_change_at,
+            source=declared[spec.id].source if spec.id in declared else "generated",
         )
     out = sorted(
         (m for m in rows.values() if tenant is None or m.tenant == tenant), key=lambda m: m.id
     )
     up = uptimes(session, [m.id for m in out])
     return [m.model_copy(update={"uptime": up.get(m.id, {})}) for m in out]
+
+
+def _declared_out(row: DeclaredMonitor) -> DeclaredMonitorOut:
+    out = DeclaredMonitorOut.model_validate(row)
+    return out.model_copy(update={"target": public_target(row.target)})
+
+
+def _apply(ctx: AppContext) -> None:
+    """Reconfigure the running engine (if this process runs one) without a restart."""
+    if ctx.monitors is not None:
+        apply_monitors(ctx)
+
+
+@router.post(
+    "/monitors",
+    response_model=DeclaredMonitorOut,
+    status_code=201,
+    summary="Declare a monitor",
+    description=(
+        "Declares a monitor of any probe kind (`http`, `tcp`, `sip`, `postgres`, `container`) "
+        "for a tenant of the registry; its id is `<tenant>/<name>`. `target` and `options` are "
+        "checked by the kind (e.g. http: `body_contains`, `max_latency_s`, `tls_verify`; sip: "
+        "`transport`, `accept_codes`); unset `interval`, `timeout` and thresholds take the "
+        'monitor defaults. `interval` and `timeout` are seconds or durations such as `"30s"`. '
+        "A target may hold `${VAR}` references (a DSN's password), resolved from cpdops's "
+        "environment; passwords are never shown. Stored in the database and applied to the "
+        "running engine at once. Errors: 422 for a malformed body (the `loc` names the field, "
+        "e.g. `options` or `target`), 400 for an unknown tenant or host, 409 when the id is "
+        "taken."
+    ),
+    responses={
+        400: {"description": "unknown tenant or host"},
+        409: {"description": "a monitor with this id exists (declared or generated)"},
+        422: {"description": "invalid field; `loc` names it"},
+    },
+)
+def declare_monitor(
+    body: MonitorDeclaration, ctx: CtxDep, session: SessionDep
+) -> DeclaredMonitorOut:
+    if session.scalars(select(Tenant.id).where(Tenant.slug == body.tenant)).first() is None:
+        raise InputError(
+            f"tenant: unknown tenant {body.tenant!r}; apply it in the fleet file first"
+        )
+    if body.host is not None:
+        known = set(session.scalars(select(Host.name))) | {h.name for h in ctx.hosts.hosts()}
+        if body.host not in known:
+            raise InputError(
+                f"host: unknown host {body.host!r} (known: {', '.join(sorted(known))})"
+            )
+    existing = session.get(DeclaredMonitor, body.id)
+    if existing is not None:
+        raise ConflictError(
+            f"monitor {body.id!r} is already declared (source {existing.source}); "
+            "DELETE it first to change it"
+        )
+    if body.id in generated_ids(ctx):
+        raise ConflictError(f"monitor {body.id!r} exists: it is generated; choose another name")
+    row = declared_monitors.add(session, body, source="api", actor="api")
+    session.commit()
+    _apply(ctx)
+    return _declared_out(row)
+
+
+@router.delete(
+    "/monitors/{monitor_id:path}",
+    status_code=204,
+    summary="Delete a declared monitor",
+    description=(
+        "Removes a declared monitor with its state and history, and stops probing it at once. "
+        "Generated monitors cannot be deleted (409): they follow the tenant registry and the "
+        "container labels. A monitor the fleet file declares comes back at the next "
+        "`cpdops apply` unless it is removed from the file."
+    ),
+    responses={
+        404: {"description": "no such monitor"},
+        409: {"description": "the monitor is generated, not declared"},
+    },
+)
+def delete_monitor(monitor_id: MonitorId, ctx: CtxDep, session: SessionDep) -> Response:
+    row = session.get(DeclaredMonitor, monitor_id)
+    if row is None:
+        recorded = session.get(MonitorRecord, monitor_id) is not None
+        if recorded or monitor_id in generated_ids(ctx):
+            raise ConflictError(
+                f"monitor {monitor_id!r} is generated from the tenant registry and container "
+                "labels, not declared: it goes away with its instance or tenant (remove the "
+                "smartcpd.* labels or the tenant)"
+            )
+        raise NotFoundError(f"no monitor {monitor_id!r}")
+    source = row.source
+    declared_monitors.forget(session, monitor_id)
+    declared_monitors.audit_removal(session, monitor_id, source=source, actor="api")
+    session.commit()
+    _apply(ctx)
+    return Response(status_code=204)
 
 
 @router.get(
@@ -71,11 +201,12 @@ def list_monitors(
     responses={404: {"description": "no such monitor"}},
 )
 def monitor_history(
-    monitor_id: str,
+    monitor_id: MonitorId,
     session: SessionDep,
     window: Annotated[Window, Query(description="1h, 24h, 7d or 30d")] = "24h",
 ) -> HistoryOut:
-    if session.get(MonitorRecord, monitor_id) is None:
+    known = session.get(MonitorRecord, monitor_id) or session.get(DeclaredMonitor, monitor_id)
+    if known is None:
         raise NotFoundError(f"no monitor {monitor_id!r}")
     points = history(session, monitor_id, window)
     checks = sum(p.checks for p in points)
