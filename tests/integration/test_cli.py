@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.integration.dockerd import remove_test_containers
-from tests.integration.fleet import free_port, make_context, place_tenants, wait_health
+from tests.integration.fleet import free_port_base, make_context, place_tenants, wait_health
 
 CPDOPS = str(Path(sys.executable).parent / "cpdops")
 
@@ -134,7 +134,7 @@ def test_demo_up_and_down(
     env = {
         **env,
         "CPDOPS_LOCAL_DOCKER_URL": handle.url,
-        "CPDOPS_DEMO_BASE_PORT": str(free_port() + 100),
+        "CPDOPS_DEMO_BASE_PORT": str(free_port_base(2)),
     }
     try:
         up = run(env, "demo", "up", "--tenants", "2", "--json")
