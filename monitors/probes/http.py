@@ -1,6 +1,10 @@
 """``http`` probe: GET the target, pass when the status is one of ``spec.expect_status``.
 
-One pooled :class:`httpx.AsyncClient` serves every http monitor of an engine. Redirects are not
+A few pooled :class:`httpx.AsyncClient` serve every http monitor of an engine, each monitor
+always the same one (by its id): httpcore's pool does work proportional to its connections times
+its requests on every request and release, so one pool of 1000 connections collapses under a few
+thousand checks per second (``bench/probe_throughput.py``); :data:`POOL_SHARDS` small pools do
+not. Redirects are not
 followed unless asked for (a health URL that redirects is usually a misconfiguration); TLS
 certificates are verified by default; proxy and certificate settings from the environment are
 ignored (a health check must reach the target itself).
@@ -19,13 +23,18 @@ import httpx
 from monitors.probe import BODY_EXCERPT_CHARS, MonitorSpec, ProbeResult, timeout_reason
 
 USER_AGENT = "cpdops-monitor/0.1"
+POOL_SHARDS = 16
 MAX_BODY_BYTES = 64 * 1024
 """Read at most this much of a body (so a keep-alive connection can be reused); the rest is
 dropped together with the connection."""
 
 
 class HttpProbe:
-    """GET ``spec.target`` with a shared client; never raises for a failing target."""
+    """GET ``spec.target`` with shared clients; never raises for a failing target.
+
+    ``max_connections`` bounds each pool's connections (so a hanging target never waits for
+    another's); idle keep-alive connections are at most ``max_connections`` over all pools.
+    """
 
     def __init__(
         self,
@@ -34,23 +43,33 @@ class HttpProbe:
         verify: bool | ssl.SSLContext = True,
         follow_redirects: bool = False,
         max_connections: int = 1000,
+        shards: int = POOL_SHARDS,
     ) -> None:
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            verify=verify,
-            follow_redirects=follow_redirects,
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+        if client is not None:
+            self._clients = [client]
+            return
+        limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max(1, max_connections // max(1, shards)),
         )
+        self._clients = [
+            httpx.AsyncClient(
+                verify=verify,
+                follow_redirects=follow_redirects,
+                trust_env=False,
+                headers={"User-Agent": USER_AGENT},
+                limits=limits,
+            )
+            for _ in range(max(1, shards))
+        ]
 
     async def check(self, spec: MonitorSpec) -> ProbeResult:
         at = datetime.now(UTC)
         started = time.perf_counter()
+        client = self._clients[hash(spec.id) % len(self._clients)]
         try:
-            async with self._client.stream(
+            async with client.stream(
                 "GET", spec.target, timeout=httpx.Timeout(spec.timeout_s)
             ) as response:
                 excerpt = await _read_excerpt(response)
@@ -75,7 +94,8 @@ class HttpProbe:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self._client.aclose()
+            for client in self._clients:
+                await client.aclose()
 
 
 async def _read_excerpt(response: httpx.Response) -> str:
