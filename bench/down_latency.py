@@ -10,7 +10,8 @@ target and measure until ``on_change`` reports DOWN. Modes:
 
 * ``stop``: the responder process is terminated (the port refuses: TCP RST, ICMP for UDP);
 * ``freeze``: the responder is SIGSTOPped (the port stays open, nothing answers: each check runs
-  into ``--timeout``).
+  into ``--timeout``). A TCP connect check still passes then (the kernel completes handshakes
+  into the listen backlog of a stopped process): such repetitions count as ``never_down``.
 
 The responder is restarted (or resumed) between repetitions. The failure threshold defaults to
 the project's (3, ``MonitorDefaults.failure_threshold``); the timeout to the longest the fleet
@@ -88,8 +89,10 @@ def main() -> None:
                 "sip": f"sip:{LOCALHOST}:{port}",
             }[kind]
             for mode in args.modes.split(","):
-                latencies = []
+                latencies: list[float] = []
                 reasons = set()
+                never = 0
+                limit = (args.failure_threshold + 3) * (args.interval + timeout)
                 for rep in range(args.repeats):
                     responder = start(children, kind, port)
                     spec = MonitorSpec(
@@ -112,10 +115,12 @@ def main() -> None:
                         failed_at = time.monotonic()
                     else:
                         responder.signal(signal.SIGSTOP)
-                    down_at = watcher.wait(
-                        spec.id, "DOWN", (args.failure_threshold + 3) * (args.interval + timeout)
-                    )
-                    latencies.append(down_at - failed_at)
+                    try:
+                        down_at = watcher.wait(spec.id, "DOWN", limit)
+                    except RuntimeError:
+                        never += 1  # still UP: recorded as such, not as a latency
+                    else:
+                        latencies.append(down_at - failed_at)
                     view = next(v for v in engine.snapshot() if v.spec.id == spec.id)
                     if view.last_result is not None:
                         reasons.add(view.last_result.reason)
@@ -125,8 +130,9 @@ def main() -> None:
                     "kind": kind,
                     "mode": mode,
                     "n": len(latencies),
+                    "never_down": never,
                     "median_s": median(latencies),
-                    "max_s": max(latencies),
+                    "max_s": max(latencies, default=float("nan")),
                     "target_s": 2 * args.interval + 1,
                     "reasons": sorted(reasons),
                     "latencies": latencies,
@@ -135,7 +141,7 @@ def main() -> None:
                 print(
                     f"{kind:5} {mode:6} n={row['n']} median {row['median_s']:.2f}s "
                     f"max {row['max_s']:.2f}s (target ≤ {row['target_s']:.1f}s) "
-                    f"reason {'; '.join(row['reasons'])}",
+                    f"never DOWN (within {limit:.0f}s) {never}; reason {'; '.join(row['reasons'])}",
                     flush=True,
                 )
     if args.json:
