@@ -16,7 +16,9 @@ process of its own (so nothing else inflates its memory) that runs one ``Monitor
 * **/metrics render**: ``prometheus_client.generate_latest`` of a ``CollectorRegistry`` with
   ``monitors.metrics.register(registry, engine)``, while the engine keeps probing; median of
   ``--renders`` renders, and the size of the text (``collect_median_ms``: the collector alone,
-  building the families from ``engine.snapshot()``, without the text exposition).
+  building the families from ``engine.snapshot()``, without the text exposition;
+  ``render_stopped_median_ms``: the same renders once the engine has stopped, with no loop
+  thread competing for the GIL).
 
 Run under the shared lock: ``flock /tmp/cpdops-bench.lock python bench/monitor_scale.py``.
 """
@@ -153,6 +155,11 @@ def run_child(args: argparse.Namespace) -> None:
             lag_values = list(lags)
     finally:
         engine.stop()
+    idle_renders = []  # the same registry once the engine has stopped: no loop thread competing
+    for _ in range(args.renders):
+        started = time.perf_counter()
+        generate_latest(registry)
+        idle_renders.append(time.perf_counter() - started)
     sys.stdout.write(
         json.dumps(
             {
@@ -173,6 +180,7 @@ def run_child(args: argparse.Namespace) -> None:
                 "render_median_ms": 1000 * median(renders),
                 "render_max_ms": 1000 * max(renders),
                 "collect_median_ms": 1000 * median(collects),
+                "render_stopped_median_ms": 1000 * median(idle_renders),
                 "renders": len(renders),
                 "metrics_bytes": size,
             }
