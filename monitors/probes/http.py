@@ -7,8 +7,12 @@ Options (unknown keys are errors):
 * ``max_latency_s``: the check fails when the response took longer than this (seconds);
 * ``tls_verify``: ``false`` skips certificate verification (a self-signed health endpoint).
 
-One pooled :class:`httpx.AsyncClient` serves every http monitor of an engine (a second one,
-made on first use, serves the monitors with ``tls_verify: false``). Redirects are not
+A few pooled :class:`httpx.AsyncClient` serve every http monitor of an engine, each monitor
+always the same one (by its id): httpcore's pool does work proportional to its connections times
+its requests on every request and release, so one pool of 1000 connections collapses under a few
+thousand checks per second (``bench/probe_throughput.py``); :data:`POOL_SHARDS` small pools do
+not. One more client, made on first use, serves the monitors with ``tls_verify: false``.
+Redirects are not
 followed unless asked for (a health URL that redirects is usually a misconfiguration); TLS
 certificates are verified by default; proxy and certificate settings from the environment are
 ignored (a health check must reach the target itself).
@@ -30,6 +34,7 @@ import httpx
 from monitors.probe import BODY_EXCERPT_CHARS, MonitorSpec, ProbeResult, timeout_reason
 
 USER_AGENT = "cpdops-monitor/0.1"
+POOL_SHARDS = 16
 MAX_BODY_BYTES = 64 * 1024
 """Read at most this much of a body (so a keep-alive connection can be reused); the rest is
 dropped together with the connection."""
@@ -72,7 +77,11 @@ def validate(spec: MonitorSpec) -> None:
 
 
 class HttpProbe:
-    """GET ``spec.target`` with a shared client; never raises for a failing target."""
+    """GET ``spec.target`` with shared clients; never raises for a failing target.
+
+    ``max_connections`` bounds each pool's connections (so a hanging target never waits for
+    another's); idle keep-alive connections are at most ``max_connections`` over all pools.
+    """
 
     def __init__(
         self,
@@ -81,12 +90,19 @@ class HttpProbe:
         verify: bool | ssl.SSLContext = True,
         follow_redirects: bool = False,
         max_connections: int = 1000,
+        shards: int = POOL_SHARDS,
     ) -> None:
         self._owns_client = client is None
         self._follow_redirects = follow_redirects
-        self._max_connections = max_connections
-        self._client = client or self._make_client(verify)
         self._insecure: httpx.AsyncClient | None = None
+        if client is not None:
+            self._clients = [client]
+            return
+        self._limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max(1, max_connections // max(1, shards)),
+        )
+        self._clients = [self._make_client(verify) for _ in range(max(1, shards))]
 
     def _make_client(self, verify: bool | ssl.SSLContext) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -94,15 +110,12 @@ class HttpProbe:
             follow_redirects=self._follow_redirects,
             trust_env=False,
             headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(
-                max_connections=self._max_connections,
-                max_keepalive_connections=self._max_connections,
-            ),
+            limits=self._limits,
         )
 
-    def _client_for(self, opts: HttpOptions) -> httpx.AsyncClient:
+    def _client_for(self, spec: MonitorSpec, opts: HttpOptions) -> httpx.AsyncClient:
         if opts.tls_verify or not self._owns_client:
-            return self._client
+            return self._clients[hash(spec.id) % len(self._clients)]
         if self._insecure is None:
             self._insecure = self._make_client(False)
         return self._insecure
@@ -116,7 +129,7 @@ class HttpProbe:
             return ProbeResult.failure(f"invalid configuration: {exc}", duration_s=0.0, at=at)
         found = opts.body_contains is None
         try:
-            async with self._client_for(opts).stream(
+            async with self._client_for(spec, opts).stream(
                 "GET", spec.target, timeout=httpx.Timeout(spec.timeout_s)
             ) as response:
                 excerpt, body = await _read_body(response)
@@ -148,7 +161,8 @@ class HttpProbe:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self._client.aclose()
+            for client in self._clients:
+                await client.aclose()
         if self._insecure is not None:
             await self._insecure.aclose()
             self._insecure = None
