@@ -311,7 +311,7 @@ class RolloutExecutor:
         # Instance id -> its running step and job. A finished one is popped (and its monitors
         # released) before the next look at the journal, so its slot is refilled at once.
         futures: dict[int, tuple[Future[None], InstanceJob]] = {}
-        renewed = self._clock()
+        renewed = time.monotonic()  # the lease is wall time, whatever clock decides windows
         quick = 0  # decisions in a row without waiting (bounded: no busy loop on a bug)
         with ThreadPoolExecutor(
             max_workers=strategy.parallelism, thread_name_prefix=f"rollout-{rollout_id}"
@@ -319,9 +319,9 @@ class RolloutExecutor:
             while True:
                 for iid in [i for i, (f, _) in futures.items() if f.done()]:
                     self._pop(futures, iid)
-                if self._clock() - renewed >= self._lease / 3:
+                if time.monotonic() - renewed >= self._lease / 3:
                     self._renew(rollout_id)
-                    renewed = self._clock()
+                    renewed = time.monotonic()
                 view, actions, jobs = self._decide(rollout_id, strategy)
                 until: float | None = None
                 acted = False  # a bookkeeping action changed the view: decide again at once
