@@ -45,6 +45,8 @@ def main(verbose: bool) -> None:
     )
     # one line per probe request is noise; cpdops logs what matters itself
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # APScheduler logs every run of the periodic jobs (every few seconds) at INFO
+    logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
 
 
 # --- serve / db --------------------------------------------------------------------------------
