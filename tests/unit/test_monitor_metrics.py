@@ -6,13 +6,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitors.engine import MonitorView
 from monitors.metrics import MonitorCollector, register
 from monitors.probe import MetricSample, MonitorSpec, ProbeResult
 from monitors.state import MonitorState, MonitorStatus
+from orchestrator.metrics import make_registry
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -270,3 +271,14 @@ def test_exposition_is_what_generate_latest_writes() -> None:
     assert collector.exposition() == generate_latest(registry).decode()
     assert 'host="moved"' in collector.exposition()
     assert len(collector._labels) == 2
+
+
+def test_metrics_registry_render_is_generate_latest() -> None:
+    registry = make_registry()
+    Gauge("cpdops_other", "another collector", ["x"], registry=registry).labels('q"').set(2.5)
+    collector = register(registry, FakeEngine(mixed_views()))
+    Counter("cpdops_after", "registered after the monitors", registry=registry).inc()
+    assert registry.render() == generate_latest(registry)
+    registry.unregister(collector)
+    assert registry.render() == generate_latest(registry)
+    assert b"probe_success" not in registry.render()
