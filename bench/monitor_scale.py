@@ -96,7 +96,6 @@ def run_child(args: argparse.Namespace) -> None:
     from monitors.metrics import register
     from monitors.probe import MonitorSpec
     from monitors.probes import PROBES
-    from orchestrator.metrics import make_registry
 
     targets = json.loads(args.targets)
     mix = parse_mix(args.mix)
@@ -143,6 +142,9 @@ def run_child(args: argparse.Namespace) -> None:
         checked = sum(1 for v in views if v.last_result is not None)
         passed = sum(1 for v in views if v.last_result is not None and v.last_result.ok)
         probes = sum(v.probe_count for v in views)
+        # imported only now: its imports (sqlalchemy, …) are not the engine's memory
+        from orchestrator.metrics import make_registry
+
         registry = make_registry()
         collector = register(registry, engine)
         renders, plain, collects, size = [], [], [], 0
