@@ -13,12 +13,15 @@ process of its own (so nothing else inflates its memory) that runs one ``Monitor
 * **start lag**: for every check after a monitor's first, the actual start (when the probe's
   ``check`` is entered: after the engine's semaphore) minus the fixed-rate schedule the engine
   keeps, i.e. first start + k × interval; p50, p99 and max;
-* **/metrics render**: ``prometheus_client.generate_latest`` of a ``CollectorRegistry`` with
-  ``monitors.metrics.register(registry, engine)``, while the engine keeps probing; median of
-  ``--renders`` renders, and the size of the text (``collect_median_ms``: the collector alone,
-  building the families from ``engine.snapshot()``, without the text exposition;
-  ``render_stopped_median_ms``: the same renders once the engine has stopped, with no loop
-  thread competing for the GIL).
+* **/metrics render**: what the ``/metrics`` route does, ``MetricsRegistry.render()`` of
+  ``orchestrator.metrics.make_registry()`` with ``monitors.metrics.register(registry, engine)``
+  (the monitor collector writes its own text exposition), while the engine keeps probing; median
+  of ``--renders`` renders, and the size of the text. Alongside: ``generate_latest_median_ms``,
+  prometheus_client's ``generate_latest`` of the same registry (the route before), interleaved
+  with the renders; ``collect_median_ms``: the collector's ``collect()`` alone, building the
+  families from ``engine.snapshot()``; ``render_stopped_median_ms``: the renders once the engine
+  has stopped, with no loop thread competing for the GIL, and ``render_matches`` whether that
+  text is byte for byte ``generate_latest``'s.
 
 Run under the shared lock: ``flock /tmp/cpdops-bench.lock python bench/monitor_scale.py``.
 """
@@ -87,7 +90,7 @@ class StartRecorder:
 
 
 def run_child(args: argparse.Namespace) -> None:
-    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client import generate_latest
 
     from monitors.engine import MonitorEngine
     from monitors.metrics import register
@@ -139,16 +142,22 @@ def run_child(args: argparse.Namespace) -> None:
         checked = sum(1 for v in views if v.last_result is not None)
         passed = sum(1 for v in views if v.last_result is not None and v.last_result.ok)
         probes = sum(v.probe_count for v in views)
-        registry = CollectorRegistry()
+        # imported only now: its imports (sqlalchemy, …) are not the engine's memory
+        from orchestrator.metrics import make_registry
+
+        registry = make_registry()
         collector = register(registry, engine)
-        renders, collects, size = [], [], 0
+        renders, plain, collects, size = [], [], [], 0
         for _ in range(args.renders):
             started = time.perf_counter()
             families = list(collector.collect())
             collects.append(time.perf_counter() - started)
             del families
             started = time.perf_counter()
-            text = generate_latest(registry)
+            generate_latest(registry)
+            plain.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            text = registry.render()
             renders.append(time.perf_counter() - started)
             size = len(text)
         with lock:
@@ -158,8 +167,9 @@ def run_child(args: argparse.Namespace) -> None:
     idle_renders = []  # the same registry once the engine has stopped: no loop thread competing
     for _ in range(args.renders):
         started = time.perf_counter()
-        generate_latest(registry)
+        text = registry.render()
         idle_renders.append(time.perf_counter() - started)
+    matches = text == generate_latest(registry)
     sys.stdout.write(
         json.dumps(
             {
@@ -179,8 +189,10 @@ def run_child(args: argparse.Namespace) -> None:
                 "lag_max_ms": 1000 * max(lag_values, default=float("nan")),
                 "render_median_ms": 1000 * median(renders),
                 "render_max_ms": 1000 * max(renders),
+                "generate_latest_median_ms": 1000 * median(plain),
                 "collect_median_ms": 1000 * median(collects),
                 "render_stopped_median_ms": 1000 * median(idle_renders),
+                "render_matches": matches,
                 "renders": len(renders),
                 "metrics_bytes": size,
             }

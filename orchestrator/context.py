@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,7 +29,7 @@ from orchestrator.fleet.fleetfile import parse_duration, resolve_secret
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import DockerHost
 from orchestrator.incidents.engine import IncidentEngine
-from orchestrator.metrics import StoreCollector, make_registry
+from orchestrator.metrics import MetricsRegistry, StoreCollector, make_registry
 from orchestrator.monitor_history import flush
 from orchestrator.settings import Settings
 from rollouts.executor import RolloutExecutor
@@ -45,7 +44,7 @@ class AppContext:
     engine: Engine
     factory: sessionmaker[Session]
     hosts: HostRegistry
-    registry: CollectorRegistry
+    registry: MetricsRegistry
     incidents: IncidentEngine
     executor: RolloutExecutor
     monitors: MonitorEngine | None = None

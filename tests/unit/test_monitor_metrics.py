@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitors.engine import MonitorView
-from monitors.metrics import register
+from monitors.metrics import MonitorCollector, register
 from monitors.probe import MetricSample, MonitorSpec, ProbeResult
 from monitors.state import MonitorState, MonitorStatus
+from orchestrator.metrics import make_registry
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -33,11 +35,20 @@ def view(
     host: str = "d1",
     at: datetime = T0,
     checked: bool = True,
+    status_code: int | None = None,
+    duration: float = 0.01,
 ) -> MonitorView:
     spec = MonitorSpec(
         id=monitor, name=monitor, tenant=tenant, host=host, kind=kind, target="x://secret@x"
     )
-    result = ProbeResult(ok=True, duration_s=0.01, reason="ok", at=at, samples=tuple(found))
+    result = ProbeResult(
+        ok=status_code in (None, 200),
+        duration_s=duration,
+        reason="ok",
+        status_code=status_code,
+        at=at,
+        samples=tuple(found),
+    )
     return MonitorView(
         spec=spec,
         state=MonitorState(MonitorStatus.UP),
@@ -183,3 +194,91 @@ def test_unchecked_monitors_export_no_samples_and_target_is_never_a_label() -> N
     assert series(scraped, "monitor_status")[0][1] == 1.0
     everything = str(scraped)
     assert "secret" not in everything
+
+
+def mixed_views() -> list[MonitorView]:
+    """http/tcp/sip/postgres/container monitors: pg_* deduplicated per server, odd values."""
+    quoted = 'a "quoted" \\ back\nslash'
+    views = [
+        view("acme/web", "http", status_code=503),
+        view("acme/web2", "http", status_code=None, duration=float("nan")),
+        view("acme/tcp", "tcp", duration=float("inf")),
+        view("acme/sip", "sip", duration=1234567.5),
+        view("acme/new", "sip", checked=False),
+        view(quoted, "http", tenant="t\\1", host='h"1', status_code=200, duration=-0.0),
+        view(
+            "acme/db",
+            "postgres",
+            [
+                pg("pg_up", 1),
+                pg("pg_stat_activity_count", 3, datname="app", state="active"),
+                pg("pg_database_size_bytes", float("-inf"), datname=quoted),
+                MetricSample("pg_settings_max_connections", 100, {"server": "db1:5432"}),
+            ],
+        ),
+        view("beta/db", "postgres", [pg("pg_up", 0)], tenant="beta", at=T0 + timedelta(seconds=9)),
+        view("gamma/db", "postgres", [pg("pg_up", 0, server="db2:5432")], tenant="gamma"),
+        view(
+            "acme/app@d1/container",
+            "container",
+            [
+                MetricSample("container_restarts", 2, help='restarts "since" start\\n\nx'),
+                MetricSample("container_cpu_usage_ratio", float("nan"), {"reason": quoted}),
+                MetricSample("container_memory_usage_bytes", 1e22),
+                MetricSample("probe_success", 0),
+                MetricSample("bad-name", 1),
+            ],
+        ),
+        view("acme/other@d2/container", "container", [MetricSample("container_restarts", 0)]),
+    ]
+    views[4] = dataclasses.replace(views[4], state=MonitorState(MonitorStatus.PENDING))
+    return views
+
+
+def families(text: str) -> list[tuple[str, str, str, list[tuple[str, list[tuple[str, str]], str]]]]:
+    """The parsed families, values as text so that NaN compares equal to NaN."""
+    return [
+        (
+            f.name,
+            f.documentation,
+            f.type,
+            [(s.name, sorted(s.labels.items()), repr(s.value)) for s in f.samples],
+        )
+        for f in text_string_to_metric_families(text)
+    ]
+
+
+def test_exposition_is_what_generate_latest_writes() -> None:
+    registry = CollectorRegistry()
+    collector = register(registry, FakeEngine(mixed_views()))
+    expected = generate_latest(registry).decode()
+    fast = collector.exposition()
+    parsed = families(fast)
+    assert parsed == families(expected)
+    assert fast == expected  # byte for byte, label order and float formatting included
+    names = [name for name, *_ in parsed]
+    assert "pg_up" in names and "container_restarts" in names and "bad-name" not in names
+    assert dict((n, len(samples)) for n, _, _, samples in parsed)["pg_up"] == 2  # db1 once
+    # the cached label strings follow the specs: a changed spec gets new labels, a gone one goes
+    engine = FakeEngine(mixed_views()[:2])
+    collector = register(CollectorRegistry(), engine)
+    collector.exposition()
+    engine.views[0] = dataclasses.replace(
+        engine.views[0], spec=dataclasses.replace(engine.views[0].spec, host="moved")
+    )
+    registry = CollectorRegistry()
+    registry.register(MonitorCollector(engine))
+    assert collector.exposition() == generate_latest(registry).decode()
+    assert 'host="moved"' in collector.exposition()
+    assert len(collector._labels) == 2
+
+
+def test_metrics_registry_render_is_generate_latest() -> None:
+    registry = make_registry()
+    Gauge("cpdops_other", "another collector", ["x"], registry=registry).labels('q"').set(2.5)
+    collector = register(registry, FakeEngine(mixed_views()))
+    Counter("cpdops_after", "registered after the monitors", registry=registry).inc()
+    assert registry.render() == generate_latest(registry)
+    registry.unregister(collector)
+    assert registry.render() == generate_latest(registry)
+    assert b"probe_success" not in registry.render()
