@@ -6,11 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.api.deps import CtxDep
+
+# The body is the text exposition format 0.0.4; say so (prometheus_client's CONTENT_TYPE_LATEST
+# announces version 1.0.0 in recent releases).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 router = APIRouter(tags=["health"])
 
@@ -31,4 +34,4 @@ def healthz(ctx: CtxDep) -> Any:
 @router.get("/metrics", summary="Prometheus metrics (text exposition format)")
 def metrics(ctx: CtxDep) -> Response:
     # the same bytes as generate_latest(ctx.registry); the monitors write their own text
-    return Response(ctx.registry.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(ctx.registry.render(), media_type=CONTENT_TYPE)
