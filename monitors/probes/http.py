@@ -7,19 +7,18 @@ Options (unknown keys are errors):
 * ``max_latency_s``: the check fails when the response took longer than this (seconds);
 * ``tls_verify``: ``false`` skips certificate verification (a self-signed health endpoint).
 
-A few pooled :class:`httpx.AsyncClient` serve every http monitor of an engine, each monitor
-always the same one (by its id): httpcore's pool does work proportional to its connections times
-its requests on every request and release, so one pool of 1000 connections collapses under a few
-thousand checks per second (``bench/probe_throughput.py``); :data:`POOL_SHARDS` small pools do
-not. One more client, made on first use, serves the monitors with ``tls_verify: false``.
-Redirects are not
-followed unless asked for (a health URL that redirects is usually a misconfiguration); TLS
-certificates are verified by default; proxy and certificate settings from the environment are
-ignored (a health check must reach the target itself).
+Every http monitor of a probe shares one :class:`~monitors.probes.httpclient.HttpClient`, a
+small asyncio HTTP/1.1 client with keep-alive pools per (scheme, host, port, tls_verify):
+httpx/httpcore cost more CPU per check than the 2,000 checks/s of SPEC §8 allow on the engine's
+one loop thread (``docs/benchmarks.md``). Redirects are not followed unless asked for (a health
+URL that redirects is usually a misconfiguration); TLS certificates are verified by default;
+proxy and certificate settings from the environment are ignored (a health check must reach the
+target itself). The whole check (connect, request, reply) has ``spec.timeout_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import time
@@ -29,12 +28,16 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from monitors.probe import BODY_EXCERPT_CHARS, MonitorSpec, ProbeResult, timeout_reason
+from monitors.probes.httpclient import (
+    HttpClient,
+    HttpProtocolError,
+    InvalidURL,
+    TooManyRedirects,
+    default_ssl_context,
+)
 
 USER_AGENT = "cpdops-monitor/0.1"
-POOL_SHARDS = 16
 MAX_BODY_BYTES = 64 * 1024
 """Read at most this much of a body (so a keep-alive connection can be reused); the rest is
 dropped together with the connection."""
@@ -77,48 +80,35 @@ def validate(spec: MonitorSpec) -> None:
 
 
 class HttpProbe:
-    """GET ``spec.target`` with shared clients; never raises for a failing target.
+    """GET ``spec.target`` with a shared keep-alive client; never raises for a failing target.
 
-    ``max_connections`` bounds each pool's connections (so a hanging target never waits for
-    another's); idle keep-alive connections are at most ``max_connections`` over all pools.
+    ``client`` replaces the probe's own (which ``aclose`` then leaves open); ``verify`` is the
+    verifying TLS context (``True``: certifi's CAs); ``max_connections`` bounds the idle
+    keep-alive connections kept over all targets. Connections in use are not bounded here (the
+    engine bounds concurrent checks).
     """
 
     def __init__(
         self,
         *,
-        client: httpx.AsyncClient | None = None,
+        client: HttpClient | None = None,
         verify: bool | ssl.SSLContext = True,
         follow_redirects: bool = False,
         max_connections: int = 1000,
-        shards: int = POOL_SHARDS,
     ) -> None:
         self._owns_client = client is None
         self._follow_redirects = follow_redirects
-        self._insecure: httpx.AsyncClient | None = None
-        if client is not None:
-            self._clients = [client]
-            return
-        self._limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max(1, max_connections // max(1, shards)),
-        )
-        self._clients = [self._make_client(verify) for _ in range(max(1, shards))]
-
-    def _make_client(self, verify: bool | ssl.SSLContext) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            verify=verify,
-            follow_redirects=self._follow_redirects,
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT},
-            limits=self._limits,
-        )
-
-    def _client_for(self, spec: MonitorSpec, opts: HttpOptions) -> httpx.AsyncClient:
-        if opts.tls_verify or not self._owns_client:
-            return self._clients[hash(spec.id) % len(self._clients)]
-        if self._insecure is None:
-            self._insecure = self._make_client(False)
-        return self._insecure
+        self._verify_default = verify is not False
+        if client is None:
+            context = verify if isinstance(verify, ssl.SSLContext) else default_ssl_context()
+            client = HttpClient(
+                user_agent=USER_AGENT,
+                verify=context,
+                max_body=MAX_BODY_BYTES,
+                max_idle=max(1, max_connections),
+                max_idle_per_host=max(1, max_connections),
+            )
+        self._client = client
 
     async def check(self, spec: MonitorSpec) -> ProbeResult:
         at = datetime.now(UTC)
@@ -127,15 +117,14 @@ class HttpProbe:
             opts = HttpOptions.from_options(spec.options)
         except ValueError as exc:
             return ProbeResult.failure(f"invalid configuration: {exc}", duration_s=0.0, at=at)
-        found = opts.body_contains is None
         try:
-            async with self._client_for(spec, opts).stream(
-                "GET", spec.target, timeout=httpx.Timeout(spec.timeout_s)
-            ) as response:
-                excerpt, body = await _read_body(response)
-                if opts.body_contains is not None:
-                    found = opts.body_contains.encode("utf-8") in body
-        except httpx.TimeoutException:
+            async with asyncio.timeout(spec.timeout_s):
+                response = await self._client.get(
+                    spec.target.strip(),
+                    tls_verify=opts.tls_verify and self._verify_default,
+                    follow_redirects=self._follow_redirects,
+                )
+        except TimeoutError:
             return ProbeResult.failure(
                 timeout_reason(spec.timeout_s), duration_s=time.perf_counter() - started, at=at
             )
@@ -145,8 +134,9 @@ class HttpProbe:
             )
         duration = time.perf_counter() - started
         code = response.status_code
+        body = response.body
         problems = []
-        if not found:
+        if opts.body_contains is not None and opts.body_contains.encode("utf-8") not in body:
             problems.append(f"body does not contain {opts.body_contains!r}")
         if opts.max_latency_s is not None and duration > opts.max_latency_s:
             problems.append(f"took {duration:.3f}s (max_latency_s {opts.max_latency_s})")
@@ -155,28 +145,13 @@ class HttpProbe:
             duration_s=duration,
             reason="; ".join([f"HTTP {code}", *problems]),
             status_code=code,
-            body_excerpt=excerpt,
+            body_excerpt=body[:BODY_EXCERPT_CHARS].decode("utf-8", errors="replace"),
             at=at,
         )
 
     async def aclose(self) -> None:
         if self._owns_client:
-            for client in self._clients:
-                await client.aclose()
-        if self._insecure is not None:
-            await self._insecure.aclose()
-            self._insecure = None
-
-
-async def _read_body(response: httpx.Response) -> tuple[str, bytes]:
-    """The excerpt kept as evidence, and the first :data:`MAX_BODY_BYTES` of the body."""
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk[: MAX_BODY_BYTES - len(body)]
-        if len(body) >= MAX_BODY_BYTES:
-            break
-    head = bytes(body[:BODY_EXCERPT_CHARS]).decode("utf-8", errors="replace")
-    return head, bytes(body)
+            await self._client.aclose()
 
 
 def describe_error(exc: BaseException) -> str:
@@ -190,11 +165,13 @@ def describe_error(exc: BaseException) -> str:
             return f"TLS error: {cause.reason or cause}"
         if isinstance(cause, socket.gaierror):
             return f"name resolution failed: {cause.strerror or cause}"
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+    if isinstance(exc, InvalidURL):
         return f"invalid URL: {exc}"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, HttpProtocolError):
         return f"protocol error: {exc}"
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, TooManyRedirects):
+        return str(exc)
+    if isinstance(exc, OSError):
         return f"connect error: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
