@@ -103,6 +103,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
     responses={
         401: {"description": "missing or wrong shared secret"},
         413: {"description": "body over 1 MiB"},
+        422: {"description": "malformed body; `detail[].loc` names the field"},
         503: {"description": "intake disabled (no CPDOPS_ALERTMANAGER_SECRET)"},
     },
 )
