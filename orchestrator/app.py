@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from orchestrator.api import errors
-from orchestrator.api.routes import fleet, health, incidents, monitors, rollouts
+from orchestrator.api.routes import fleet, health, incidents, intake, monitors, rollouts
 from orchestrator.context import AppContext, build_context, start_monitors
 from orchestrator.scheduler import make_scheduler
 from orchestrator.settings import Settings
@@ -53,6 +53,6 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, fleet, rollouts, incidents, monitors):
+    for module in (health, fleet, rollouts, incidents, intake, monitors):
         app.include_router(module.router)
     return app

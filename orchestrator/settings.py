@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     test_crash_at: str | None = Field(
         default=None,
         description="TEST HOOK: SIGKILL the process at this rollout step point (crash tests)",
+    )
+    alertmanager_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "shared secret of the Alertmanager webhook intake (`Authorization: Bearer <secret>`); "
+            "unset or empty: the intake answers 503"
+        ),
     )
     run_monitors: bool = True
     run_scheduler: bool = True

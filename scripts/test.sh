@@ -11,8 +11,10 @@ trap cleanup EXIT
 setup_venv
 start_dockerd
 start_postgres
-apt_install kamailio   # a real SIP peer for the SIP probe tests
+# a real SIP peer for the SIP probe tests; a real Alertmanager for the webhook intake tests
+apt_install kamailio prometheus-alertmanager
 export CPDOPS_REQUIRE_DOCKER=1 CPDOPS_REQUIRE_POSTGRES=1 CPDOPS_REQUIRE_KAMAILIO=1
+export CPDOPS_REQUIRE_ALERTMANAGER=1
 cd "$ROOT"
 
 set +e
