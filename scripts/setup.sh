@@ -22,7 +22,15 @@ apt_install() {
   if [ ! -f "$STATE_DIR/apt-updated" ]; then
     apt-get update -qq && touch "$STATE_DIR/apt-updated"
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Packages such as prometheus-alertmanager would start their system service on install: the
+  # scripts start what they need themselves, so forbid that (Debian's policy-rc.d, exit 101).
+  local guard=/usr/sbin/policy-rc.d ours=0
+  if [ ! -e "$guard" ]; then printf '#!/bin/sh\nexit 101\n' >"$guard"; chmod +x "$guard"; ours=1; fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    >/dev/null || rc=$?
+  [ "$ours" = 1 ] && rm -f "$guard"
+  return $rc
 }
 
 setup_venv() {
