@@ -14,6 +14,7 @@ from orchestrator.errors import (
     HostUnreachable,
     InputError,
     NotFoundError,
+    TooLarge,
 )
 
 
@@ -22,6 +23,8 @@ def status_for(exc: CpdopsError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, TooLarge):
+        return 413
     if isinstance(exc, InputError):
         return 400
     if isinstance(exc, HostUnreachable):
