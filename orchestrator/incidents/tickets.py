@@ -142,6 +142,11 @@ def get_by_number(session: Session, number: str) -> Incident:
     return incident
 
 
+def _check_author(author: str) -> None:
+    if not author.strip() or len(author) > 100:
+        raise InputError("author: give a name of 1 to 100 characters")
+
+
 def create_ticket(
     session: Session,
     *,
@@ -157,8 +162,9 @@ def create_ticket(
     """A new ticket from a person (portal, CLI): no open key, every one is its own ticket."""
     check_type(type)
     check_priority(priority)
-    if not subject.strip():
-        raise InputError("subject: a ticket needs a subject")
+    _check_author(author)
+    if not subject.strip() or len(subject) > 500:
+        raise InputError("subject: a ticket needs a subject of at most 500 characters")
     if (
         tenant is not None
         and session.scalars(select(Tenant.id).where(Tenant.slug == tenant)).first() is None
@@ -189,6 +195,7 @@ def change_status(
     ``solution_provided`` keeps its comment as «Решение предоставлено» on the timeline;
     ``closed`` frees the open key and, on a mass incident, closes its open children.
     """
+    _check_author(author)
     step = decide_transition(
         number=incident.number,
         type=incident.type,
@@ -231,6 +238,7 @@ def add_comment(
     session: Session, incident: Incident, *, author: str, body: str, customer: bool = False
 ) -> IncidentEvent:
     """A comment on the timeline; a customer's reply reopens a ticket waiting on them."""
+    _check_author(author)
     if not body.strip():
         raise InputError("body: a comment cannot be empty")
     event = add_event(
@@ -252,6 +260,7 @@ def add_comment(
 
 def set_priority(session: Session, incident: Incident, priority: str, *, author: str) -> bool:
     check_priority(priority)
+    _check_author(author)
     if incident.priority == priority:
         return False
     old, incident.priority = incident.priority, priority
