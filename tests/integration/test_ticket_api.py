@@ -282,3 +282,39 @@ def test_numbers_unique_when_the_portal_is_busy(api: httpx.Client) -> None:
     assert len(numbers) == 40 and len(set(numbers)) == 40
     assert all(is_valid_number(n) for n in numbers)
     assert sorted(int(n[10:15]) for n in numbers) == list(range(1, 41))
+
+
+def test_openapi_documents_the_ticket_endpoints(api: httpx.Client) -> None:
+    spec = api.get("/openapi.json").json()
+    paths = spec["paths"]
+    post = paths["/api/v1/incidents"]["post"]
+    assert post["summary"] == "Portal intake: open a ticket"
+    content = post["requestBody"]["content"]
+    assert set(content) == {"application/json", "multipart/form-data"}
+    assert "screenshot" in content["multipart/form-data"]["schema"]["properties"]
+    assert content["application/json"]["schema"]["properties"]["type"]["enum"] == [
+        "incident",
+        "mass_incident",
+        "consultation",
+        "development_request",
+    ]
+    assert {"201", "413", "422"} <= set(post["responses"])
+    for path, method in [
+        ("/api/v1/incidents/{number}/comments", "post"),
+        ("/api/v1/incidents/{number}/status", "post"),
+        ("/api/v1/incidents/{number}/priority", "post"),
+        ("/api/v1/incidents/{number}", "get"),
+        ("/api/v1/incidents/{number}/attachments/{attachment_id}", "get"),
+    ]:
+        op = paths[path][method]
+        assert op["summary"] and op["description"], path
+    assert "409" in paths["/api/v1/incidents/{number}/status"]["post"]["responses"]
+
+
+def test_oversized_body_is_413(api: httpx.Client) -> None:
+    res = api.post(
+        "/api/v1/incidents",
+        content=b'{"type": "incident", "subject": "' + b"x" * (12 * 1024 * 1024) + b'"}',
+        headers={"content-type": "application/json"},
+    )
+    assert res.status_code == 413 and "detail" in res.json()

@@ -49,6 +49,9 @@ from orchestrator.incidents.tickets import (
 
 router = APIRouter(prefix="/api/v1/incidents", tags=["incidents"])
 
+# A screenshot at its limit plus the form's other fields.
+MAX_BODY_BYTES = MAX_ATTACHMENT_BYTES + 1024 * 1024
+
 NumberPath = Annotated[
     str, Path(description="the ticket's DateChecksum number", examples=["2026120101000017"])
 ]
@@ -187,15 +190,15 @@ _MULTIPART_SCHEMA = {
 async def create_incident(request: Request, ctx: CtxDep) -> IncidentDetail | Response:
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     screenshot: tuple[str | None, str | None, bytes] | None = None
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large(int(length))
     if kind == "application/json":
         try:
             fields: Any = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
             raise InputError("body: not valid JSON") from None
     elif kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_ATTACHMENT_BYTES + 1024 * 1024:
-            raise too_large(int(length))
         form = await request.form(max_files=1, max_fields=20)
         try:
             fields, screenshot = await _form_fields(form)
