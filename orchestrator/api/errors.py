@@ -37,7 +37,10 @@ def status_for(exc: CpdopsError) -> int:
 def install(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CpdopsError)
-        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+        # Some errors carry fields for machines besides the message (e.g. a refused transition:
+        # ``current`` and ``allowed``); ``detail`` stays the human-readable sentence.
+        extra: dict[str, object] = getattr(exc, "fields", {})
+        return JSONResponse({**extra, "detail": str(exc)}, status_code=status_for(exc))
 
     async def invalid(_request: Request, exc: Exception) -> JSONResponse:
         # Like FastAPI's own 422, but without echoing the rejected input (it may be a secret).

@@ -54,6 +54,7 @@ class TransitionError(ConflictError):
         self.current = current
         self.wanted = wanted
         self.allowed = TRANSITIONS[current]
+        self.fields = {"current": current, "allowed": list(self.allowed)}
         super().__init__(
             f"incident {number} cannot go from {current} to {wanted}; "
             f"allowed from {current}: {', '.join(self.allowed)}"

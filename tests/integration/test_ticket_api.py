@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 
@@ -148,6 +149,8 @@ def test_workflow_through_the_api(api: httpx.Client) -> None:
     res = api.post(f"{url}/status", json={"status": "awaiting_info", "author": "eng"})
     assert res.status_code == 409
     assert "from solution_provided" in res.json()["detail"]
+    assert res.json()["current"] == "solution_provided"
+    assert res.json()["allowed"] == ["open", "closed"]
     assert "open, closed" in res.json()["detail"]
     res = api.post(f"{url}/priority", json={"priority": "critical", "author": "eng"})
     assert res.status_code == 200 and res.json()["priority"] == "critical"
@@ -318,3 +321,44 @@ def test_oversized_body_is_413(api: httpx.Client) -> None:
         headers={"content-type": "application/json"},
     )
     assert res.status_code == 413 and "detail" in res.json()
+
+
+def test_no_input_gives_a_5xx(api: httpx.Client) -> None:
+    number = _create(api)["number"]
+    rng = random.Random(5)
+    values: list[object] = [None, 0, -1, 2**70, 1.5, True, "", "x" * 600, "\x00", "ü", [], {}, [1]]
+    keys = [
+        "type",
+        "subject",
+        "description",
+        "tenant",
+        "priority",
+        "author",
+        "body",
+        "customer",
+        "status",
+        "comment",
+        "x",
+    ]
+    paths = [
+        "/api/v1/incidents",
+        f"/api/v1/incidents/{number}/comments",
+        f"/api/v1/incidents/{number}/status",
+        f"/api/v1/incidents/{number}/priority",
+    ]
+    for _ in range(150):
+        body = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, len(keys)))}
+        path = rng.choice(paths)
+        res = api.post(path, json=body)
+        assert res.status_code < 500, (path, body, res.text)
+        raw = bytes(rng.randrange(256) for _ in range(rng.randint(0, 64)))
+        for ctype in (
+            "application/json",
+            "multipart/form-data; boundary=b",
+            "application/x-www-form-urlencoded",
+        ):
+            res = api.post(path, content=raw, headers={"content-type": ctype})
+            assert res.status_code < 500, (path, raw, ctype, res.text)
+    for query in ("limit=99999999999999999999", "offset=1e3", "tenant=%FF", "type=", "status=%00"):
+        res = api.get(f"/api/v1/incidents?{query}")
+        assert res.status_code < 500, (query, res.text)

@@ -60,6 +60,7 @@ def test_forbidden_transitions_name_current_and_allowed(current: str, wanted: st
     assert isinstance(info.value, ConflictError)
     assert info.value.current == current
     assert info.value.allowed == TRANSITIONS[current]
+    assert info.value.fields == {"current": current, "allowed": list(TRANSITIONS[current])}
     message = str(info.value)
     assert f"from {current} to {wanted}" in message
     assert all(s in message for s in TRANSITIONS[current])
