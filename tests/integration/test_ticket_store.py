@@ -176,3 +176,66 @@ def test_create_ticket_priorities_and_attachments(store: sessionmaker[Session]) 
         for bad in ("", "x", "2026120101000010\x00", "1" * 300):
             with pytest.raises(NotFoundError):
                 get_by_number(s, bad)
+
+
+def test_create_ticket_numbers_unique_under_concurrency(store: sessionmaker[Session]) -> None:
+    import threading
+
+    numbers: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(10)
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            for _ in range(10):
+                with session_scope(store) as s:
+                    inc = create_ticket(
+                        s, system_id="07", type="consultation", subject="q", author="portal"
+                    )
+                    number = inc.number
+                with lock:
+                    numbers.append(number)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(numbers)) == 100
+    assert all(is_valid_number(n) and n[8:10] == "07" for n in numbers)
+    assert sorted(int(n[10:15]) for n in numbers) == list(range(1, 101))
+
+
+def test_migration_0005_up_and_down_keeps_tickets(db_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from orchestrator.db.migrate import alembic_config, current_revision
+
+    engine = make_engine(db_url)
+    upgrade(engine, "0004")
+    factory = make_session_factory(engine)
+    with session_scope(factory) as s:
+        number = _open(s, "tenant:old").number
+    upgrade(engine)
+    assert current_revision(engine) == "0005"
+    with session_scope(factory) as s:
+        inc = get_by_number(s, number)
+        assert inc.attachments == [] and inc.children == []
+        add_attachment(
+            s, inc, filename="a.txt", content_type="text/plain", content=b"hi", author="a"
+        )
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    assert "incident_attachments" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    with factory() as s:
+        assert get_by_number(s, number).subject == "tenant:old DOWN"
+    engine.dispose()
