@@ -10,7 +10,6 @@ import click
 from sqlalchemy import select
 
 from orchestrator.cli_common import _dump, _opened, _table, json_option
-from orchestrator.db.models import Incident
 from orchestrator.errors import CpdopsError, InputError, OperationFailed
 
 log = logging.getLogger(__name__)
@@ -151,84 +150,6 @@ def fleet_ls(as_json: bool) -> None:
         raise OperationFailed("no host answered")
 
 
-# --- incidents ---------------------------------------------------------------------------------
-@main.group()
-def incidents() -> None:
-    """Incident tickets."""
-
-
-@incidents.command("ls")
-@click.option("--type", "type_", help="incident, mass_incident, consultation, development_request")
-@click.option("--status", help="new, open, awaiting_info, solution_provided, closed")
-@json_option
-def incidents_ls(type_: str | None, status: str | None, as_json: bool) -> None:
-    """List tickets, newest first."""
-    from orchestrator.incidents.tickets import STATUS_LABELS
-
-    with _opened() as ctx, ctx.factory() as s:
-        stmt = select(Incident).order_by(Incident.id.desc()).limit(200)
-        if type_:
-            stmt = stmt.where(Incident.type == type_)
-        if status:
-            stmt = stmt.where(Incident.status == status)
-        rows = list(s.scalars(stmt))
-    if as_json:
-        _dump(
-            [
-                {
-                    "number": i.number,
-                    "type": i.type,
-                    "status": i.status,
-                    "status_label": STATUS_LABELS[i.status]["ru"],
-                    "tenant": i.tenant,
-                    "subject": i.subject,
-                    "rollout_id": i.rollout_id,
-                    "created_at": i.created_at,
-                }
-                for i in rows
-            ]
-        )
-    else:
-        _table(
-            [(i.number, i.type, i.status, i.tenant, i.subject[:70], i.created_at) for i in rows],
-            ["number", "type", "status", "tenant", "subject", "created"],
-        )
-
-
-@incidents.command("show")
-@click.argument("number")
-@json_option
-def incidents_show(number: str, as_json: bool) -> None:
-    """Show a ticket with its timeline."""
-    from orchestrator.incidents.tickets import STATUS_LABELS, get_by_number
-
-    with _opened() as ctx, ctx.factory() as s:
-        i = get_by_number(s, number)
-        data: dict[str, Any] = {
-            "number": i.number,
-            "type": i.type,
-            "status": i.status,
-            "status_label": STATUS_LABELS[i.status]["ru"],
-            "tenant": i.tenant,
-            "subject": i.subject,
-            "description": i.description,
-            "rollout_id": i.rollout_id,
-            "created_at": i.created_at,
-            "events": [
-                {"at": e.at, "author": e.author, "kind": e.kind, "body": e.body, "data": e.data}
-                for e in i.events
-            ],
-        }
-    if as_json:
-        _dump(data)
-        return
-    click.echo(f"#{data['number']}  {data['type']}  {data['status']} ({data['status_label']})")
-    click.echo(f"subject: {data['subject']}")
-    click.echo(data["description"])
-    for e in data["events"]:
-        click.echo(f"  {e['at']:%Y-%m-%d %H:%M:%S}  {e['author']:8} {e['kind']:10} {e['body']}")
-
-
 # --- monitors ----------------------------------------------------------------------------------
 @main.group()
 def monitors() -> None:
@@ -297,8 +218,10 @@ def monitors_ls(tenant: str | None, as_json: bool) -> None:
     )
 
 
+from orchestrator.cli_incidents import incidents  # noqa: E402
 from orchestrator.cli_rollout import rollout  # noqa: E402
 from orchestrator.demo.cli import demo  # noqa: E402
 
+main.add_command(incidents)
 main.add_command(rollout)
 main.add_command(demo)

@@ -8,7 +8,8 @@ Every failure that crosses a module boundary is one of these; third-party errors
     ├── InputError            bad input from a user: API 4xx / CLI exit 2
     │   ├── FleetFileError    the fleet file is malformed (names key and line)
     │   ├── NotFoundError     an object named by the user does not exist
-    │   └── ConflictError     the request clashes with current state (e.g. overlap)
+    │   ├── ConflictError     the request clashes with current state (e.g. overlap)
+    │   └── TooLarge          an upload over its size limit (API 413)
     ├── DockerError           anything the Docker boundary reports
     │   ├── HostUnreachable   the engine endpoint does not answer
     │   ├── ImageNotFound     an image is not present on a host and cannot be pulled
@@ -63,6 +64,10 @@ class NotFoundError(InputError):
 
 class ConflictError(InputError):
     """The request conflicts with the current state."""
+
+
+class TooLarge(InputError):
+    """An upload (an attachment) is bigger than its limit."""
 
 
 class DockerError(CpdopsError):

@@ -14,6 +14,7 @@ from orchestrator.errors import (
     HostUnreachable,
     InputError,
     NotFoundError,
+    TooLarge,
 )
 
 
@@ -22,6 +23,8 @@ def status_for(exc: CpdopsError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, TooLarge):
+        return 413
     if isinstance(exc, InputError):
         return 400
     if isinstance(exc, HostUnreachable):
@@ -34,7 +37,10 @@ def status_for(exc: CpdopsError) -> int:
 def install(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CpdopsError)
-        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
+        # Some errors carry fields for machines besides the message (e.g. a refused transition:
+        # ``current`` and ``allowed``); ``detail`` stays the human-readable sentence.
+        extra: dict[str, object] = getattr(exc, "fields", {})
+        return JSONResponse({**extra, "detail": str(exc)}, status_code=status_for(exc))
 
     async def invalid(_request: Request, exc: Exception) -> JSONResponse:
         # Like FastAPI's own 422, but without echoing the rejected input (it may be a secret).

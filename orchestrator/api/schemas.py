@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class ORM(BaseModel):
@@ -120,24 +120,127 @@ class EventOut(ORM):
 
 
 class IncidentOut(ORM):
-    number: str
-    type: str
-    status: str
+    number: str = Field(description="DateChecksum number", examples=["2026120101000017"])
+    type: str = Field(description="incident, mass_incident, consultation, development_request")
+    status: str = Field(description="new, open, awaiting_info, solution_provided, closed")
     status_label: str = Field(
         description="Russian label of the status, e.g. «Решение предоставлено»"
     )
-    priority: str
+    labels: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Russian and English labels of the type, status and priority",
+        examples=[
+            {
+                "type": {"ru": "Инцидент", "en": "Incident"},
+                "status": {"ru": "Решение предоставлено", "en": "Solution provided"},
+                "priority": {"ru": "Высокий", "en": "High"},
+            }
+        ],
+    )
+    priority: str = Field(description="low, normal, high, critical")
     tenant: str | None
     subject: str
     description: str
-    source: str
+    source: str = Field(description="portal, cli, monitor, rollout, alertmanager, …")
     rollout_id: int | None
     created_at: datetime
     updated_at: datetime
 
 
+class IncidentRef(ORM):
+    """A linked ticket (parent or child), in short."""
+
+    number: str
+    type: str
+    status: str
+    tenant: str | None
+    subject: str
+
+
+class AttachmentOut(ORM):
+    """An attachment's metadata; the bytes are at ``…/attachments/{id}``."""
+
+    id: int
+    filename: str
+    content_type: str
+    size: int = Field(description="bytes")
+    sha256: str = Field(description="hex SHA-256 of the bytes")
+    author: str
+    created_at: datetime
+
+
 class IncidentDetail(IncidentOut):
-    events: list[EventOut]
+    events: list[EventOut] = Field(description="the timeline, oldest first")
+    attachments: list[AttachmentOut] = []
+    parent: IncidentRef | None = Field(
+        default=None, description="the mass incident this ticket is part of"
+    )
+    children: list[IncidentRef] = Field(
+        default=[], description="tenant incidents under this mass incident"
+    )
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Clean = AfterValidator(_no_nul)
+Author = Annotated[str, Clean, Field(min_length=1, max_length=100, examples=["ivanov"])]
+TicketType = Literal["incident", "mass_incident", "consultation", "development_request"]
+TicketStatus = Literal["new", "open", "awaiting_info", "solution_provided", "closed"]
+TicketPriority = Literal["low", "normal", "high", "critical"]
+
+
+class TicketCreate(BaseModel):
+    """A ticket from the customer portal (JSON, or multipart/form-data with a screenshot)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: TicketType = Field(description="what kind of request this is")
+    subject: Annotated[str, Clean, Field(min_length=1, max_length=500)] = Field(
+        examples=["Calls to extension 204 drop after 30 s"]
+    )
+    description: Annotated[str, Clean, Field(max_length=100_000)] = ""
+    tenant: Annotated[str, Clean, Field(min_length=1, max_length=63)] | None = Field(
+        default=None, description="slug of a tenant in the registry", examples=["acme"]
+    )
+    priority: TicketPriority = "normal"
+    author: Author = Field(default="portal", description="who files it")
+
+
+class CommentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    author: Author
+    body: Annotated[str, Clean, Field(min_length=1, max_length=100_000)] = Field(
+        examples=["Extension 204 still drops calls."]
+    )
+    customer: bool = Field(
+        default=False,
+        description="a reply from the customer: reopens an awaiting_info or solution_provided "
+        "ticket",
+    )
+
+
+class StatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: TicketStatus
+    comment: Annotated[str, Clean, Field(max_length=100_000)] = Field(
+        default="",
+        description="required for solution_provided (the solution, «Решение предоставлено»)",
+        examples=["Re-registered the trunk; calls complete again."],
+    )
+    author: Author
+
+
+class PriorityIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: TicketPriority
+    author: Author
 
 
 class MonitorOut(BaseModel):

@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 
@@ -179,13 +188,22 @@ class Incident(Base):
     # Set while the incident is active so that one failure opens one ticket; cleared on close.
     open_key: Mapped[str | None] = mapped_column(String(255), unique=True, nullable=True)
     rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id"), nullable=True)
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), nullable=True)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incidents.id"), nullable=True, index=True
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     events: Mapped[list[IncidentEvent]] = relationship(
         back_populates="incident", order_by="IncidentEvent.id", cascade="all"
     )
+    attachments: Mapped[list[IncidentAttachment]] = relationship(
+        back_populates="incident", order_by="IncidentAttachment.id", cascade="all"
+    )
+    parent: Mapped[Incident | None] = relationship(
+        remote_side="Incident.id", back_populates="children"
+    )
+    children: Mapped[list[Incident]] = relationship(back_populates="parent", order_by="Incident.id")
 
 
 class IncidentEvent(Base):
@@ -202,6 +220,25 @@ class IncidentEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     incident: Mapped[Incident] = relationship(back_populates="events")
+
+
+class IncidentAttachment(Base):
+    """A file on a ticket (the customer's screenshot, an inbound mail's attachment), kept in the
+    database up to ``tickets.MAX_ATTACHMENT_BYTES``; ``content`` is loaded only when asked for."""
+
+    __tablename__ = "incident_attachments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    author: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    incident: Mapped[Incident] = relationship(back_populates="attachments")
 
 
 class MonitorRecord(Base):

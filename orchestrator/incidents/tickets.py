@@ -11,36 +11,37 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Incident, IncidentEvent, TicketCounter
-from orchestrator.errors import ConflictError, InputError, NotFoundError
-from orchestrator.incidents.numbers import format_number
+from orchestrator.db.models import Incident, IncidentEvent, Tenant, TicketCounter
+from orchestrator.errors import InputError, NotFoundError
+from orchestrator.incidents.numbers import NUMBER_RE, format_number
+from orchestrator.incidents.workflow import (
+    ACTIVE,
+    PRIORITIES,
+    PRIORITY_LABELS,
+    STATUS_LABELS,
+    STATUSES,
+    TRANSITIONS,
+    TYPE_LABELS,
+    TYPES,
+    check_priority,
+    check_type,
+    decide_transition,
+    reopens,
+)
 
 log = logging.getLogger(__name__)
 
-TYPES = ("incident", "mass_incident", "consultation", "development_request")
-STATUSES = ("new", "open", "awaiting_info", "solution_provided", "closed")
-STATUS_LABELS = {
-    "new": {"ru": "Новая", "en": "New"},
-    "open": {"ru": "В работе", "en": "Open"},
-    "awaiting_info": {"ru": "Запрошена информация", "en": "Awaiting information"},
-    "solution_provided": {"ru": "Решение предоставлено", "en": "Solution provided"},
-    "closed": {"ru": "Закрыта", "en": "Closed"},
-}
-TYPE_LABELS = {
-    "incident": {"ru": "Инцидент", "en": "Incident"},
-    "mass_incident": {"ru": "Массовый инцидент", "en": "Mass incident"},
-    "consultation": {"ru": "Консультация", "en": "Consultation"},
-    "development_request": {"ru": "Запрос на доработку", "en": "Development request"},
-}
-# Allowed transitions (SPEC §3.6); a customer reply reopens a solved ticket.
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "new": ("open", "awaiting_info", "solution_provided", "closed"),
-    "open": ("awaiting_info", "solution_provided", "closed"),
-    "awaiting_info": ("open", "solution_provided", "closed"),
-    "solution_provided": ("open", "closed"),
-    "closed": ("open",),
-}
-ACTIVE = ("new", "open", "awaiting_info")
+# The workflow's vocabulary lives with its pure rules; kept importable from here.
+__all__ = [
+    "ACTIVE",
+    "PRIORITIES",
+    "PRIORITY_LABELS",
+    "STATUSES",
+    "STATUS_LABELS",
+    "TRANSITIONS",
+    "TYPES",
+    "TYPE_LABELS",
+]
 
 
 def next_number(session: Session, system_id: str, today: date | None = None) -> str:
@@ -102,8 +103,7 @@ def open_or_join(
     if existing is not None:
         add_event(session, existing, author=author, kind="evidence", body=subject, data=evidence)
         return existing, False
-    if type not in TYPES:
-        raise InputError(f"unknown incident type {type!r}; expected one of {', '.join(TYPES)}")
+    check_type(type)
     incident = Incident(
         number=next_number(session, system_id),
         type=type,
@@ -131,34 +131,153 @@ def open_or_join(
 
 
 def get_by_number(session: Session, number: str) -> Incident:
-    incident = session.scalars(select(Incident).where(Incident.number == number)).first()
+    # Anything but a well-formed number cannot exist (and never reaches the database).
+    incident = (
+        session.scalars(select(Incident).where(Incident.number == number)).first()
+        if NUMBER_RE.match(number)
+        else None
+    )
     if incident is None:
         raise NotFoundError(f"no incident with number {number}")
     return incident
 
 
+def _check_author(author: str) -> None:
+    if not author.strip() or len(author) > 100:
+        raise InputError("author: give a name of 1 to 100 characters")
+
+
+def create_ticket(
+    session: Session,
+    *,
+    system_id: str,
+    type: str,
+    subject: str,
+    description: str = "",
+    author: str,
+    source: str = "portal",
+    tenant: str | None = None,
+    priority: str = "normal",
+) -> Incident:
+    """A new ticket from a person (portal, CLI): no open key, every one is its own ticket."""
+    check_type(type)
+    check_priority(priority)
+    _check_author(author)
+    if not subject.strip() or len(subject) > 500:
+        raise InputError("subject: a ticket needs a subject of at most 500 characters")
+    if (
+        tenant is not None
+        and session.scalars(select(Tenant.id).where(Tenant.slug == tenant)).first() is None
+    ):
+        raise InputError(f"tenant: unknown tenant {tenant!r}")
+    incident = Incident(
+        number=next_number(session, system_id),
+        type=type,
+        status="new",
+        priority=priority,
+        tenant=tenant,
+        subject=subject.strip(),
+        description=description,
+        source=source,
+    )
+    session.add(incident)
+    add_event(session, incident, author=author, kind="created", body=description)
+    session.flush()
+    log.info("ticket created number=%s type=%s tenant=%s", incident.number, type, tenant)
+    return incident
+
+
 def change_status(
     session: Session, incident: Incident, status: str, *, author: str, comment: str = ""
-) -> None:
-    if status not in STATUSES:
-        raise InputError(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}")
-    if status == incident.status:
-        return
-    if status not in TRANSITIONS[incident.status]:
-        raise ConflictError(
-            f"incident {incident.number} cannot go from {incident.status} to {status}"
-        )
-    if status == "solution_provided" and not comment.strip():
-        raise InputError("status solution_provided («Решение предоставлено») requires a comment")
-    old = incident.status
-    incident.status = status
-    if status not in ACTIVE:
+) -> bool:
+    """Move ``incident`` to ``status`` under the workflow rules; False when it is already there.
+
+    ``solution_provided`` keeps its comment as «Решение предоставлено» on the timeline;
+    ``closed`` frees the open key and, on a mass incident, closes its open children.
+    """
+    _check_author(author)
+    step = decide_transition(
+        number=incident.number,
+        type=incident.type,
+        current=incident.status,
+        wanted=status,
+        comment=comment,
+    )
+    if step is None:
+        return False
+    incident.status = step.new
+    if step.clears_open_key:
         incident.open_key = None
     add_event(
         session,
         incident,
         author=author,
-        kind="status",
-        body=comment,
-        data={"from": old, "to": status, "label_ru": STATUS_LABELS[status]["ru"]},
+        kind="solution" if step.new == "solution_provided" else "status",
+        body=step.comment,
+        data=_status_data(step.old, step.new),
     )
+    if step.closes_children:
+        for child in session.scalars(select(Incident).where(Incident.parent_id == incident.id)):
+            if child.status == "closed":
+                continue
+            old = child.status
+            child.status, child.open_key = "closed", None
+            add_event(
+                session,
+                child,
+                author=author,
+                kind="status",
+                body=f"Closed with mass incident {incident.number}",
+                data={**_status_data(old, "closed"), "parent": incident.number},
+            )
+    log.info("ticket status number=%s %s->%s by=%s", incident.number, step.old, step.new, author)
+    return True
+
+
+def add_comment(
+    session: Session, incident: Incident, *, author: str, body: str, customer: bool = False
+) -> IncidentEvent:
+    """A comment on the timeline; a customer's reply reopens a ticket waiting on them."""
+    _check_author(author)
+    if not body.strip():
+        raise InputError("body: a comment cannot be empty")
+    event = add_event(
+        session, incident, author=author, kind="comment", body=body, data={"customer": customer}
+    )
+    if reopens(incident.status, customer=customer):
+        old = incident.status
+        incident.status = "open"
+        add_event(
+            session,
+            incident,
+            author=author,
+            kind="status",
+            body="Reopened by the customer's reply",
+            data={**_status_data(old, "open"), "reason": "customer_reply"},
+        )
+    return event
+
+
+def set_priority(session: Session, incident: Incident, priority: str, *, author: str) -> bool:
+    check_priority(priority)
+    _check_author(author)
+    if incident.priority == priority:
+        return False
+    old, incident.priority = incident.priority, priority
+    add_event(
+        session,
+        incident,
+        author=author,
+        kind="priority",
+        data={"from": old, "to": priority, "label_ru": PRIORITY_LABELS[priority]["ru"]},
+    )
+    return True
+
+
+def _status_data(old: str, new: str) -> dict[str, Any]:
+    return {
+        "from": old,
+        "to": new,
+        "label_ru": STATUS_LABELS[new]["ru"],
+        "label_en": STATUS_LABELS[new]["en"],
+    }
