@@ -237,8 +237,10 @@ def _known(session: Session, key: str) -> tuple[Incident | None, Known | None]:
 
 
 def provide_solution(session: Session, incident: Incident, comment: str) -> None:
-    """Move ``incident`` to ``solution_provided`` with ``comment`` (as tickets.change_status
-    does: the open key is released so that the next firing opens a new ticket)."""
+    """Move ``incident`` to ``solution_provided`` with ``comment``. Unlike
+    ``tickets.change_status`` (which frees the open key only on ``closed``), the open key is
+    released here, so the alert firing again opens a new ticket rather than joining the
+    solved one."""
     old = incident.status
     incident.status = "solution_provided"
     incident.open_key = None
