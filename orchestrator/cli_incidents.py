@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.cli_common import _dump, _opened, _table, json_option
 from orchestrator.context import AppContext
 from orchestrator.db.models import Incident
 from orchestrator.db.session import session_scope
+from orchestrator.incidents.tickets import list_tickets
 from orchestrator.incidents.workflow import PRIORITIES, STATUS_LABELS, STATUSES, TYPES
 
 
@@ -65,16 +65,16 @@ def incidents_ls(
     from orchestrator.api.routes.incidents import to_out
 
     with _opened() as ctx, ctx.factory() as s:
-        stmt = select(Incident).order_by(Incident.id.desc()).limit(limit).offset(offset)
-        if type_:
-            stmt = stmt.where(Incident.type == type_)
-        if status:
-            stmt = stmt.where(Incident.status == status)
-        if tenant:
-            stmt = stmt.where(Incident.tenant == tenant)
-        if priority:
-            stmt = stmt.where(Incident.priority == priority)
-        rows = [to_out(i) for i in s.scalars(stmt)]
+        found = list_tickets(
+            s,
+            type=type_,
+            status=status,
+            tenant=tenant,
+            priority=priority,
+            limit=limit,
+            offset=offset,
+        )
+        rows = [to_out(i) for i in found]
     if as_json:
         _dump([r.model_dump(mode="json") for r in rows])
         return

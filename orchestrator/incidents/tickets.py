@@ -142,6 +142,29 @@ def get_by_number(session: Session, number: str) -> Incident:
     return incident
 
 
+def list_tickets(
+    session: Session,
+    *,
+    type: str | None = None,
+    status: str | None = None,
+    tenant: str | None = None,
+    priority: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Incident]:
+    """Tickets newest first, filtered by whichever of the fields are given."""
+    stmt = select(Incident).order_by(Incident.id.desc()).limit(limit).offset(offset)
+    for column, value in (
+        (Incident.type, type),
+        (Incident.status, status),
+        (Incident.tenant, tenant),
+        (Incident.priority, priority),
+    ):
+        if value:
+            stmt = stmt.where(column == value)
+    return list(session.scalars(stmt))
+
+
 def _check_author(author: str) -> None:
     if not author.strip() or len(author) > 100:
         raise InputError("author: give a name of 1 to 100 characters")

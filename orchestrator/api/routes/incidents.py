@@ -44,6 +44,7 @@ from orchestrator.incidents.tickets import (
     change_status,
     create_ticket,
     get_by_number,
+    list_tickets,
     set_priority,
 )
 
@@ -125,16 +126,16 @@ def list_incidents(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[IncidentOut]:
-    stmt = select(Incident).order_by(Incident.id.desc()).limit(limit).offset(offset)
-    if type:
-        stmt = stmt.where(Incident.type == type)
-    if status:
-        stmt = stmt.where(Incident.status == status)
-    if tenant:
-        stmt = stmt.where(Incident.tenant == tenant)
-    if priority:
-        stmt = stmt.where(Incident.priority == priority)
-    return [to_out(i) for i in session.scalars(stmt)]
+    found = list_tickets(
+        session,
+        type=type,
+        status=status,
+        tenant=tenant,
+        priority=priority,
+        limit=limit,
+        offset=offset,
+    )
+    return [to_out(i) for i in found]
 
 
 _CREATE_SCHEMA = TicketCreate.model_json_schema()
