@@ -5,6 +5,7 @@ server down for a while loses nothing and sends nothing twice."""
 from __future__ import annotations
 
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,14 +16,18 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator.context import build_context
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.models import Incident, Notifier, OutboxMessage, Tenant
 from orchestrator.db.session import make_engine, make_session_factory, session_scope
 from orchestrator.incidents import outbox
 from orchestrator.incidents.tickets import change_status, create_ticket, open_or_join
+from orchestrator.scheduler import make_scheduler
+from orchestrator.settings import Settings
 
 SENDER = "CPD support <support@cpd.example.ru>"
 
@@ -294,3 +299,82 @@ def test_claim_of_dead_worker_is_taken_over_after_lease(
     assert len(report.sent) == 2
     assert smtp.collector.per_recipient() == {"admin@t1.example": 1, "ops@t1.example": 1}
     assert {r.attempts for r in _rows(store)} == {2}
+
+
+def test_login_with_password_from_the_environment(
+    store: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        logins.append((data.login, data.password))
+        if data.password == b"s3cret":
+            return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)  # aiosmtpd answers 535
+
+    server = SmtpServer()
+    server.controller = Controller(
+        server.collector,
+        hostname="127.0.0.1",
+        port=server.port,
+        authenticator=authenticator,
+        auth_require_tls=False,
+    )
+    server.controller.start()
+    try:
+        with session_scope(store) as s:
+            row = s.scalars(select(Notifier)).one()
+            row.settings = {
+                **row.settings,
+                "port": server.port,
+                "username": "cpdops",
+                "password": "${CPDOPS_TEST_SMTP_PASSWORD}",
+            }
+            _ticket(s, "t1")
+        monkeypatch.setenv("CPDOPS_TEST_SMTP_PASSWORD", "wrong")
+        report = outbox.deliver_due(store, _later(0.1))
+        assert len(report.retried) == 2 and not server.collector.messages
+        assert "SMTPAuthenticationError" in str(_rows(store)[0].last_error)
+        monkeypatch.setenv("CPDOPS_TEST_SMTP_PASSWORD", "s3cret")
+        assert len(outbox.deliver_due(store, _later(10)).sent) == 2
+        assert (b"cpdops", b"s3cret") in logins
+        assert server.collector.per_recipient() == {"admin@t1.example": 1, "ops@t1.example": 1}
+    finally:
+        server.stop()
+
+
+def test_serve_scheduler_delivers(db_url: str, smtp: SmtpServer) -> None:
+    ctx = build_context(Settings(database_url=db_url, outbox_interval_s=0.2))
+    try:
+        with session_scope(ctx.factory) as s:
+            s.add(
+                Tenant(
+                    slug="t9",
+                    name="T9",
+                    language="en",
+                    channels=["email"],
+                    contacts=[{"name": "A", "email": "a@t9.example"}],
+                )
+            )
+            s.add(
+                Notifier(
+                    name="mail",
+                    kind="smtp",
+                    settings={"host": "127.0.0.1", "port": smtp.port, "sender": SENDER},
+                )
+            )
+        scheduler = make_scheduler(ctx)
+        assert scheduler.get_job("deliver-outbox", jobstore="internal") is not None
+        scheduler.start()
+        try:
+            with session_scope(ctx.factory) as s:
+                number = _ticket(s, "t9").number
+            deadline = time.monotonic() + 15
+            while not smtp.collector.messages and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            scheduler.shutdown(wait=True)
+        [(rcpts, msg)] = smtp.collector.messages
+        assert rcpts == ["a@t9.example"] and str(msg["Subject"]).startswith(f"[Ticket#{number}]")
+    finally:
+        ctx.close()
