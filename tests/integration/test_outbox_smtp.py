@@ -8,6 +8,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -378,3 +379,18 @@ def test_serve_scheduler_delivers(db_url: str, smtp: SmtpServer) -> None:
         assert rcpts == ["a@t9.example"] and str(msg["Subject"]).startswith(f"[Ticket#{number}]")
     finally:
         ctx.close()
+
+
+def test_racing_workers_send_each_mail_once(store: sessionmaker[Session], smtp: SmtpServer) -> None:
+    with session_scope(store) as s:
+        numbers = [_ticket(s, "t0", f"ticket {i}").number for i in range(15)]
+    now = _later(0.1)
+    with ThreadPoolExecutor(4) as pool:
+        reports = list(
+            pool.map(lambda i: outbox.deliver_due(store, now, owner=f"w{i}", batch=8), range(8))
+        )
+    sent = [row_id for r in reports for row_id in r.sent]
+    assert len(sent) == len(set(sent)) == 30
+    assert smtp.collector.per_recipient() == {"admin@t0.example": 15, "ops@t0.example": 15}
+    subjects = Counter(str(m["Subject"]) for _, m in smtp.collector.messages)
+    assert set(subjects.values()) == {2} and len(subjects) == len(numbers)
