@@ -5,6 +5,8 @@ server down for a while loses nothing and sends nothing twice."""
 from __future__ import annotations
 
 import socket
+import ssl
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -394,3 +397,56 @@ def test_racing_workers_send_each_mail_once(store: sessionmaker[Session], smtp: 
     assert smtp.collector.per_recipient() == {"admin@t0.example": 15, "ops@t0.example": 15}
     subjects = Counter(str(m["Subject"]) for _, m in smtp.collector.messages)
     assert set(subjects.values()) == {2} and len(subjects) == len(numbers)
+
+
+def test_starttls_verifies_the_server(
+    store: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    server = SmtpServer()
+    server.controller = Controller(
+        server.collector,
+        hostname="127.0.0.1",
+        port=server.port,
+        tls_context=tls,
+        require_starttls=True,
+    )
+    server.controller.start()
+    try:
+        with session_scope(store) as s:
+            row = s.scalars(select(Notifier)).one()
+            row.settings = {**row.settings, "port": server.port, "starttls": True}
+            _ticket(s, "t1")
+        # The server's certificate is not trusted yet: nothing is sent in the clear.
+        report = outbox.deliver_due(store, _later(0.1))
+        assert len(report.retried) == 2 and not server.collector.messages
+        assert "CERTIFICATE_VERIFY_FAILED" in str(_rows(store)[0].last_error)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        assert len(outbox.deliver_due(store, _later(10)).sent) == 2
+        assert server.collector.per_recipient() == {"admin@t1.example": 1, "ops@t1.example": 1}
+    finally:
+        server.stop()
