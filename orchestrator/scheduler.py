@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -22,6 +24,7 @@ from sqlalchemy import select
 from orchestrator.context import AppContext, apply_maintenance, sync_monitors
 from orchestrator.db.models import Rollout, Tenant
 from orchestrator.errors import ConflictError, CpdopsError, InputError
+from orchestrator.incidents import outbox
 from orchestrator.monitor_history import flush
 from rollouts.windows import next_window_start, window_open
 
@@ -78,6 +81,15 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             replace_existing=True,
         )
     scheduler.add_job(
+        deliver_outbox,
+        "interval",
+        args=[ctx],
+        seconds=ctx.settings.outbox_interval_s,
+        id="deliver-outbox",
+        jobstore="internal",
+        replace_existing=True,
+    )
+    scheduler.add_job(
         resume_rollouts,
         "interval",
         args=[scheduler, ctx],
@@ -88,6 +100,14 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
         replace_existing=True,
     )
     return scheduler
+
+
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def deliver_outbox(ctx: AppContext) -> outbox.DeliveryReport:
+    """Send the due notifications of the outbox (retries included)."""
+    return outbox.deliver_due(ctx.factory, datetime.now(UTC), owner=_OWNER)
 
 
 def run_rollout_now(scheduler: BackgroundScheduler, ctx: AppContext, rollout_id: int) -> None:

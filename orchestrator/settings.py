@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     rollout_lease_s: float = Field(
         default=15.0, description="seconds after which a dead runner's rollout may be taken over"
     )
+    outbox_interval_s: float = Field(
+        default=2.0, gt=0, description="how often `cpdops serve` sends the outbox's due messages"
+    )
     test_crash_at: str | None = Field(
         default=None,
         description="TEST HOOK: SIGKILL the process at this rollout step point (crash tests)",

@@ -241,6 +241,30 @@ class IncidentAttachment(Base):
     incident: Mapped[Incident] = relationship(back_populates="attachments")
 
 
+class OutboxMessage(Base):
+    """One notification to send (SPEC §3.6): enqueued in the transaction of the ticket change
+    that caused it, delivered by ``outbox.deliver_due`` with retries; ``dedup_key`` makes the
+    enqueue exactly-once."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    channel: Mapped[str] = mapped_column(String(16))
+    recipient: Mapped[str] = mapped_column(String(255))
+    tenant: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    incident_number: Mapped[str] = mapped_column(String(32), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(8), default="pending", doc="pending | sent | dead")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Due time; while a worker holds the row it is the end of the worker's lease.
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
 class MonitorRecord(Base):
     """A monitor's last known state; written on every status change (not every check)."""
 

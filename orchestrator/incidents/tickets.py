@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.db.models import Incident, IncidentEvent, Tenant, TicketCounter
 from orchestrator.errors import InputError, NotFoundError
+from orchestrator.incidents import outbox
 from orchestrator.incidents.numbers import NUMBER_RE, format_number
 from orchestrator.incidents.workflow import (
     ACTIVE,
@@ -77,6 +78,8 @@ def add_event(
     event = IncidentEvent(incident=incident, author=author, kind=kind, body=body, data=data or {})
     incident.updated_at = datetime.now(UTC)
     session.add(event)
+    # Customer notifications go into the outbox in this same transaction.
+    outbox.enqueue_event(session, incident, event)
     return event
 
 

@@ -1,0 +1,1 @@
+"""Outbound notifiers of the outbox (``outbox.NOTIFIERS`` names them by kind)."""
