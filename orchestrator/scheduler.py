@@ -28,6 +28,7 @@ from rollouts.windows import next_window_start, window_open
 log = logging.getLogger(__name__)
 
 _bound: dict[str, AppContext] = {}
+RECOVERY_CHECK_S = 10.0
 
 
 def bind(ctx: AppContext) -> None:
@@ -74,6 +75,16 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             args=[ctx],
             seconds=5,
             id="maintenance",
+            jobstore="internal",
+            replace_existing=True,
+        )
+    if ctx.monitors is not None:
+        # Verified recovery: tickets whose monitors stayed UP for the hold → solution_provided.
+        scheduler.add_job(
+            ctx.incidents.check_recovery,
+            "interval",
+            seconds=RECOVERY_CHECK_S,
+            id="check-recovery",
             jobstore="internal",
             replace_existing=True,
         )

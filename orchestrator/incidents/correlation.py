@@ -18,7 +18,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 MASS_PREFIX = "mass:"
 # A host or server with one failing tenant is that tenant's incident, never a mass incident.
@@ -33,16 +32,6 @@ class Thresholds:
     host_percent: float = 50.0
     window_s: float = 300.0
     recovery_hold_s: float = 120.0
-
-    @classmethod
-    def from_config(cls, value: Mapping[str, Any]) -> Thresholds:
-        mass = value.get("mass_incident") or {}
-        return cls(
-            min_tenants=int(mass.get("min_tenants", cls.min_tenants)),
-            host_percent=float(mass.get("host_percent", cls.host_percent)),
-            window_s=float(mass.get("window", cls.window_s)),
-            recovery_hold_s=float(value.get("recovery_hold", cls.recovery_hold_s)),
-        )
 
 
 @dataclass(frozen=True)

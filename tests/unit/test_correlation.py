@@ -174,18 +174,3 @@ def test_recovery_comment_names_monitors_and_times_in_both_languages() -> None:
     )
     assert "DOWN since 2026-12-01 11:50:00 UTC, UP since 2026-12-01 11:55:00 UTC" in text
     assert "2026-12-01 12:00:00 UTC" in text
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ({}, Thresholds()),
-        (
-            {"mass_incident": {"min_tenants": 5, "host_percent": 80, "window": 60.0}},
-            Thresholds(5, 80.0, 60.0, 120.0),
-        ),
-        ({"recovery_hold": 30.0}, Thresholds(recovery_hold_s=30.0)),
-    ],
-)
-def test_thresholds_from_config(value: dict[str, object], expected: Thresholds) -> None:
-    assert Thresholds.from_config(value) == expected
