@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitors.engine import StateChange
@@ -91,10 +92,7 @@ class IncidentEngine:
         spec, result = change.spec, change.result
         reason = result.reason if result is not None else change.reason
         with session_scope(self._factory) as s:
-            rec = s.get(MonitorRecord, spec.id)
-            if rec is None:
-                rec = MonitorRecord(id=spec.id)
-                s.add(rec)
+            rec = _monitor_record(s, spec.id, spec.tenant, spec.host, spec.kind, spec.name)
             # Recovery may come as DOWN → MAINTENANCE → PENDING → UP: remember the DOWN.
             down_since = rec.down_since
             was_down = down_since is not None
@@ -176,6 +174,7 @@ class IncidentEngine:
         the mass incident that got children, if any."""
         now = self._clock()
         with session_scope(self._factory) as s:
+            _one_writer(s)
             th = incident_thresholds(s)
             orphans = {
                 inc.tenant: inc
@@ -187,7 +186,6 @@ class IncidentEngine:
                         Incident.status.in_(ACTIVE),
                     )
                     .order_by(Incident.id)
-                    .with_for_update()
                 )
                 if inc.tenant is not None
             }
@@ -217,8 +215,10 @@ class IncidentEngine:
                     continue
                 linked = masses[fit.key]
                 self._link(s, linked, orphans.pop(f.tenant))
-            per_host, per_server = self._tenant_counts(s)
             rest = [f for f in rest if f.tenant in orphans]
+            if not rest:
+                return linked.number if linked is not None else None
+            per_host, per_server = self._tenant_counts(s)
             decision = decide_mass(rest, per_host, per_server, th, now)
             if decision is not None:
                 linked = self._open_mass(s, decision, now)
@@ -325,6 +325,7 @@ class IncidentEngine:
         now = self._clock()
         solved: list[str] = []
         with session_scope(self._factory) as s:
+            _one_writer(s)
             th = incident_thresholds(s)
             tickets = list(
                 s.scalars(
@@ -337,7 +338,6 @@ class IncidentEngine:
                         ),
                     )
                     .order_by(Incident.id)
-                    .with_for_update(skip_locked=True)
                 )
             )
             for ticket in tickets:
@@ -434,6 +434,41 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+# pg_advisory_xact_lock key of correlation and recovery ("cpdc").
+LOCK_KEY = 0x63706463
+
+
+def _one_writer(s: Session) -> None:
+    """Correlation and recovery read, decide and write: one replica (one thread) at a time
+    per database, until the transaction ends. PostgreSQL: a transaction-level advisory lock;
+    SQLite: take the database's write lock now (an UPDATE that matches nothing)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    else:
+        s.execute(text("UPDATE ticket_counters SET value = value WHERE 0 = 1"))
+
+
+def _monitor_record(
+    s: Session, monitor_id: str, tenant: str, host: str, kind: str, name: str
+) -> MonitorRecord:
+    """The monitor's row, inserted if missing; a replica racing the insert does not fail."""
+    rec = s.get(MonitorRecord, monitor_id)
+    if rec is not None:
+        return rec
+    dialect = s.get_bind().dialect.name
+    ins = (
+        postgresql.insert(MonitorRecord)
+        if dialect == "postgresql"
+        else sqlite.insert(MonitorRecord)
+    )
+    s.execute(
+        ins.values(
+            id=monitor_id, name=name, tenant=tenant, host=host, kind=kind, target=""
+        ).on_conflict_do_nothing(index_elements=[MonitorRecord.id])
+    )
+    return s.get_one(MonitorRecord, monitor_id, populate_existing=True)
 
 
 def _recovered(tickets: list[Incident]) -> list[Recovered]:

@@ -3,6 +3,7 @@ real PostgreSQL, fed the monitor engine's StateChange objects; the clock is move
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -185,3 +186,64 @@ def test_recovery_waits_for_every_child(store: sessionmaker[Session]) -> None:
     masses, children = tickets(store)
     assert masses[0].status == "new", "t4 is still DOWN"
     assert [c.tenant for c in children if c.status == "solution_provided"] == TENANTS[:4]
+
+
+def test_two_replicas_racing_open_one_mass_incident(store: sessionmaker[Session]) -> None:
+    clock = Clock()
+    replicas = [engine_on(store, clock), engine_on(store, clock)]
+    errors: list[BaseException] = []
+
+    def run(engine: IncidentEngine) -> None:
+        try:
+            for tenant in TENANTS:
+                engine.on_monitor_change(
+                    change(tenant, MonitorStatus.PENDING, MonitorStatus.DOWN, clock())
+                )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in replicas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    masses, children = tickets(store)
+    assert len(masses) == 1 and len(children) == 5
+    assert {c.parent_id for c in children} == {masses[0].id}
+    assert sum(e.kind == "child" for e in masses[0].events) == 5, "each child linked once"
+
+
+def test_tenants_of_one_postgresql_server(store: sessionmaker[Session]) -> None:
+    """Two of the three tenants of one database server: a mass incident for the server,
+    although two tenants are fewer than ``min_tenants``."""
+    clock = Clock()
+    engine = engine_on(store, clock)
+
+    def db_spec(tenant: str) -> MonitorSpec:
+        return MonitorSpec(
+            id=f"{tenant}/db",
+            name=f"{tenant}-db",
+            tenant=tenant,
+            host="127.0.0.1:5432",
+            kind="postgres",
+            target=f"postgresql://cpdops:secret@127.0.0.1:5432/{tenant}",
+        )
+
+    for tenant in TENANTS[:3]:  # the server's three tenants are known: all start UP
+        engine.on_monitor_change(
+            StateChange(
+                db_spec(tenant), MonitorStatus.PENDING, MonitorStatus.UP, None, "ok", clock()
+            )
+        )
+    for tenant in TENANTS[:2]:
+        clock.move(5)
+        engine.on_monitor_change(
+            StateChange(
+                db_spec(tenant), MonitorStatus.UP, MonitorStatus.DOWN, None, "refused", clock()
+            )
+        )
+    masses, children = tickets(store)
+    assert [m.open_key for m in masses] == ["mass:db:127.0.0.1:5432"]
+    assert {c.parent_id for c in children} == {masses[0].id}
+    assert "secret" not in " ".join(e.body + str(e.data) for c in children for e in c.events)
