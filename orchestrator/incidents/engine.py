@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import or_, select, text
+from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,17 +29,14 @@ from orchestrator.incidents.correlation import (
     MASS_PREFIX,
     Failure,
     MassDecision,
-    MonitorState,
     OpenMass,
-    Recovered,
     Thresholds,
     decide_mass,
     pick_open,
     recent,
-    recovery_comment,
-    recovery_verified,
 )
-from orchestrator.incidents.tickets import add_event, change_status, open_or_join
+from orchestrator.incidents.recovery import verify_recovery
+from orchestrator.incidents.tickets import add_event, open_or_join
 from orchestrator.incidents.workflow import ACTIVE
 from rollouts.executor import RolloutFailure
 
@@ -323,49 +320,9 @@ class IncidentEngine:
         are all UP for ``recovery_hold`` to solution_provided, with a comment that says what
         recovered and when. Returns the numbers of the tickets moved."""
         now = self._clock()
-        solved: list[str] = []
         with session_scope(self._factory) as s:
             _one_writer(s)
-            th = incident_thresholds(s)
-            tickets = list(
-                s.scalars(
-                    select(Incident)
-                    .where(
-                        Incident.status.in_(ACTIVE),
-                        or_(
-                            Incident.open_key.like("tenant:%"),
-                            Incident.open_key.like(f"{MASS_PREFIX}%"),
-                        ),
-                    )
-                    .order_by(Incident.id)
-                )
-            )
-            for ticket in tickets:
-                covered = (
-                    list(s.scalars(select(Incident).where(Incident.parent_id == ticket.id)))
-                    if ticket.type == "mass_incident"
-                    else [ticket]
-                )
-                tenants = {t.tenant for t in covered if t.tenant is not None}
-                if not tenants:
-                    continue
-                records = list(
-                    s.scalars(select(MonitorRecord).where(MonitorRecord.tenant.in_(tenants)))
-                )
-                states = [
-                    MonitorState(r.name, r.status == int(MonitorStatus.UP), r.changed_at)
-                    for r in records
-                ]
-                if not recovery_verified(states, th.recovery_hold_s, now):
-                    continue
-                recovered = _recovered(covered) or [
-                    Recovered(r.tenant, r.name, None, r.changed_at) for r in records
-                ]
-                comment = recovery_comment(recovered, th.recovery_hold_s, now)
-                if change_status(s, ticket, "solution_provided", author=AUTHOR, comment=comment):
-                    solved.append(ticket.number)
-                    log.info("recovery verified number=%s tenants=%d", ticket.number, len(tenants))
-        return solved
+            return verify_recovery(s, incident_thresholds(s), now, author=AUTHOR)
 
     # --- rollouts -------------------------------------------------------------------------
     def on_rollout_failure(self, failure: RolloutFailure) -> None:
@@ -469,22 +426,3 @@ def _monitor_record(
         ).on_conflict_do_nothing(index_elements=[MonitorRecord.id])
     )
     return s.get_one(MonitorRecord, monitor_id, populate_existing=True)
-
-
-def _recovered(tickets: list[Incident]) -> list[Recovered]:
-    """What the tickets' timelines say recovered (their ``recovered`` entries)."""
-    out = []
-    for ticket in tickets:
-        for event in ticket.events:
-            if event.kind != "recovered" or not event.data.get("up_since"):
-                continue
-            down = event.data.get("down_since")
-            out.append(
-                Recovered(
-                    tenant=ticket.tenant or "",
-                    name=str(event.data.get("name") or event.data.get("monitor")),
-                    down_since=datetime.fromisoformat(down) if down else None,
-                    up_since=datetime.fromisoformat(event.data["up_since"]),
-                )
-            )
-    return out
