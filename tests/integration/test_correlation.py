@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -247,3 +248,42 @@ def test_tenants_of_one_postgresql_server(store: sessionmaker[Session]) -> None:
     assert [m.open_key for m in masses] == ["mass:db:127.0.0.1:5432"]
     assert {c.parent_id for c in children} == {masses[0].id}
     assert "secret" not in " ".join(e.body + str(e.data) for c in children for e in c.events)
+
+
+def test_half_of_a_host_and_a_later_tenant_on_it(store: sessionmaker[Session]) -> None:
+    """≥ host_percent of one host's tenants (two of the eleven known on h0, at 15 %): a mass
+    incident for the host; a third tenant of that host failing later in the window joins it,
+    one elsewhere does not."""
+    fleet = "version: 1\nincidents:\n  mass_incident: {host_percent: 15}\n"
+    with session_scope(store) as s:
+        apply_fleet(s, parse_fleet_text(fleet))
+    clock = Clock()
+    engine = engine_on(store, clock)
+
+    def on_h0(tenant: str) -> StateChange:
+        down = change(tenant, MonitorStatus.PENDING, MonitorStatus.DOWN, clock())
+        return StateChange(
+            replace(down.spec, id=f"{tenant}/cpd@h0/http", host="h0"),
+            down.old,
+            down.new,
+            down.result,
+            down.reason,
+            down.at,
+        )
+
+    for tenant in ("t0", "t1"):
+        clock.move(5)
+        engine.on_monitor_change(on_h0(tenant))
+    masses, _ = tickets(store)
+    assert [m.open_key for m in masses] == ["mass:host:h0"], "opened by the second tenant"
+    clock.move(30)
+    engine.on_monitor_change(on_h0("t2"))
+    engine.on_monitor_change(change("t3", MonitorStatus.PENDING, MonitorStatus.DOWN, clock()))
+    masses, children = tickets(store)
+    assert [m.open_key for m in masses] == ["mass:host:h0"]
+    assert {c.tenant: c.parent_id for c in children} == {
+        "t0": masses[0].id,
+        "t1": masses[0].id,
+        "t2": masses[0].id,
+        "t3": None,
+    }
