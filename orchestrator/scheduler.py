@@ -28,7 +28,6 @@ from rollouts.windows import next_window_start, window_open
 log = logging.getLogger(__name__)
 
 _bound: dict[str, AppContext] = {}
-RECOVERY_CHECK_S = 10.0
 
 
 def bind(ctx: AppContext) -> None:
@@ -83,7 +82,7 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
         scheduler.add_job(
             ctx.incidents.check_recovery,
             "interval",
-            seconds=RECOVERY_CHECK_S,
+            seconds=ctx.settings.recovery_check_interval_s,
             id="check-recovery",
             jobstore="internal",
             replace_existing=True,
