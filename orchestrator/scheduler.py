@@ -80,6 +80,16 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             jobstore="internal",
             replace_existing=True,
         )
+    if ctx.monitors is not None:
+        # Verified recovery: tickets whose monitors stayed UP for the hold → solution_provided.
+        scheduler.add_job(
+            ctx.incidents.check_recovery,
+            "interval",
+            seconds=ctx.settings.recovery_check_interval_s,
+            id="check-recovery",
+            jobstore="internal",
+            replace_existing=True,
+        )
     scheduler.add_job(
         deliver_outbox,
         "interval",

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     monitor_failure_threshold: int = 3
     monitor_recovery_threshold: int = 1
     discovery_interval_s: float = 30.0
+    recovery_check_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="how often tickets are checked for verified recovery (incidents.recovery_hold)",
+    )
     gate_passes: int = Field(default=3, description="health passes required by a rollout gate")
     gate_deadline_s: float = Field(default=60.0, description="time allowed for the gate to pass")
     gate_interval_s: float = 0.5

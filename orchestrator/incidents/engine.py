@@ -3,33 +3,79 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitors.engine import StateChange
 from monitors.probe import public_target
 from monitors.state import MonitorStatus
-from orchestrator.db.models import Incident, MonitorRecord, Rollout, RolloutInstance
+from orchestrator.db.models import (
+    ConfigItem,
+    Incident,
+    MonitorRecord,
+    Rollout,
+    RolloutInstance,
+    Tenant,
+)
 from orchestrator.db.session import session_scope
+from orchestrator.fleet.fleetfile import IncidentThresholds
+from orchestrator.incidents.correlation import (
+    MASS_PREFIX,
+    Failure,
+    MassDecision,
+    OpenMass,
+    Thresholds,
+    decide_mass,
+    pick_open,
+    recent,
+)
+from orchestrator.incidents.recovery import verify_recovery
 from orchestrator.incidents.tickets import add_event, open_or_join
+from orchestrator.incidents.workflow import ACTIVE
 from rollouts.executor import RolloutFailure
 
 log = logging.getLogger(__name__)
 
 AUTHOR = "cpdops"
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def incident_thresholds(session: Session) -> Thresholds:
+    """The fleet file's ``incidents`` (stored by ``cpdops apply``), its defaults when absent."""
+    item = session.scalars(select(ConfigItem).where(ConfigItem.key == "incidents")).first()
+    value = item.value if item is not None and isinstance(item.value, dict) else {}
+    parsed = IncidentThresholds.model_validate(value)
+    mass = parsed.mass_incident
+    return Thresholds(
+        min_tenants=mass.min_tenants,
+        host_percent=mass.host_percent,
+        window_s=float(mass.window),
+        recovery_hold_s=float(parsed.recovery_hold),
+    )
 
 
 class IncidentEngine:
     def __init__(
-        self, factory: sessionmaker[Session], *, system_id: str, registry: CollectorRegistry
+        self,
+        factory: sessionmaker[Session],
+        *,
+        system_id: str,
+        registry: CollectorRegistry,
+        clock: Clock = utc_now,
     ) -> None:
         self._factory = factory
         self._system_id = system_id
+        self._clock = clock
         self.created = Counter(
             "cpdops_incidents_created_total",
             "Tickets opened, by type and source",
@@ -43,15 +89,13 @@ class IncidentEngine:
         spec, result = change.spec, change.result
         reason = result.reason if result is not None else change.reason
         with session_scope(self._factory) as s:
-            rec = s.get(MonitorRecord, spec.id)
-            if rec is None:
-                rec = MonitorRecord(id=spec.id)
-                s.add(rec)
+            rec = _monitor_record(s, spec.id, spec.tenant, spec.host, spec.kind, spec.name)
             # Recovery may come as DOWN → MAINTENANCE → PENDING → UP: remember the DOWN.
-            was_down = rec.down_since is not None
+            down_since = rec.down_since
+            was_down = down_since is not None
             rec.name, rec.tenant, rec.host = spec.name, spec.tenant, spec.host
             rec.kind, rec.target = spec.kind, public_target(spec.target)
-            now = datetime.now(UTC)
+            now = self._clock()
             rec.status, rec.reason, rec.changed_at = int(change.new), reason, now
             if change.new == MonitorStatus.DOWN and rec.down_since is None:
                 rec.down_since = now
@@ -83,6 +127,7 @@ class IncidentEngine:
             if created:
                 self.created.labels(type="incident", source="monitor").inc()
             log.info("monitor DOWN monitor=%s tenant=%s incident=%s", spec.id, spec.tenant, number)
+            self.correlate()
         elif change.new == MonitorStatus.UP and was_down:
             with session_scope(self._factory) as s:
                 incident_row = s.scalars(
@@ -95,7 +140,12 @@ class IncidentEngine:
                         author=AUTHOR,
                         kind="recovered",
                         body=f"Monitor {spec.name} is UP again",
-                        data={"monitor": spec.id},
+                        data={
+                            "monitor": spec.id,
+                            "name": spec.name,
+                            "down_since": down_since.isoformat() if down_since else None,
+                            "up_since": now.isoformat(),
+                        },
                     )
 
     def _under_rollout(self, tenant: str, host: str) -> bool:
@@ -111,6 +161,168 @@ class IncidentEngine:
                 )
             ).first()
             return row is not None
+
+    # --- correlation ----------------------------------------------------------------------
+    def correlate(self) -> str | None:
+        """Link the active tenant incidents that have no parent into a mass incident: the open
+        one whose scope and window they fit, else the one ``decide_mass`` calls for (opened
+        once: its key is stable and unique). Everything is read from the store, so repeated
+        deliveries, a restart or a second replica find the same state. Returns the number of
+        the mass incident that got children, if any."""
+        now = self._clock()
+        with session_scope(self._factory) as s:
+            _one_writer(s)
+            th = incident_thresholds(s)
+            orphans = {
+                inc.tenant: inc
+                for inc in s.scalars(
+                    select(Incident)
+                    .where(
+                        Incident.open_key.like("tenant:%"),
+                        Incident.parent_id.is_(None),
+                        Incident.status.in_(ACTIVE),
+                    )
+                    .order_by(Incident.id)
+                )
+                if inc.tenant is not None
+            }
+            if not orphans:
+                return None
+            failures = recent(self._failures(s, set(orphans)), th.window_s, now)
+            if not failures:
+                return None
+            linked: Incident | None = None
+            masses = {
+                m.open_key: m
+                for m in s.scalars(
+                    select(Incident).where(
+                        Incident.open_key.like(f"{MASS_PREFIX}%"), Incident.status.in_(ACTIVE)
+                    )
+                )
+                if m.open_key is not None
+            }
+            opened = [OpenMass(key, m.created_at) for key, m in masses.items()]
+            rest = []
+            for f in sorted(failures, key=lambda f: f.since):
+                if f.tenant not in orphans:
+                    continue
+                fit = pick_open(opened, f, th.window_s)
+                if fit is None:
+                    rest.append(f)
+                    continue
+                linked = masses[fit.key]
+                self._link(s, linked, orphans.pop(f.tenant))
+            rest = [f for f in rest if f.tenant in orphans]
+            if not rest:
+                return linked.number if linked is not None else None
+            per_host, per_server = self._tenant_counts(s)
+            decision = decide_mass(rest, per_host, per_server, th, now)
+            if decision is not None:
+                linked = self._open_mass(s, decision, now)
+                for tenant in decision.tenants:
+                    child = orphans.pop(tenant, None)
+                    if child is not None:
+                        self._link(s, linked, child)
+            return linked.number if linked is not None else None
+
+    def _failures(self, s: Session, tenants: set[str]) -> list[Failure]:
+        rows = s.scalars(
+            select(MonitorRecord).where(
+                MonitorRecord.tenant.in_(tenants),
+                MonitorRecord.status == int(MonitorStatus.DOWN),
+                MonitorRecord.down_since.is_not(None),
+            )
+        )
+        return [
+            Failure(
+                tenant=r.tenant,
+                host=r.host,
+                since=r.down_since,
+                db_server=r.host if r.kind == "postgres" else None,
+            )
+            for r in rows
+            if r.down_since is not None
+        ]
+
+    @staticmethod
+    def _tenant_counts(s: Session) -> tuple[dict[str, int], dict[str, int]]:
+        """Tenants per Docker host (registry and monitors) and per PostgreSQL server."""
+        hosts: dict[str, set[str]] = {}
+        servers: dict[str, set[str]] = {}
+        for slug, host in s.execute(select(Tenant.slug, Tenant.host_name)):
+            if host:
+                hosts.setdefault(host, set()).add(slug)
+        for tenant, host, kind in s.execute(
+            select(MonitorRecord.tenant, MonitorRecord.host, MonitorRecord.kind)
+        ):
+            into = servers if kind == "postgres" else hosts
+            into.setdefault(host, set()).add(tenant)
+        return (
+            {k: len(v) for k, v in hosts.items()},
+            {k: len(v) for k, v in servers.items()},
+        )
+
+    def _open_mass(self, s: Session, decision: MassDecision, now: datetime) -> Incident:
+        incident, created = open_or_join(
+            s,
+            system_id=self._system_id,
+            open_key=decision.key,
+            type="mass_incident",
+            subject=decision.subject,
+            description=(
+                f"Monitors of {len(decision.tenants)} tenants went DOWN within the correlation "
+                f"window ({decision.scope} {decision.name or 'fleet'}): "
+                f"{', '.join(decision.tenants)}. The tenant incidents are linked as children."
+            ),
+            author=AUTHOR,
+            source="correlation",
+            evidence={
+                "scope": decision.scope,
+                "name": decision.name,
+                "tenants": list(decision.tenants),
+            },
+        )
+        if created:
+            incident.created_at = now
+            self.created.labels(type="mass_incident", source="correlation").inc()
+            log.info(
+                "mass incident opened number=%s key=%s tenants=%d",
+                incident.number,
+                decision.key,
+                len(decision.tenants),
+            )
+        return incident
+
+    @staticmethod
+    def _link(s: Session, mass: Incident, child: Incident) -> None:
+        child.parent_id = mass.id
+        add_event(
+            s,
+            child,
+            author=AUTHOR,
+            kind="linked",
+            body=f"Linked to mass incident {mass.number}",
+            data={"parent": mass.number},
+        )
+        add_event(
+            s,
+            mass,
+            author=AUTHOR,
+            kind="child",
+            body=f"Incident {child.number} ({child.tenant}) linked",
+            data={"child": child.number, "tenant": child.tenant},
+        )
+        log.info("incident linked child=%s parent=%s", child.number, mass.number)
+
+    # --- verified recovery ------------------------------------------------------------------
+    def check_recovery(self) -> list[str]:
+        """Move each active automatic ticket whose monitors (a mass incident: its children's)
+        are all UP for ``recovery_hold`` to solution_provided, with a comment that says what
+        recovered and when. Returns the numbers of the tickets moved."""
+        now = self._clock()
+        with session_scope(self._factory) as s:
+            _one_writer(s)
+            return verify_recovery(s, incident_thresholds(s), now, author=AUTHOR)
 
     # --- rollouts -------------------------------------------------------------------------
     def on_rollout_failure(self, failure: RolloutFailure) -> None:
@@ -179,3 +391,38 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
+
+
+# pg_advisory_xact_lock key of correlation and recovery ("cpdc").
+LOCK_KEY = 0x63706463
+
+
+def _one_writer(s: Session) -> None:
+    """Correlation and recovery read, decide and write: one replica (one thread) at a time
+    per database, until the transaction ends. PostgreSQL: a transaction-level advisory lock;
+    SQLite: take the database's write lock now (an UPDATE that matches nothing)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    else:
+        s.execute(text("UPDATE ticket_counters SET value = value WHERE 0 = 1"))
+
+
+def _monitor_record(
+    s: Session, monitor_id: str, tenant: str, host: str, kind: str, name: str
+) -> MonitorRecord:
+    """The monitor's row, inserted if missing; a replica racing the insert does not fail."""
+    rec = s.get(MonitorRecord, monitor_id)
+    if rec is not None:
+        return rec
+    dialect = s.get_bind().dialect.name
+    ins = (
+        postgresql.insert(MonitorRecord)
+        if dialect == "postgresql"
+        else sqlite.insert(MonitorRecord)
+    )
+    s.execute(
+        ins.values(
+            id=monitor_id, name=name, tenant=tenant, host=host, kind=kind, target=""
+        ).on_conflict_do_nothing(index_elements=[MonitorRecord.id])
+    )
+    return s.get_one(MonitorRecord, monitor_id, populate_existing=True)

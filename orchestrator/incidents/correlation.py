@@ -1,0 +1,187 @@
+"""Correlation and verified recovery as pure decisions (SPEC §6). No database here: the
+incident engine reads the failures and monitors from the store and acts on the result.
+
+A mass incident is due when, within ``window`` seconds, DOWN monitors span
+
+* the tenants of one PostgreSQL server: ≥ ``host_percent`` % of them and at least two
+  (key ``mass:db:<server>``),
+* one Docker host: ≥ ``host_percent`` % of its tenants and at least two (``mass:host:<host>``),
+* ≥ ``min_tenants`` tenants anywhere (``mass:tenants:<bucket>``, the window bucket of the
+  earliest failure in the group, so every delivery and every replica computes the same key).
+
+The most specific scope wins (database server, then host, then the fleet).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+MASS_PREFIX = "mass:"
+# A host or server with one failing tenant is that tenant's incident, never a mass incident.
+MIN_GROUP = 2
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """``incidents`` of the fleet file, in seconds."""
+
+    min_tenants: int = 3
+    host_percent: float = 50.0
+    window_s: float = 300.0
+    recovery_hold_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A monitor that is DOWN: its tenant, the Docker host (or, for a ``postgres`` monitor,
+    the database server in ``db_server``) and since when."""
+
+    tenant: str
+    host: str
+    since: datetime
+    db_server: str | None = None
+
+
+@dataclass(frozen=True)
+class MassDecision:
+    key: str
+    scope: str  # "db" | "host" | "tenants"
+    name: str  # the server, the host, or "" for the fleet
+    tenants: tuple[str, ...]
+
+    @property
+    def subject(self) -> str:
+        count = len(self.tenants)
+        if self.scope == "db":
+            return f"Mass incident: PostgreSQL server {self.name} — {count} tenants DOWN"
+        if self.scope == "host":
+            return f"Mass incident: host {self.name} — {count} tenants DOWN"
+        return f"Mass incident: {count} tenants DOWN"
+
+
+def recent(failures: Iterable[Failure], window_s: float, now: datetime) -> list[Failure]:
+    start = now - timedelta(seconds=window_s)
+    return [f for f in failures if start <= f.since <= now]
+
+
+def _bucket(at: datetime, window_s: float) -> int:
+    return math.floor(at.timestamp() / window_s)
+
+
+def decide_mass(
+    failures: Iterable[Failure],
+    tenants_per_host: Mapping[str, int],
+    tenants_per_server: Mapping[str, int],
+    thresholds: Thresholds,
+    now: datetime,
+) -> MassDecision | None:
+    """The mass incident the failures of the last window call for, or None."""
+    window = recent(failures, thresholds.window_s, now)
+    if not window:
+        return None
+    for scope, totals in (("db", tenants_per_server), ("host", tenants_per_host)):
+        groups: dict[str, set[str]] = {}
+        for f in window:
+            name = f.db_server if scope == "db" else (f.host if f.db_server is None else None)
+            if name:
+                groups.setdefault(name, set()).add(f.tenant)
+        candidates: list[MassDecision] = []
+        for name, tenants in sorted(groups.items()):
+            total = max(totals.get(name, 0), len(tenants))
+            if len(tenants) >= MIN_GROUP and 100 * len(tenants) >= thresholds.host_percent * total:
+                candidates.append(
+                    MassDecision(
+                        f"{MASS_PREFIX}{scope}:{name}", scope, name, tuple(sorted(tenants))
+                    )
+                )
+        if candidates:
+            # The biggest group of the most specific scope.
+            return max(candidates, key=lambda d: len(d.tenants))
+    tenants = {f.tenant for f in window}
+    if len(tenants) >= thresholds.min_tenants:
+        first = min(f.since for f in window)
+        return MassDecision(
+            f"{MASS_PREFIX}tenants:{_bucket(first, thresholds.window_s)}",
+            "tenants",
+            "",
+            tuple(sorted(tenants)),
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class OpenMass:
+    """An active correlated mass incident: its open key and when it was opened."""
+
+    key: str
+    created_at: datetime
+
+
+def joins(mass: OpenMass, failure: Failure, window_s: float) -> bool:
+    """Whether a tenant failing now belongs to the already open mass incident ``mass``: its
+    failure is within the window of the mass incident's opening and in its scope."""
+    if not mass.key.startswith(MASS_PREFIX):
+        return False
+    if failure.since - mass.created_at > timedelta(seconds=window_s):
+        return False
+    scope, _, name = mass.key[len(MASS_PREFIX) :].partition(":")
+    if scope == "db":
+        return failure.db_server == name
+    if scope == "host":
+        return failure.db_server is None and failure.host == name
+    return scope == "tenants"
+
+
+def pick_open(masses: Iterable[OpenMass], failure: Failure, window_s: float) -> OpenMass | None:
+    """The open mass incident a new failure joins: the newest one whose scope fits."""
+    fitting = [m for m in masses if joins(m, failure, window_s)]
+    return max(fitting, key=lambda m: m.created_at) if fitting else None
+
+
+# --- verified recovery ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MonitorState:
+    """One monitor of a ticket's tenant as the store has it."""
+
+    name: str
+    up: bool
+    changed_at: datetime  # UP since, when ``up``
+
+
+def recovery_verified(monitors: Iterable[MonitorState], hold_s: float, now: datetime) -> bool:
+    """All monitors UP, each for at least ``hold_s`` seconds (no monitors: nothing verified)."""
+    states = list(monitors)
+    hold = timedelta(seconds=hold_s)
+    return bool(states) and all(m.up and now - m.changed_at >= hold for m in states)
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A monitor that was DOWN and is UP again."""
+
+    tenant: str
+    name: str
+    down_since: datetime | None
+    up_since: datetime
+
+
+def _at(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "?"
+
+
+def recovery_comment(recovered: Iterable[Recovered], hold_s: float, now: datetime) -> str:
+    """The automatic solution comment, Russian then English: which monitors recovered, DOWN
+    since and UP since, and when recovery was verified."""
+    rows = sorted(recovered, key=lambda r: (r.tenant, r.name, r.up_since))
+    hold = f"{hold_s:g}"
+    ru = [f"Восстановление подтверждено автоматически {_at(now)}: все мониторы UP ≥ {hold} с."]
+    en = [f"Recovery verified automatically at {_at(now)}: all monitors UP for ≥ {hold} s."]
+    for r in rows:
+        ru.append(f"- {r.name} ({r.tenant}): DOWN с {_at(r.down_since)}, UP с {_at(r.up_since)}")
+        en.append(
+            f"- {r.name} ({r.tenant}): DOWN since {_at(r.down_since)}, UP since {_at(r.up_since)}"
+        )
+    return "\n".join([*ru, "", *en])
