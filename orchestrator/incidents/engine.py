@@ -18,6 +18,7 @@ from monitors.state import MonitorStatus
 from orchestrator.db.models import (
     ConfigItem,
     Incident,
+    IncidentEvent,
     MonitorRecord,
     Rollout,
     RolloutInstance,
@@ -25,6 +26,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.db.session import session_scope
 from orchestrator.fleet.fleetfile import IncidentThresholds
+from orchestrator.incidents import outbox
 from orchestrator.incidents.correlation import (
     MASS_PREFIX,
     Failure,
@@ -312,6 +314,15 @@ class IncidentEngine:
             body=f"Incident {child.number} ({child.tenant}) linked",
             data={"child": child.number, "tenant": child.tenant},
         )
+        # The mass incident's "opened" notice goes to every tenant linked to it, also to one
+        # linked later (the outbox's dedup key makes this idempotent).
+        created = s.scalars(
+            select(IncidentEvent).where(
+                IncidentEvent.incident_id == mass.id, IncidentEvent.kind == "created"
+            )
+        ).first()
+        if created is not None:
+            outbox.enqueue_event(s, mass, created)
         log.info("incident linked child=%s parent=%s", child.number, mass.number)
 
     # --- verified recovery ------------------------------------------------------------------

@@ -17,7 +17,7 @@ from monitors.engine import StateChange
 from monitors.probe import MonitorSpec, ProbeResult
 from monitors.state import MonitorStatus
 from orchestrator.db.migrate import upgrade
-from orchestrator.db.models import Incident, Tenant
+from orchestrator.db.models import Incident, IncidentEvent, OutboxMessage, Tenant
 from orchestrator.db.session import make_engine, make_session_factory, session_scope
 from orchestrator.fleet.apply import apply_fleet
 from orchestrator.fleet.fleetfile import parse_fleet_text
@@ -287,3 +287,31 @@ def test_half_of_a_host_and_a_later_tenant_on_it(store: sessionmaker[Session]) -
         "t2": masses[0].id,
         "t3": None,
     }
+
+
+def test_mass_incident_notice_reaches_every_linked_tenant_once(
+    store: sessionmaker[Session],
+) -> None:
+    with session_scope(store) as s:
+        for slug in TENANTS:
+            t = s.scalars(select(Tenant).where(Tenant.slug == slug)).one()
+            t.contacts = [{"name": slug, "email": f"ops@{slug}.example"}]
+            t.channels = ["email"]
+    clock = Clock()
+    engine = engine_on(store, clock)
+    deliver_down(engine, clock)
+    deliver_down(engine_on(store, clock), clock)  # again, after a restart
+    (mass,), _ = tickets(store)
+    with store() as s:
+        created = s.scalars(
+            select(IncidentEvent).where(
+                IncidentEvent.incident_id == mass.id, IncidentEvent.kind == "created"
+            )
+        ).one()
+        notices = s.scalars(
+            select(OutboxMessage.recipient).where(
+                OutboxMessage.incident_number == mass.number,
+                OutboxMessage.dedup_key.endswith(f":{created.id}"),
+            )
+        ).all()
+    assert sorted(notices) == sorted(f"ops@{t}.example" for t in TENANTS)
