@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitors.engine import MonitorEngine, StateChange
@@ -21,8 +21,8 @@ from monitors.probes import PROBES
 from monitors.probes.postgres import connection_params, server_label
 from orchestrator import declared_monitors
 from orchestrator.db.migrate import upgrade
-from orchestrator.db.models import ConfigItem, Tenant
-from orchestrator.db.session import make_engine, make_session_factory
+from orchestrator.db.models import ConfigItem, MonitorRecord, Tenant
+from orchestrator.db.session import make_engine, make_session_factory, session_scope
 from orchestrator.errors import CpdopsError, DockerError
 from orchestrator.fleet.discovery import Instance, discover
 from orchestrator.fleet.fleetfile import parse_duration, resolve_secret
@@ -254,7 +254,32 @@ def sync_monitors(ctx: AppContext) -> int:
         )
     with ctx.monitor_lock:
         ctx.generated = specs
-    return apply_monitors(ctx)
+    count = apply_monitors(ctx)
+    forget_unconfigured(ctx, keep_hosts=set(found.errors))
+    return count
+
+
+def forget_unconfigured(ctx: AppContext, *, keep_hosts: set[str]) -> list[str]:
+    """Drop the last state of monitors that are no longer configured (their instance or
+    tenant is gone), so a monitor removed while DOWN does not hold its tenant's ticket open
+    (verified recovery needs every stored monitor UP) nor count as a failure in correlation.
+    The monitors of ``keep_hosts`` (hosts discovery could not reach) are kept: they cannot be
+    judged. The minute history stays, for uptime. Returns the ids dropped."""
+    if ctx.monitors is None:
+        return []
+    wanted = {view.spec.id for view in ctx.monitors.snapshot()}
+    with session_scope(ctx.factory) as session:
+        stale = [
+            monitor_id
+            for monitor_id, host in session.execute(select(MonitorRecord.id, MonitorRecord.host))
+            if monitor_id not in wanted and host not in keep_hosts
+        ]
+        for start in range(0, len(stale), 500):
+            chunk = stale[start : start + 500]
+            session.execute(delete(MonitorRecord).where(MonitorRecord.id.in_(chunk)))
+    if stale:
+        log.info("monitor sync: forgot %d unconfigured monitor(s): %s", len(stale), stale[:10])
+    return stale
 
 
 def apply_monitors(ctx: AppContext) -> int:
