@@ -48,6 +48,8 @@ class IntakeHandler:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
         sender = envelope.mail_from if isinstance(envelope.mail_from, str) else None
+        if sender == "<>":  # aiosmtpd's null reverse-path: a bounce
+            sender = ""
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(None, self.take, raw, sender)
