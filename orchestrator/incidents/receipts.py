@@ -14,6 +14,7 @@ tenant by a contact's address, and which ticket a message may follow up on.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 
@@ -53,6 +54,13 @@ def tenant_for(tenants: Iterable[Tenant], field: str, address: str) -> str | Non
     return slugs.pop() if len(slugs) == 1 else None
 
 
+def receipt_id(external_id: str) -> str:
+    """``external_id`` as stored: as it is, or ``sha256:<hex>`` of it when it is too long."""
+    if len(external_id) <= MAX_EXTERNAL_ID:
+        return external_id
+    return "sha256:" + hashlib.sha256(external_id.encode("utf-8", "replace")).hexdigest()
+
+
 def without_nul(text: str) -> str:
     """``text`` without NUL characters (PostgreSQL text cannot hold them)."""
     return text.replace("\x00", "")
@@ -65,7 +73,8 @@ def seen(session: Session, source: str, external_id: str) -> bool:
     return (
         session.scalars(
             select(IntakeReceipt.id).where(
-                IntakeReceipt.source == source, IntakeReceipt.external_id == external_id
+                IntakeReceipt.source == source,
+                IntakeReceipt.external_id == receipt_id(external_id),
             )
         ).first()
         is not None
@@ -79,7 +88,7 @@ def record(
     was taken in before, or a racing delivery of it just was)."""
     receipt = IntakeReceipt(
         source=source,
-        external_id=external_id[:MAX_EXTERNAL_ID],
+        external_id=receipt_id(external_id),
         incident_number=number,
         sender=sender[:255] if sender else None,
     )
@@ -128,6 +137,6 @@ def ticket_of(session: Session, source: str, external_id: str) -> str | None:
     """The ticket a receipt points at (e.g. the one a replied-to Telegram message made)."""
     return session.scalars(
         select(IntakeReceipt.incident_number).where(
-            IntakeReceipt.source == source, IntakeReceipt.external_id == external_id
+            IntakeReceipt.source == source, IntakeReceipt.external_id == receipt_id(external_id)
         )
     ).first()

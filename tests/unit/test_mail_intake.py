@@ -19,6 +19,7 @@ from orchestrator.incidents.mail import (
     ticket_subject,
 )
 from orchestrator.incidents.numbers import format_number
+from orchestrator.incidents.receipts import receipt_id
 
 N1 = format_number(date(2026, 12, 1), "01", 17)
 
@@ -160,3 +161,11 @@ def test_ticket_subject() -> None:
     assert subject("") == "E-mail from a@b.example"
     assert subject("", "\n\nfirst line\nsecond") == "first line"
     assert len(subject("x" * 900)) == 500
+
+
+def test_long_message_ids_are_kept_as_their_hash() -> None:
+    short, long = "<a@b>", "<" + "x" * 300 + "@b>"
+    assert receipt_id(short) == short
+    assert receipt_id(long) == "sha256:" + hashlib.sha256(long.encode()).hexdigest()
+    assert receipt_id(long) != receipt_id(long[:-3] + "y@b>")
+    assert len(receipt_id(long)) <= 255
