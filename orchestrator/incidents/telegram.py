@@ -186,7 +186,7 @@ def read_update(update: TelegramUpdate) -> IncomingMessage | None:
     text = receipts.without_nul(message.text or message.caption or "").strip()
     file = file_of(message)
     command = text.split(maxsplit=1)[0].split("@", 1)[0].lower() if text else ""
-    if file is None and (not text or (command in IGNORED_COMMANDS and " " not in text)):
+    if file is None and (not text or (command in IGNORED_COMMANDS and len(text.split()) == 1)):
         return None
     replied = message.reply_to_message
     replied_text = (replied.text or replied.caption or "") if replied is not None else ""

@@ -73,6 +73,7 @@ def test_numbers_named_in_a_text() -> None:
         ({"text": "/start"}, None),
         ({"text": "/start@cpd_support_bot"}, None),
         ({"text": "/help"}, None),
+        ({"text": " /start \n"}, None),
         ({"text": "   "}, None),
         ({"sticker": {"file_id": "x"}}, None),
         ({"text": "/start the portal is down"}, ("/start the portal is down", None, ())),
