@@ -11,8 +11,9 @@ from fastapi import FastAPI
 from orchestrator.api import errors
 from orchestrator.api.routes import fleet, health, incidents, intake, monitors, rollouts
 from orchestrator.context import AppContext, build_context, start_monitors
+from orchestrator.incidents.mail_listener import IntakeHandler, MailListener
 from orchestrator.scheduler import make_scheduler
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, listen_address
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,13 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
             scheduler.start()
         app.state.ctx = context
         app.state.scheduler = scheduler
+        listener = start_mail_listener(context)
         log.info("cpdops started database=%s", context.engine.url.render_as_string())
         try:
             yield
         finally:
+            if listener is not None:
+                listener.stop()
             if scheduler.running:
                 scheduler.shutdown(wait=True)
             context.close()
@@ -56,3 +60,18 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
     for module in (health, fleet, rollouts, incidents, intake, monitors):
         app.include_router(module.router)
     return app
+
+
+def start_mail_listener(ctx: AppContext) -> MailListener | None:
+    """The inbound mail listener, when ``CPDOPS_SMTP_LISTEN`` is set."""
+    if not ctx.settings.smtp_listen:
+        return None
+    host, port = listen_address(ctx.settings.smtp_listen)
+
+    def created(kind: str) -> None:
+        ctx.incidents.created.labels(type=kind, source="email").inc()
+
+    handler = IntakeHandler(ctx.factory, system_id=ctx.settings.system_id, on_created=created)
+    listener = MailListener(handler, host, port, max_bytes=ctx.settings.smtp_max_bytes)
+    listener.start()
+    return listener

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,5 +65,41 @@ class Settings(BaseSettings):
             "unset or empty: the intake answers 503"
         ),
     )
+    telegram_secret: SecretStr | None = Field(
+        default=None,
+        description=(
+            "secret of the Telegram bot webhook intake: the `secret_token` given to setWebhook, "
+            "sent back in `X-Telegram-Bot-Api-Secret-Token` (1-256 of A-Z a-z 0-9 _ -); "
+            "unset or empty: the intake answers 503"
+        ),
+    )
+    smtp_listen: str | None = Field(
+        default=None,
+        description=(
+            "host:port where `cpdops serve` takes inbound mail (SMTP), e.g. 127.0.0.1:2525; "
+            "unset: no listener"
+        ),
+    )
+    smtp_max_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="the largest inbound mail the SMTP listener accepts (SIZE), in bytes",
+    )
     run_monitors: bool = True
     run_scheduler: bool = True
+
+    @field_validator("smtp_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value:
+            listen_address(value)
+        return value or None
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) → (host, port); ValueError when it is not one."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port, e.g. 127.0.0.1:2525")
+    return host, int(port)

@@ -265,6 +265,22 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class IntakeReceipt(Base):
+    """One message an intake has taken in (a Telegram ``update_id``, a mail's ``Message-ID``):
+    the unique ``(source, external_id)`` makes intake exactly-once when a sender retries.
+    ``sender`` (a chat id, a mail address) lets the same sender follow up on its own tickets."""
+
+    __tablename__ = "intake_receipts"
+    __table_args__ = (UniqueConstraint("source", "external_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    external_id: Mapped[str] = mapped_column(String(255))
+    incident_number: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    sender: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class MonitorRecord(Base):
     """A monitor's last known state; written on every status change (not every check)."""
 

@@ -213,6 +213,7 @@ def test_create_ticket_numbers_unique_under_concurrency(store: sessionmaker[Sess
 
 def test_migration_0005_up_and_down_keeps_tickets(db_url: str) -> None:
     from alembic import command
+    from alembic.script import ScriptDirectory
     from sqlalchemy import inspect
 
     from orchestrator.db.migrate import alembic_config, current_revision
@@ -223,7 +224,8 @@ def test_migration_0005_up_and_down_keeps_tickets(db_url: str) -> None:
     with session_scope(factory) as s:
         number = _open(s, "tenant:old").number
     upgrade(engine)
-    assert current_revision(engine) == "0006"
+    head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
+    assert head is not None and current_revision(engine) == head
     with session_scope(factory) as s:
         inc = get_by_number(s, number)
         assert inc.attachments == [] and inc.children == []

@@ -1,9 +1,10 @@
-"""Webhook intakes: ``POST /api/v1/intake/alertmanager`` (Alertmanager webhook v4)."""
+"""Webhook intakes: ``POST /api/v1/intake/alertmanager`` (Alertmanager webhook v4) and
+``POST /api/v1/intake/telegram`` (a Telegram bot's webhook ``Update``)."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import CtxDep
+from orchestrator.incidents import telegram
 from orchestrator.incidents.alertmanager import (
     MAX_BODY_BYTES,
     SOURCE,
@@ -127,4 +129,104 @@ async def alertmanager(ctx: CtxDep, request: Request) -> AlertmanagerIntakeOut:
         joined=result.joined,
         resolved=result.resolved,
         ignored=result.ignored,
+    )
+
+
+# --------------------------------------------------------------------------- Telegram
+
+TELEGRAM_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+TELEGRAM_SCHEMA = _inline(telegram.TelegramUpdate.model_json_schema(by_alias=True))
+
+
+class TelegramIntakeOut(BaseModel):
+    action: Literal["created", "commented", "duplicate", "ignored"] = Field(
+        description="created: a new ticket; commented: a customer comment on `ticket`; "
+        "duplicate: this update_id was taken in before; ignored: not a message to keep"
+    )
+    ticket: str | None = Field(default=None, description="the ticket's number")
+    attachment: int | None = Field(default=None, description="id of the stored photo/document")
+    note: str | None = Field(default=None, description="why a file could not be kept")
+
+
+def check_telegram_secret(ctx: CtxDep, request: Request) -> None:
+    secret = ctx.settings.telegram_secret
+    expected = secret.get_secret_value() if secret is not None else ""
+    if not expected:
+        raise HTTPException(
+            status_code=503,
+            detail="the Telegram intake is disabled: set CPDOPS_TELEGRAM_SECRET",
+        )
+    given = request.headers.get(TELEGRAM_HEADER, "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status_code=403,
+            detail=f"missing or wrong {TELEGRAM_HEADER} (the webhook's secret_token)",
+        )
+
+
+@router.post(
+    "/telegram",
+    response_model=TelegramIntakeOut,
+    summary="Telegram bot webhook: a customer's message opens a ticket or comments one",
+    description=(
+        "The URL given to the Bot API's `setWebhook` (with `secret_token` = "
+        '`CPDOPS_TELEGRAM_SECRET`, `allowed_updates: ["message"]`). Authenticated by the '
+        f"header `{TELEGRAM_HEADER}` (compared in constant time): 403 when missing or wrong, "
+        "503 when no secret is configured. A `message` whose text or caption names "
+        "`[Ticket#<number>]` or `#<number>` of a ticket of the chat's tenant (the tenant with "
+        "a contact `telegram_chat_id` equal to `chat.id`), or of one this chat opened or "
+        "commented, or that replies to such a message, is a customer comment on it (reopening "
+        "an `awaiting_info` or `solution_provided` ticket); any other message with text, a "
+        "photo or a document opens a `consultation` ticket (subject: its first line; an unknown "
+        "chat's ticket has no tenant). The largest photo size or the document is fetched "
+        "through the Bot API (`getFile`) of the fleet file's `telegram` notifier and attached "
+        "(at most 10 MiB; one that cannot be fetched is noted on the timeline). Each "
+        "`update_id` is taken in once: a retried update answers `duplicate`. Other update "
+        "kinds, `/start`, `/help` and messages with nothing to keep answer `ignored`. "
+        "413 over 1 MiB, 422 names the malformed field."
+    ),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": TELEGRAM_SCHEMA,
+                    "example": {
+                        "update_id": 815000001,
+                        "message": {
+                            "message_id": 42,
+                            "from": {"id": 1001, "first_name": "Ivan", "username": "ivanov"},
+                            "chat": {"id": 1001, "type": "private"},
+                            "date": 1796112000,
+                            "text": "Calls to 204 drop\nSince 10:00 every call drops after 30 s",
+                        },
+                    },
+                }
+            },
+        }
+    },
+    responses={
+        403: {"description": f"missing or wrong {TELEGRAM_HEADER}"},
+        413: {"description": "body over 1 MiB"},
+        422: {"description": "malformed update; `detail[].loc` names the field"},
+        503: {"description": "intake disabled (no CPDOPS_TELEGRAM_SECRET)"},
+    },
+)
+async def telegram_update(ctx: CtxDep, request: Request) -> TelegramIntakeOut:
+    check_telegram_secret(ctx, request)
+    raw = await read_limited(request, telegram.MAX_BODY_BYTES)
+    try:
+        update = telegram.TelegramUpdate.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from exc
+
+    def created(kind: str) -> None:
+        ctx.incidents.created.labels(type=kind, source=telegram.SOURCE).inc()
+
+    result = await run_in_threadpool(
+        telegram.ingest, ctx.factory, update, system_id=ctx.settings.system_id, on_created=created
+    )
+    return TelegramIntakeOut(
+        action=result.action, ticket=result.ticket, attachment=result.attachment, note=result.note
     )
