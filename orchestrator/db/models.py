@@ -281,6 +281,21 @@ class IntakeReceipt(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class RemoteTicket(Base):
+    """A ticket of ours as a remote desk knows it (the OTRS/Znuny notifier): one remote
+    ticket per notifier and ticket, created by its first notification, updated by the rest."""
+
+    __tablename__ = "remote_tickets"
+    __table_args__ = (UniqueConstraint("notifier", "incident_number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notifier: Mapped[str] = mapped_column(String(63))
+    incident_number: Mapped[str] = mapped_column(String(32), index=True)
+    remote_id: Mapped[str] = mapped_column(String(64))
+    remote_number: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class MonitorRecord(Base):
     """A monitor's last known state; written on every status change (not every check)."""
 

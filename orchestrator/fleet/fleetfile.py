@@ -92,6 +92,9 @@ REDACTED = "***"
 Ring = Literal["internal", "canary", "early", "general", "late"]
 Language = Literal["ru", "en"]
 Channel = Literal["email", "telegram", "webhook", "otrs"]
+TicketStatus = Literal["new", "open", "awaiting_info", "solution_provided", "closed"]
+TicketType = Literal["incident", "mass_incident", "consultation", "development_request"]
+TicketPriority = Literal["low", "normal", "high", "critical"]
 Loc: TypeAlias = tuple[str | int, ...]
 Problem: TypeAlias = tuple[str, int | None, str]  # (key path, line, message)
 
@@ -689,6 +692,17 @@ class OtrsNotifier(_Spec):
     user_login: Text
     password: SecretText
     queue: Text
+    # CustomerUser of a ticket whose tenant has no contact e-mail (a mass incident).
+    customer_user: Text | None = None
+    # Dynamic fields (Text) that hold our idempotency key and our ticket number.
+    key_field: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] = "CpdopsKey"
+    number_field: Annotated[str, Field(pattern=r"^[A-Za-z0-9]+$")] = "CpdopsTicketNumber"
+    # Overrides of the maps to the desk's names (docs/incidents.md lists the defaults).
+    states: dict[TicketStatus, Text] = Field(default_factory=dict)
+    types: dict[TicketType, Text] = Field(default_factory=dict)
+    priorities: dict[TicketPriority, Text] = Field(default_factory=dict)
+    # How long a pending state («Решение предоставлено», awaiting info) waits in Znuny.
+    pending_for: PositiveDuration = 7 * 86400.0
 
 
 NOTIFIER_KINDS: Mapping[str, type[_Spec]] = types.MappingProxyType(

@@ -2,13 +2,20 @@
 
 * ``enqueue_event`` runs inside the transaction of the ticket change (``tickets.add_event``
   calls it), so a change that rolls back leaves no notification and a committed one always
-  has its rows. One row per channel and recipient; its ``dedup_key``
-  ``<channel>:<recipient>:<ticket number>:<event id>`` makes a second enqueue a no-op.
+  has its rows. One row per channel and recipient (``recipients``: a contact's address, the
+  tenant for ``webhook``, the ticket for ``otrs``), and per part of a text too long for one
+  message (``CHANNEL_PARTS``); its ``dedup_key``
+  ``<channel>:<recipient>:<ticket number>:<event id>[.<part>]`` makes a second enqueue a no-op.
 * ``deliver_due`` claims due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a conditional
   UPDATE on SQLite), sends each through the channel's notifier and marks it ``sent``; a
   failure schedules a retry with exponential back-off (``backoff``), and after
   ``max_attempts`` the row is ``dead``. A claim is a lease: a row held by a process that died
   is due again when the lease ends.
+* A row goes out only after the earlier rows of its channel, recipient and ticket (so a
+  ticket's updates never overtake its creation), and not sooner than ``CHANNEL_PACE_S`` after
+  the last one to the same recipient. A row held back by either, or by a notifier raising
+  :class:`Deferred` (a server's "retry after N s"), is due again then **without** the attempt
+  counting towards ``dead``.
 
 The back-off and the message text (``render``) are pure functions; the notifiers live in
 ``orchestrator.incidents.notifiers`` and are found through ``NOTIFIERS`` and ``CHANNEL_KINDS``.
@@ -23,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,8 +66,9 @@ def backoff(
     return max(0.0, delay * (1 + jitter * (2 * rand() - 1)))
 
 
-def dedup_key(channel: str, recipient: str, number: str, event_id: int) -> str:
-    return f"{channel}:{recipient}:{number}:{event_id}"[:255]
+def dedup_key(channel: str, recipient: str, number: str, event_id: int, part: int = 1) -> str:
+    suffix = f".{part}" if part > 1 else ""
+    return f"{channel}:{recipient}:{number}:{event_id}"[: 255 - len(suffix)] + suffix
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,9 @@ _TEXT = {
 }
 
 
-def render(payload: Mapping[str, Any]) -> Rendered:
-    """The notification's subject and plain-text body, in the tenant's language (ru or en)."""
+def render(payload: Mapping[str, Any], *, footer: bool = True) -> Rendered:
+    """The notification's subject and plain-text body, in the tenant's language (ru or en).
+    ``footer`` adds how to reply by e-mail (only mail has that)."""
     lang = "ru" if payload.get("language") == "ru" else "en"
     text = _TEXT[lang]
     number = str(payload["number"])
@@ -114,7 +123,8 @@ def render(payload: Mapping[str, Any]) -> Rendered:
     comment = str(payload.get("comment") or "").strip()
     if comment:
         lines += ["", text["solution_text" if kind == "solution" else "comment"], comment]
-    lines += ["", "--", text["footer"].format(number=number)]
+    if footer:
+        lines += ["", "--", text["footer"].format(number=number)]
     return Rendered(subject=f"[Ticket#{number}] {payload['subject']}", body="\n".join(lines) + "\n")
 
 
@@ -136,17 +146,32 @@ def _tenants_of(session: Session, incident: Incident) -> list[str]:
 
 def recipients(tenant: Tenant) -> list[tuple[str, str, str]]:
     """(channel, recipient, contact name) for each of the tenant's channels that has a
-    notifier kind in ``CHANNEL_KINDS`` and each contact reachable on it."""
+    notifier kind in ``CHANNEL_KINDS``: each contact reachable on it (``CHANNEL_ADDRESS``),
+    or one per tenant (``webhook``: the tenant's slug) or one per ticket (``otrs``: every
+    tenant of a mass incident gives the same row, deduplicated by its key)."""
     out = []
     for channel in tenant.channels or []:
+        if channel not in CHANNEL_KINDS:
+            continue
+        if channel in PER_TENANT_CHANNELS:
+            out.append((channel, tenant.slug, tenant.name))
+            continue
+        if channel in PER_TICKET_CHANNELS:
+            out.append((channel, PER_TICKET_RECIPIENT, ""))
+            continue
         address_key = CHANNEL_ADDRESS.get(channel)
-        if address_key is None or channel not in CHANNEL_KINDS:
+        if address_key is None:
             continue
         for contact in tenant.contacts or []:
             address = contact.get(address_key)
             if address:
                 out.append((channel, str(address), str(contact.get("name", ""))))
     return list(dict.fromkeys(out))
+
+
+def _parts(channel: str, payload: Mapping[str, Any]) -> int:
+    counter = CHANNEL_PARTS.get(channel)
+    return max(1, counter(payload)) if counter is not None else 1
 
 
 def enqueue_event(session: Session, incident: Incident, event: IncidentEvent) -> int:
@@ -165,35 +190,41 @@ def enqueue_event(session: Session, incident: Incident, event: IncidentEvent) ->
     now = datetime.now(UTC)
     for tenant in tenants:
         for channel, recipient, name in recipients(tenant):
-            payload = {
+            payload: dict[str, Any] = {
                 "number": incident.number,
                 "subject": incident.subject,
                 "type": incident.type,
                 "status": incident.status,
+                "priority": incident.priority,
                 "kind": event.kind,
                 "comment": event.body if event.kind != "created" else incident.description,
                 "language": tenant.language,
                 "tenant": tenant.slug,
+                "ticket_tenant": incident.tenant,
                 "contact_name": name,
                 "event_id": event.id,
             }
-            stmt = (
-                ins(OutboxMessage)
-                .values(
-                    dedup_key=dedup_key(channel, recipient, incident.number, event.id),
-                    created_at=now,
-                    channel=channel,
-                    recipient=recipient,
-                    tenant=tenant.slug,
-                    incident_number=incident.number,
-                    payload=payload,
-                    state="pending",
-                    attempts=0,
-                    next_attempt_at=now,
+            parts = _parts(channel, payload)
+            for part in range(1, parts + 1):
+                key = dedup_key(channel, recipient, incident.number, event.id, part)
+                extra = {"part": part, "parts": parts} if parts > 1 else {}
+                stmt = (
+                    ins(OutboxMessage)
+                    .values(
+                        dedup_key=key,
+                        created_at=now,
+                        channel=channel,
+                        recipient=recipient,
+                        tenant=tenant.slug,
+                        incident_number=incident.number,
+                        payload={**payload, **extra, "dedup_key": key},
+                        state="pending",
+                        attempts=0,
+                        next_attempt_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=[OutboxMessage.dedup_key])
                 )
-                .on_conflict_do_nothing(index_elements=[OutboxMessage.dedup_key])
-            )
-            added += session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
+                added += session.execute(stmt).rowcount or 0  # type: ignore[attr-defined]
     if added:
         log.info("outbox enqueued number=%s kind=%s rows=%s", incident.number, event.kind, added)
     return added
@@ -213,28 +244,86 @@ class Notification:
 
 
 class OutboundNotifier(Protocol):
-    """A channel's sender; raise on failure (the outbox retries), return when delivered."""
+    """A channel's sender; raise on failure (the outbox retries), raise :class:`Deferred` to
+    be tried again later without counting an attempt, return when delivered."""
 
     def send(self, notification: Notification) -> None: ...
 
 
-def _smtp_factory(settings: Mapping[str, Any]) -> OutboundNotifier:
+class Deferred(Exception):
+    """Not now, and not a failure: try again in ``delay_s`` (the attempt does not count)."""
+
+    def __init__(self, reason: str, delay_s: float) -> None:
+        super().__init__(reason)
+        self.delay_s = max(0.0, delay_s)
+
+
+@dataclass(frozen=True)
+class NotifierSetup:
+    """What a factory gets: the notifier's fleet-file name and settings, and the store (for
+    a notifier that keeps state of its own, like the Znuny ticket ids)."""
+
+    name: str
+    settings: Mapping[str, Any]
+    store: sessionmaker[Session]
+
+
+def _smtp_factory(setup: NotifierSetup) -> OutboundNotifier:
     from orchestrator.incidents.notifiers.smtp import SmtpMailer
 
-    return SmtpMailer.from_settings(settings)
+    return SmtpMailer.from_settings(setup.settings)
+
+
+def _telegram_factory(setup: NotifierSetup) -> OutboundNotifier:
+    from orchestrator.incidents.notifiers.telegram import TelegramSender
+
+    return TelegramSender.from_settings(setup.settings)
+
+
+def _webhook_factory(setup: NotifierSetup) -> OutboundNotifier:
+    from orchestrator.incidents.notifiers.webhook import WebhookSender
+
+    return WebhookSender.from_settings(setup.settings)
+
+
+def _otrs_factory(setup: NotifierSetup) -> OutboundNotifier:
+    from orchestrator.incidents.notifiers.otrs import ZnunyConnector
+
+    return ZnunyConnector.from_setup(setup)
+
+
+def _telegram_parts(payload: Mapping[str, Any]) -> int:
+    from orchestrator.incidents.notifiers.telegram import message_parts
+
+    return len(message_parts(payload))
 
 
 # Notifier kind (fleet file ``notifiers[].kind``) → factory from the stored settings.
-# Telegram, webhook and OTRS/Znuny plug in here.
-NOTIFIERS: dict[str, Callable[[Mapping[str, Any]], OutboundNotifier]] = {
+NOTIFIERS: dict[str, Callable[[NotifierSetup], OutboundNotifier]] = {
     "smtp": _smtp_factory,
+    "telegram": _telegram_factory,
+    "webhook": _webhook_factory,
+    "otrs": _otrs_factory,
 }
 # Tenant channel → notifier kind, and the contact field that holds the address.
-CHANNEL_KINDS: dict[str, str] = {"email": "smtp"}
+CHANNEL_KINDS: dict[str, str] = {
+    "email": "smtp",
+    "telegram": "telegram",
+    "webhook": "webhook",
+    "otrs": "otrs",
+}
 CHANNEL_ADDRESS: dict[str, str] = {
     "email": "email",
     "telegram": "telegram_chat_id",
 }
+# Channels with one row per tenant (no contact address), and per ticket.
+PER_TENANT_CHANNELS = frozenset({"webhook"})
+PER_TICKET_CHANNELS = frozenset({"otrs"})
+PER_TICKET_RECIPIENT = "ticket"
+# Channel → how many rows (messages) one notification takes.
+CHANNEL_PARTS: dict[str, Callable[[Mapping[str, Any]], int]] = {"telegram": _telegram_parts}
+# Channel → the least seconds between two messages to one recipient (Telegram: ≈1/s per chat).
+CHANNEL_PACE_S: dict[str, float] = {"telegram": 1.0}
 
 
 class NoNotifier(Exception):
@@ -242,7 +331,10 @@ class NoNotifier(Exception):
 
 
 def _notifier_for(
-    session: Session, channel: str, cache: dict[str, OutboundNotifier]
+    session: Session,
+    channel: str,
+    cache: dict[str, OutboundNotifier],
+    store: sessionmaker[Session],
 ) -> OutboundNotifier:
     if channel in cache:
         return cache[channel]
@@ -255,7 +347,7 @@ def _notifier_for(
     ).first()
     if row is None:
         raise NoNotifier(f"no {kind} notifier in the fleet file (channel {channel})")
-    cache[channel] = factory(row.settings)
+    cache[channel] = factory(NotifierSetup(row.name, dict(row.settings), store))
     return cache[channel]
 
 
@@ -267,6 +359,7 @@ class DeliveryReport:
     sent: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)
     dead: list[int] = field(default_factory=list)
+    deferred: list[int] = field(default_factory=list)  # held back, the attempt not counted
 
 
 def _claim(
@@ -298,6 +391,44 @@ def _claim(
     return claimed
 
 
+def _held_until(
+    s: Session,
+    note: Notification,
+    now: datetime,
+    hold: Mapping[tuple[str, str], datetime],
+) -> tuple[datetime, str] | None:
+    """When ``note`` may go at the earliest, and why, if something holds it back: an earlier
+    row of the same channel, recipient and ticket still pending, or the channel's pace."""
+    earlier = s.scalars(
+        select(OutboxMessage.next_attempt_at)
+        .where(
+            OutboxMessage.incident_number == str(note.payload["number"]),
+            OutboxMessage.channel == note.channel,
+            OutboxMessage.recipient == note.recipient,
+            OutboxMessage.state == "pending",
+            OutboxMessage.id < note.id,
+        )
+        .order_by(OutboxMessage.id)
+        .limit(1)
+    ).first()
+    if earlier is not None:  # even if it is due: it has to go first
+        return max(earlier, now + timedelta(seconds=1)), "an earlier one of this ticket is pending"
+    pace = CHANNEL_PACE_S.get(note.channel)
+    if pace is None:
+        return None
+    last = s.scalar(
+        select(func.max(OutboxMessage.sent_at)).where(
+            OutboxMessage.channel == note.channel,
+            OutboxMessage.recipient == note.recipient,
+            OutboxMessage.state == "sent",
+        )
+    )
+    ready = [t for t in (hold.get((note.channel, note.recipient)),) if t is not None]
+    if last is not None:
+        ready.append(last + timedelta(seconds=pace))
+    return (max(ready), f"paced: at most one message per {pace:g} s") if ready else None
+
+
 def deliver_due(
     factory: sessionmaker[Session],
     now: datetime | None = None,
@@ -312,20 +443,45 @@ def deliver_due(
     now = now or datetime.now(UTC)
     report = DeliveryReport()
     notifiers: dict[str, OutboundNotifier] = {}
+    # (channel, recipient) → nothing more to them before this time, in this run.
+    hold: dict[tuple[str, str], datetime] = {}
     for note in _claim(factory, now, owner, lease_s, batch):
         error: str | None = None
+        deferred: Deferred | None = None
         try:
             with factory() as s:
-                notifier = _notifier_for(s, note.channel, notifiers)
+                held = _held_until(s, note, now, hold)
+                if held is not None and held[0] > now:
+                    raise Deferred(held[1], (held[0] - now).total_seconds())
+                notifier = _notifier_for(s, note.channel, notifiers, factory)
             notifier.send(note)
+        except Deferred as exc:
+            deferred = exc
         except Exception as exc:  # any failure of the channel: retry later
             error = f"{type(exc).__name__}: {exc}"[:2000]
+        key = (note.channel, note.recipient)
+        if note.channel in CHANNEL_PACE_S and deferred is None:
+            hold[key] = now + timedelta(seconds=CHANNEL_PACE_S[note.channel])
+        if deferred is not None:
+            hold[key] = max(hold.get(key, now), now + timedelta(seconds=deferred.delay_s))
         with factory() as s, s.begin():
             row = s.get_one(OutboxMessage, note.id)
             if row.claimed_by != owner or row.state != "pending":
                 continue  # the lease lapsed and another worker took it over
             row.claimed_by = None
-            if error is None:
+            if deferred is not None:
+                row.attempts = max(0, row.attempts - 1)  # the claim counted it: undo
+                row.last_error = f"deferred: {deferred}"[:2000]
+                row.next_attempt_at = now + timedelta(seconds=max(deferred.delay_s, 0.001))
+                report.deferred.append(row.id)
+                log.info(
+                    "outbox deferred id=%s channel=%s for %.1fs: %s",
+                    row.id,
+                    row.channel,
+                    deferred.delay_s,
+                    deferred,
+                )
+            elif error is None:
                 row.state, row.sent_at, row.last_error = "sent", datetime.now(UTC), None
                 report.sent.append(row.id)
                 log.info(
