@@ -116,7 +116,7 @@ def test_every_panel_queries_only_what_cpdops_exports() -> None:
 
 def test_metric_names_of_an_expression() -> None:
     expr = (
-        'histogram_quantile(0.95, sum by (le) (rate(x_bucket{a=~"$t",b="by (c)"}[$__rate_interval])))'
+        'histogram_quantile(0.95, sum by (le) (rate(x_bucket{a=~"$t",b="by (c)"}[$__range])))'
         " / on (host) group_left (tenant) (y offset 5m) > bool 1e9 or vector(0)"
     )
     assert metric_names(expr) == {"x_bucket", "y"}
