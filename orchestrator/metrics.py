@@ -6,26 +6,45 @@ Everything is registered into a :class:`MetricsRegistry` made per app, never the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.db.models import Incident, Rollout, RolloutInstance
+from orchestrator.db.models import Incident, IncidentEvent, Rollout, RolloutInstance
 from orchestrator.incidents.tickets import ACTIVE, TYPES
+
+# Ticket created → its first «Решение предоставлено»: minutes to days.
+SOLUTION_BUCKETS = (
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    4 * 3600.0,
+    8 * 3600.0,
+    86400.0,
+    3 * 86400.0,
+)
 
 
 class StoreCollector(Collector):
-    """Incident and rollout gauges computed from the database at scrape time."""
+    """Incident and rollout metrics computed from the database at scrape time.
+
+    ``cpdops_incident_solution_seconds{type}`` is a histogram of the time from a ticket's
+    creation to its first ``solution_provided``, over every ticket solved so far (a later reopen
+    does not move it back, so it only grows, as a histogram must).
+    """
 
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self._factory = factory
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | HistogramMetricFamily]:
         open_by_type = GaugeMetricFamily(
             "cpdops_incidents_open", "Active tickets by type", labels=["type"]
         )
@@ -48,12 +67,50 @@ class StoreCollector(Collector):
                 .where(RolloutInstance.rollout_id.in_(select(recent.c.id)))
                 .group_by(RolloutInstance.rollout_id, RolloutInstance.state)
             ).all()
+            solved = s.execute(
+                select(Incident.id, Incident.type, Incident.created_at, IncidentEvent.at)
+                .join(IncidentEvent, IncidentEvent.incident_id == Incident.id)
+                .where(
+                    IncidentEvent.kind.in_(("solution", "status")),
+                    IncidentEvent.data["to"].as_string() == "solution_provided",
+                )
+                .order_by(IncidentEvent.at)
+            ).all()
         for t in TYPES:
             open_by_type.add_metric([t], float(counts.get(t, 0)))
         for rollout_id, state, n in rows:
             per_state.add_metric([str(rollout_id), state], float(n))
         yield open_by_type
         yield per_state
+        yield _solution_histogram((i, t, c, a) for i, t, c, a in solved)
+
+
+def _solution_histogram(
+    rows: Iterable[tuple[int, str, datetime, datetime]],
+) -> HistogramMetricFamily:
+    """Rows (incident id, type, created_at, solution event at), oldest event first."""
+    first: dict[int, tuple[str, float]] = {}
+    for incident_id, type_, created_at, at in rows:
+        if incident_id not in first:
+            first[incident_id] = (type_, max(0.0, (at - created_at).total_seconds()))
+    by_type: dict[str, list[float]] = {t: [] for t in TYPES}
+    for type_, seconds in first.values():
+        by_type.setdefault(type_, []).append(seconds)
+    family = HistogramMetricFamily(
+        "cpdops_incident_solution_seconds",
+        "Ticket created to its first «Решение предоставлено» (solution_provided), by type",
+        labels=["type"],
+    )
+    for type_, values in by_type.items():
+        buckets = [(_le(b), float(sum(v <= b for v in values))) for b in SOLUTION_BUCKETS]
+        buckets.append(("+Inf", float(len(values))))
+        family.add_metric([type_], buckets, sum_value=sum(values))
+    return family
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client writes ``le`` ("300.0", "+Inf")."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 @runtime_checkable
