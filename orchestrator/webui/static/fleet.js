@@ -104,7 +104,7 @@ export async function fleetPage(view, ctx) {
       "table",
       { id: "fleet-grid", class: "grid" },
       h("caption", { class: "sr-only" }, "Tenants by host, version and status"),
-      h("thead", null, h("tr", null, ["tenant", "ring", "host", "container", "version", "state", "monitors", "uptime 24h"].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", null, h("tr", null, ["tenant", "ring", "host", "container", "version", "state", "monitors", "uptime 24h"].map((t, i) => h("th", { scope: "col", class: i === 7 ? "num" : null }, t)))),
       body,
     ),
   );

@@ -71,7 +71,7 @@ export async function monitorPage(view, ctx, id) {
           h("dd", null, m.tenant),
         )
       : message("info", "This monitor is not in the current list."),
-    table(["window", ...WINDOWS], [h("tr", null, h("th", { scope: "row" }, "uptime"), WINDOWS.map((w) => h("td", { class: "num" }, fmtPct(m?.uptime?.[w]))))], { class: "grid uptime" }),
+    table(["window", ...WINDOWS], [h("tr", null, h("th", { scope: "row" }, "uptime"), WINDOWS.map((w) => h("td", null, fmtPct(m?.uptime?.[w]))))], { class: "grid uptime" }),
     h("nav", { class: "tabs", "aria-label": "History window" }, WINDOWS.map((w) => h("a", { href: href(w), "aria-current": w === window ? "page" : null }, w))),
     h("h2", null, `Latency, last ${window} (uptime ${fmtPct(hist.uptime)})`),
     latencyChart(hist.points, { title: `Latency of ${id}, last ${window}` }),
