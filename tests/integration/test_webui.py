@@ -88,9 +88,11 @@ def test_login_pages_and_customer_text_stays_text(server: str, tmp_path: Path) -
         with launched(chromium) as browser, page_of(browser) as page:
             page.on(
                 "request",
-                lambda r: sent_headers.append(r.headers.get("authorization"))
-                if "/api/v1/" in r.url
-                else None,
+                lambda r: (
+                    sent_headers.append(r.headers.get("authorization"))
+                    if "/api/v1/" in r.url
+                    else None
+                ),
             )
             page.goto(server + "/")
             assert page.get_by_role("heading", name="Log in to cpdops").is_visible()
@@ -181,7 +183,8 @@ def test_postgres_page_shows_a_real_server(tmp_path: Path) -> None:
             log_in(page, base, TOKEN)
             page.goto(base + "/#/postgres")
             card = page.locator("section.pg[data-monitor='acme/db']")
-            card.get_by_text("primary", exact=True).wait_for(timeout=30_000)  # after the first check
+            # shown after the first check
+            card.get_by_text("primary", exact=True).wait_for(timeout=30_000)
             text = card.inner_text()
             assert "up" in text and "connections" in text
             assert "cpdops:" not in text, "the password is never shown"
