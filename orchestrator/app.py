@@ -9,11 +9,20 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from orchestrator.api import errors
-from orchestrator.api.routes import fleet, health, incidents, intake, monitors, rollouts
+from orchestrator.api.routes import (
+    fleet,
+    health,
+    incidents,
+    intake,
+    monitors,
+    postgres,
+    rollouts,
+)
 from orchestrator.context import AppContext, build_context, start_monitors
 from orchestrator.incidents.mail_listener import IntakeHandler, MailListener
 from orchestrator.scheduler import make_scheduler
 from orchestrator.settings import Settings, listen_address
+from orchestrator.webui import mount_webui
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +66,9 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, fleet, rollouts, incidents, intake, monitors):
+    for module in (health, fleet, rollouts, incidents, intake, monitors, postgres):
         app.include_router(module.router)
+    mount_webui(app)
     return app
 
 

@@ -1,0 +1,85 @@
+// DOM helpers. Data from the API only ever becomes text nodes or attribute values: nothing
+// here parses HTML, so customer text (comments, evidence) cannot inject markup or scripts.
+
+/** h("a", {href: "#/x", class: "c", onclick: fn}, "text", child, [more]) */
+export function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs ?? {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on") && typeof value === "function") {
+      el.addEventListener(key.slice(2), value);
+    } else if (key === "class") {
+      el.className = value;
+    } else if (key === "dataset") {
+      Object.assign(el.dataset, value);
+    } else {
+      el.setAttribute(key, value === true ? "" : String(value));
+    }
+  }
+  append(el, children);
+  return el;
+}
+
+export function append(el, children) {
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** Replace the children of `el` (strings become text; arrays are flattened). */
+export function render(el, ...children) {
+  el.replaceChildren();
+  return append(el, children);
+}
+
+/** A link to a page of this UI; the parts are URI-encoded. */
+export function link(text, ...parts) {
+  return h("a", { href: "#/" + parts.map((p) => encodeURIComponent(String(p))).join("/") }, text);
+}
+
+/** "2026-05-01 10:02:03 UTC" from an API time (naive times are UTC). */
+export function fmtTime(value) {
+  if (!value) return "—";
+  const iso = /[zZ]|[+-]\d\d:?\d\d$/.test(value) ? value : value + "Z";
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(value);
+  return d.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+}
+
+export function fmtPct(value) {
+  if (value === null || value === undefined) return "—";
+  const pct = value * 100;
+  return (pct === 100 ? "100" : pct.toFixed(pct >= 99 ? 3 : 2)) + " %";
+}
+
+/** A status badge: class by value, text as given. */
+export function badge(status, text) {
+  return h("span", { class: "badge s-" + String(status).replace(/[^a-z_]/gi, "") }, text ?? status);
+}
+
+/** A <pre> with JSON (as text). */
+export function jsonBlock(value) {
+  return h("pre", { class: "json" }, JSON.stringify(value, null, 2));
+}
+
+export function table(headers, rows, attrs = {}) {
+  return h(
+    "table",
+    attrs,
+    h("thead", null, h("tr", null, headers.map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", null, rows),
+  );
+}
+
+export function message(kind, text) {
+  return h("p", { class: "msg " + kind, role: kind === "error" ? "alert" : "status" }, text);
+}
+
+export function splitList(text) {
+  return String(text)
+    .split(/[\s,]+/)
+    .map((s) => s.trim())
+    .filter(Boolean);
+}

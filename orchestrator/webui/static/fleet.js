@@ -1,0 +1,113 @@
+// Fleet grid: tenant × host × version × status.
+import { api } from "./api.js";
+import { badge, fmtPct, h, link, message, render, table } from "./dom.js";
+
+const WORST = ["down", "pending", "maintenance", "up"];
+
+function worst(monitors) {
+  if (!monitors.length) return null;
+  return WORST.find((s) => monitors.some((m) => m.status === s)) ?? monitors[0].status;
+}
+
+function minUptime(monitors, window) {
+  const values = monitors.map((m) => m.uptime?.[window]).filter((v) => v !== null && v !== undefined);
+  return values.length ? Math.min(...values) : null;
+}
+
+/** One row per instance; a registered tenant without an instance gets a row too. */
+export function fleetRows(tenants, instances, monitors) {
+  const bySlug = new Map(tenants.map((t) => [t.slug, t]));
+  const monitorsOf = new Map();
+  for (const m of monitors) {
+    const key = m.tenant;
+    if (!monitorsOf.has(key)) monitorsOf.set(key, []);
+    monitorsOf.get(key).push(m);
+  }
+  const rows = [];
+  const seen = new Set();
+  for (const i of instances) {
+    seen.add(i.tenant);
+    const mons = (monitorsOf.get(i.tenant) || []).filter((m) => m.host === i.host);
+    rows.push({ tenant: bySlug.get(i.tenant), slug: i.tenant, instance: i, monitors: mons });
+  }
+  for (const t of tenants) {
+    if (!seen.has(t.slug)) rows.push({ tenant: t, slug: t.slug, instance: null, monitors: monitorsOf.get(t.slug) || [] });
+  }
+  rows.sort((a, b) => a.slug.localeCompare(b.slug) || (a.instance?.host ?? "").localeCompare(b.instance?.host ?? ""));
+  return rows;
+}
+
+function rowOf(r) {
+  const i = r.instance;
+  const mon = worst(r.monitors);
+  const container = i ? [badge(i.status), i.health ? [" ", badge(i.health, i.health)] : null] : badge("missing", "no instance");
+  return h(
+    "tr",
+    { dataset: { tenant: r.slug, host: i?.host ?? "" } },
+    h("th", { scope: "row" }, r.slug, r.tenant && r.tenant.name !== r.slug ? h("div", { class: "muted" }, r.tenant.name) : null),
+    h("td", null, r.tenant?.ring ?? "—"),
+    h("td", null, i?.host ?? r.tenant?.host_name ?? "—"),
+    h("td", null, i ? `${i.component} · ${i.name}` : "—"),
+    h("td", { class: "version" }, i?.version ?? "—"),
+    h("td", null, container, i?.rollout ? [" ", link(`rollout ${i.rollout}`, "rollouts", i.rollout)] : null),
+    h("td", null, mon ? [badge(mon), ` ${r.monitors.length}`] : "—"),
+    h("td", { class: "num" }, fmtPct(minUptime(r.monitors, "24h"))),
+  );
+}
+
+export async function fleetPage(view, ctx) {
+  const [tenants, instances, hosts, monitors] = await Promise.all([
+    api("/api/v1/tenants"),
+    api("/api/v1/instances"),
+    api("/api/v1/hosts"),
+    api("/api/v1/monitors"),
+  ]);
+  if (!ctx.alive) return;
+  const rows = fleetRows(tenants, instances.instances, monitors);
+  const body = h("tbody", null, rows.map(rowOf));
+  const filter = h("input", { type: "search", id: "fleet-filter", placeholder: "tenant, host, version, status" });
+  const count = h("span", { class: "muted", "aria-live": "polite" }, `${rows.length} rows`);
+  filter.addEventListener("input", () => {
+    const q = filter.value.trim().toLowerCase();
+    let shown = 0;
+    for (const tr of body.rows) {
+      const hit = !q || tr.textContent.toLowerCase().includes(q);
+      tr.hidden = !hit;
+      if (hit) shown += 1;
+    }
+    count.textContent = `${shown} of ${rows.length} rows`;
+  });
+  const down = monitors.filter((m) => m.status === "down").length;
+  const errors = Object.entries(instances.errors || {});
+  const perHost = new Map();
+  for (const i of instances.instances) perHost.set(i.host, (perHost.get(i.host) || 0) + 1);
+  render(view, 
+    h("h1", null, "Fleet"),
+    h(
+      "p",
+      { class: "summary" },
+      `${tenants.length} tenants · ${instances.instances.length} instances · ${hosts.length} hosts · ${monitors.length} monitors, `,
+      badge(down ? "down" : "up", `${down} down`),
+    ),
+    errors.map(([host, reason]) => message("error", `host ${host}: ${reason}`)),
+    h(
+      "details",
+      { class: "hosts" },
+      h("summary", null, "Hosts"),
+      table(
+        ["host", "engine", "instances", "TLS"],
+        hosts.map((x) => h("tr", null, h("th", { scope: "row" }, x.name), h("td", null, x.url), h("td", { class: "num" }, perHost.get(x.name) || 0), h("td", null, x.tls ? "yes" : "no"))),
+      ),
+    ),
+    h("div", { class: "toolbar" }, h("label", { for: "fleet-filter" }, "Filter "), filter, " ", count),
+    h(
+      "table",
+      { id: "fleet-grid", class: "grid" },
+      h("caption", { class: "sr-only" }, "Tenants by host, version and status"),
+      h("thead", null, h("tr", null, ["tenant", "ring", "host", "container", "version", "state", "monitors", "uptime 24h"].map((t, i) => h("th", { scope: "col", class: i === 7 ? "num" : null }, t)))),
+      body,
+    ),
+  );
+  performance.mark("cpdops:fleet-rendered");
+  document.body.dataset.fleetRendered = String(rows.length);
+}
