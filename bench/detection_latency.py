@@ -384,10 +384,14 @@ def summary(rows: list[dict[str, Any]], thresholds: list[int], interval: float) 
         if not mine:
             continue
         print(f"-- cpdops failure_threshold={th} ({len(mine)} rounds)")
-        keys = ["cpdops_mass_s", *sorted(k for k in mine[0] if k.endswith("s_s"))]
+        pipeline = sorted(k for k in mine[0] if "/" in k and k.endswith("_s"))
+        keys = ["cpdops_mass_s", *pipeline, "stop_calls_s"]
         for key in keys:
             values = [r[key] for r in mine]
             print(f"   {key:36} median {median(values):6.2f}  max {max(values):6.2f}")
+        for r in rows:
+            if r.get("threshold") == th and "detection_metric" in r:
+                print("   /metrics: " + "; ".join(r["detection_metric"]))
 
 
 def main() -> None:
