@@ -49,6 +49,9 @@ class StateChange:
     result: ProbeResult | None
     reason: str
     at: datetime
+    # When the first failing check of the current streak started (None when the last check
+    # passed): a DOWN's detection time is ``at - failing_since`` plus the ticket's commit.
+    failing_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,15 @@ class MonitorView:
 class _Monitor:
     """Mutable per-monitor record. Written on the loop under the engine lock."""
 
-    __slots__ = ("last_change_at", "last_result", "probe_count", "spec", "state", "task")
+    __slots__ = (
+        "failing_since",
+        "last_change_at",
+        "last_result",
+        "probe_count",
+        "spec",
+        "state",
+        "task",
+    )
 
     def __init__(self, spec: MonitorSpec) -> None:
         self.spec = spec
@@ -78,6 +89,7 @@ class _Monitor:
         self.last_result: ProbeResult | None = None
         self.last_change_at: datetime | None = None
         self.probe_count = 0
+        self.failing_since: datetime | None = None  # start of the first check of the streak
         self.task: asyncio.Task[None] | None = None
 
 
@@ -429,12 +441,18 @@ class MonitorEngine:
             )
             mon.last_result = result
             mon.probe_count += 1
+            if mon.state.consecutive_failures == 1:
+                mon.failing_since = result.at
+            elif mon.state.consecutive_failures == 0:
+                mon.failing_since = None
             status = mon.state.status
             changed = status != old.status
             if changed:
                 now = datetime.now(UTC)
                 mon.last_change_at = now
-                change = StateChange(spec, old.status, status, result, result.reason, now)
+                change = StateChange(
+                    spec, old.status, status, result, result.reason, now, mon.failing_since
+                )
         if self._on_result is not None:
             try:
                 self._on_result(spec, result, status)

@@ -29,6 +29,7 @@ from orchestrator.fleet.fleetfile import parse_duration, resolve_secret
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import DockerHost
 from orchestrator.incidents.engine import IncidentEngine
+from orchestrator.incidents.evidence import HostEvidence
 from orchestrator.metrics import MetricsRegistry, StoreCollector, make_registry
 from orchestrator.monitor_history import flush
 from orchestrator.settings import Settings
@@ -59,6 +60,7 @@ class AppContext:
             self.monitors.stop()
         if self.history is not None:
             flush(self.factory, self.history)
+        self.incidents.close()
         self.hosts.close()
         self.engine.dispose()
 
@@ -70,7 +72,12 @@ def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
     factory = make_session_factory(engine)
     registry = make_registry()
     hosts = HostRegistry(factory, settings.local_docker_url, pull=settings.pull_policy == "missing")
-    incidents = IncidentEngine(factory, system_id=settings.system_id, registry=registry)
+    incidents = IncidentEngine(
+        factory,
+        system_id=settings.system_id,
+        registry=registry,
+        container_evidence=HostEvidence(hosts),
+    )
     executor = RolloutExecutor(
         factory,
         hosts,

@@ -25,6 +25,7 @@ from orchestrator.fleet.discovery import KEPT_MARKER
 from orchestrator.fleet.fleetfile import resolve_secret
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import PREVIOUS_IMAGE_LABEL, ROLLOUT_LABEL, DockerHost
+from orchestrator.incidents.evidence import LOG_LINES, container_state, log_excerpt
 from rollouts import dbsafety, decide
 from rollouts.gates import GateResult, http_gate
 from rollouts.journal import Journal
@@ -318,7 +319,15 @@ class InstanceWorker:
     def _gate_failed(
         self, job: InstanceJob, host: DockerHost, new_id: str, result: GateResult
     ) -> None:
-        evidence = {"step": "gate", **_evidence(result), "logs": _safe_logs(host, new_id)}
+        # The failed container's state and logs, read before _restore removes it.
+        evidence = {
+            "step": "gate",
+            **_evidence(result),
+            "passes": result.passes,
+            "attempts": result.attempts,
+            "container": _safe_state(host, new_id),
+            "logs": _safe_logs(host, new_id),
+        }
         self._restore(job, new_id, result.reason, final=decide.FAILED)
         self._report(job, result.reason, evidence)
 
@@ -556,8 +565,26 @@ class InstanceWorker:
     def _report(self, job: InstanceJob, reason: str, evidence: dict[str, Any]) -> None:
         from rollouts.executor import RolloutFailure
 
+        with self._factory() as s:
+            row = s.get(RolloutInstance, job.instance_id)
+            old_image = row.old_image if row is not None else None
+        instance = {
+            "id": job.instance_id,
+            "container": job.name,
+            "old_image": old_image,
+            "old_version": job.old_version,
+            "image": job.image,
+            "target_version": job.target_version,
+        }
         self._report_fn(
-            RolloutFailure(job.rollout_id, job.image, job.tenant, job.host, reason, evidence)
+            RolloutFailure(
+                job.rollout_id,
+                job.image,
+                job.tenant,
+                job.host,
+                reason,
+                {"instance": instance, **evidence},
+            )
         )
 
 
@@ -578,6 +605,13 @@ def _evidence(result: GateResult) -> dict[str, Any]:
 
 def _safe_logs(host: DockerHost, container_id: str) -> str:
     try:
-        return host.logs(container_id, tail=20)[-2000:]
+        return log_excerpt(host.logs(container_id, tail=LOG_LINES))
     except DockerError as exc:
         return f"(logs unavailable: {exc})"
+
+
+def _safe_state(host: DockerHost, container_id: str) -> dict[str, Any]:
+    try:
+        return container_state(host.inspect(container_id))
+    except DockerError as exc:
+        return {"error": str(exc)}

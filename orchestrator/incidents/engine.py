@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,7 +38,9 @@ from orchestrator.incidents.correlation import (
     pick_open,
     recent,
 )
+from orchestrator.incidents.evidence import ContainerEvidence
 from orchestrator.incidents.recovery import verify_recovery
+from orchestrator.incidents.redact import redact, redact_text
 from orchestrator.incidents.tickets import add_event, open_or_join
 from orchestrator.incidents.workflow import ACTIVE
 from rollouts.executor import RolloutFailure
@@ -74,6 +77,7 @@ class IncidentEngine:
         system_id: str,
         registry: CollectorRegistry,
         clock: Clock = utc_now,
+        container_evidence: ContainerEvidence | None = None,
     ) -> None:
         self._factory = factory
         self._system_id = system_id
@@ -84,6 +88,29 @@ class IncidentEngine:
             ["type", "source"],
             registry=registry,
         )
+        self.detection = Histogram(
+            "cpdops_detection_seconds",
+            "Failure (the first failing check of the streak) to the ticket committed, for "
+            "tickets opened by a monitor DOWN and mass incidents opened by its correlation",
+            ["type"],
+            buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        # Container state and logs are fetched after the ticket is committed, on their own
+        # thread: a slow Docker engine never delays a ticket nor the monitor notifications.
+        self._container_evidence = container_evidence
+        self._evidence_pool: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpdops-evidence")
+            if container_evidence is not None
+            else None
+        )
+
+    def close(self) -> None:
+        """Stop the evidence thread (evidence not fetched yet is dropped)."""
+        if self._evidence_pool is not None:
+            self._evidence_pool.shutdown(wait=False, cancel_futures=True)
+        if self._container_evidence is not None:
+            self._container_evidence.close()
 
     # --- monitors -------------------------------------------------------------------------
     def on_monitor_change(self, change: StateChange) -> None:
@@ -108,15 +135,15 @@ class IncidentEngine:
                 log.info("DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant)
                 return
             target = public_target(spec.target)
-            evidence = monitor_evidence(change)
+            evidence = redact(monitor_evidence(change))
             with session_scope(self._factory) as s:
                 incident, created = open_or_join(
                     s,
                     system_id=self._system_id,
                     open_key=f"tenant:{spec.tenant}",
                     type="incident",
-                    subject=f"{spec.tenant}: {spec.name} is DOWN ({reason})",
-                    description=(
+                    subject=redact_text(f"{spec.tenant}: {spec.name} is DOWN ({reason})"),
+                    description=redact_text(
                         f"Monitor {spec.name} ({spec.kind} {target}) on host {spec.host} "
                         f"went DOWN: {reason}."
                     ),
@@ -125,11 +152,16 @@ class IncidentEngine:
                     tenant=spec.tenant,
                     evidence=evidence,
                 )
-                number = incident.number
+                number, incident_id = incident.number, incident.id
             if created:
                 self.created.labels(type="incident", source="monitor").inc()
+                self._observe_detection("incident", change)
+                if spec.kind != "postgres":  # its host is the database server, not Docker
+                    self._fetch_container_evidence(incident_id, spec.host, spec.tenant)
             log.info("monitor DOWN monitor=%s tenant=%s incident=%s", spec.id, spec.tenant, number)
-            self.correlate()
+            _number, opened = self._correlate()
+            if opened:
+                self._observe_detection("mass_incident", change)
         elif change.new == MonitorStatus.UP and was_down:
             with session_scope(self._factory) as s:
                 incident_row = s.scalars(
@@ -149,6 +181,41 @@ class IncidentEngine:
                             "up_since": now.isoformat(),
                         },
                     )
+
+    def _observe_detection(self, type: str, change: StateChange) -> None:
+        if change.failing_since is not None:
+            seconds = (self._clock() - change.failing_since).total_seconds()
+            self.detection.labels(type=type).observe(max(seconds, 0.0))
+
+    def _fetch_container_evidence(self, incident_id: int, host: str, tenant: str) -> None:
+        if self._evidence_pool is None:
+            return
+        try:
+            self._evidence_pool.submit(self._attach_container_evidence, incident_id, host, tenant)
+        except RuntimeError:  # shut down
+            log.info("container evidence skipped (stopping) tenant=%s", tenant)
+
+    def _attach_container_evidence(self, incident_id: int, host: str, tenant: str) -> None:
+        """The tenant's containers on ``host`` (state, log excerpt) as an ``evidence`` entry;
+        a failure to fetch them is noted in the entry, never raised."""
+        assert self._container_evidence is not None
+        try:
+            data = self._container_evidence(host, tenant)
+        except Exception as exc:  # noted, not fatal: the ticket exists already
+            log.warning("container evidence failed tenant=%s host=%s: %s", tenant, host, exc)
+            data = {"host": host, "error": f"{type(exc).__name__}: {exc}"}
+        with session_scope(self._factory) as s:
+            incident = s.get(Incident, incident_id)
+            if incident is None:
+                return
+            add_event(
+                s,
+                incident,
+                author=AUTHOR,
+                kind="evidence",
+                body=f"Container state and logs of {tenant} on {host}",
+                data=redact(jsonable(data)),
+            )
 
     def _under_rollout(self, tenant: str, host: str) -> bool:
         with self._factory() as s:
@@ -171,6 +238,10 @@ class IncidentEngine:
         once: its key is stable and unique). Everything is read from the store, so repeated
         deliveries, a restart or a second replica find the same state. Returns the number of
         the mass incident that got children, if any."""
+        return self._correlate()[0]
+
+    def _correlate(self) -> tuple[str | None, bool]:
+        """:meth:`correlate`, and whether it opened the mass incident (committed on return)."""
         now = self._clock()
         with session_scope(self._factory) as s:
             _one_writer(s)
@@ -189,10 +260,10 @@ class IncidentEngine:
                 if inc.tenant is not None
             }
             if not orphans:
-                return None
+                return None, False
             failures = recent(self._failures(s, set(orphans)), th.window_s, now)
             if not failures:
-                return None
+                return None, False
             linked: Incident | None = None
             masses = {
                 m.open_key: m
@@ -216,16 +287,17 @@ class IncidentEngine:
                 self._link(s, linked, orphans.pop(f.tenant))
             rest = [f for f in rest if f.tenant in orphans]
             if not rest:
-                return linked.number if linked is not None else None
+                return (linked.number if linked is not None else None), False
             per_host, per_server = self._tenant_counts(s)
             decision = decide_mass(rest, per_host, per_server, th, now)
+            created = False
             if decision is not None:
-                linked = self._open_mass(s, decision, now)
+                linked, created = self._open_mass(s, decision, now)
                 for tenant in decision.tenants:
                     child = orphans.pop(tenant, None)
                     if child is not None:
                         self._link(s, linked, child)
-            return linked.number if linked is not None else None
+            return (linked.number if linked is not None else None), created
 
     def _failures(self, s: Session, tenants: set[str]) -> list[Failure]:
         rows = s.scalars(
@@ -264,7 +336,9 @@ class IncidentEngine:
             {k: len(v) for k, v in servers.items()},
         )
 
-    def _open_mass(self, s: Session, decision: MassDecision, now: datetime) -> Incident:
+    def _open_mass(
+        self, s: Session, decision: MassDecision, now: datetime
+    ) -> tuple[Incident, bool]:
         incident, created = open_or_join(
             s,
             system_id=self._system_id,
@@ -293,7 +367,7 @@ class IncidentEngine:
                 decision.key,
                 len(decision.tenants),
             )
-        return incident
+        return incident, created
 
     @staticmethod
     def _link(s: Session, mass: Incident, child: Incident) -> None:
@@ -359,7 +433,9 @@ class IncidentEngine:
                 source="rollout",
                 tenant=None,
                 rollout_id=failure.rollout_id,
-                evidence={"tenant": failure.tenant, "host": failure.host, **failure.evidence},
+                evidence=redact(
+                    jsonable({"tenant": failure.tenant, "host": failure.host, **failure.evidence})
+                ),
             )
         if created:
             self.created.labels(type="mass_incident", source="rollout").inc()

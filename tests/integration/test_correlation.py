@@ -315,3 +315,39 @@ def test_mass_incident_notice_reaches_every_linked_tenant_once(
             )
         ).all()
     assert sorted(notices) == sorted(f"ops@{t}.example" for t in TENANTS)
+
+
+def test_detection_seconds_from_the_first_failing_check(store: sessionmaker[Session]) -> None:
+    """Each DOWN that opens a ticket observes failure → ticket: from its streak's first failing
+    check (here 2 s before the DOWN, on the frozen clock) to the commit; the DOWN whose
+    correlation opens the mass incident observes that too; a DOWN that joins observes nothing."""
+    clock = Clock()
+    registry = CollectorRegistry()
+    engine = IncidentEngine(store, system_id="01", registry=registry, clock=clock)
+
+    def down(tenant: str) -> StateChange:
+        first_failure = clock() - timedelta(seconds=2)
+        return replace(
+            change(tenant, MonitorStatus.PENDING, MonitorStatus.DOWN, clock()),
+            failing_since=first_failure,
+        )
+
+    for tenant in TENANTS[:3]:  # min_tenants (3): the third DOWN opens the mass incident
+        clock.move(5)
+        engine.on_monitor_change(down(tenant))
+    engine.on_monitor_change(down(TENANTS[0]))  # joins t0's ticket: not a new detection
+
+    def sample(name: str, type: str) -> float | None:
+        return registry.get_sample_value(name, {"type": type})
+
+    assert sample("cpdops_detection_seconds_count", "incident") == 3
+    assert sample("cpdops_detection_seconds_sum", "incident") == 6.0
+    assert sample("cpdops_detection_seconds_count", "mass_incident") == 1
+    assert sample("cpdops_detection_seconds_sum", "mass_incident") == 2.0
+    assert sample("cpdops_detection_seconds_bucket", "incident") is None  # needs le
+    assert (
+        registry.get_sample_value(
+            "cpdops_detection_seconds_bucket", {"type": "incident", "le": "2.0"}
+        )
+        == 3
+    )

@@ -19,6 +19,8 @@ Environment:
         migration   ``migrate`` fails half-way: it commits the first half of its statements,
                     then a statement that fails in the database, and exits 1
     SMARTCPD_SLOW_START_SECONDS   see slow-start
+    SMARTCPD_LOG_LINE             a line ``serve`` prints to its log at start (e.g. a fake
+                                  secret, for the tests of the evidence's redaction)
 
 The tenant database (only when SMARTCPD_DB_DSN is set) is reached with ``psql`` (Debian's
 postgresql-client in the base image; the password goes to psql in PGPASSWORD, not argv):
@@ -96,6 +98,7 @@ class Config:
     fail: str | None
     slow_start_seconds: float
     db_dsn: str | None = None
+    log_line: str | None = None
 
 
 def parse_fail_mode(value: str | None) -> str | None:
@@ -135,6 +138,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         fail=parse_fail_mode(environ.get("SMARTCPD_FAIL")),
         slow_start_seconds=slow,
         db_dsn=environ.get("SMARTCPD_DB_DSN", "").strip() or None,
+        log_line=environ.get("SMARTCPD_LOG_LINE", "").strip() or None,
     )
 
 
@@ -362,6 +366,8 @@ def serve(config: Config) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    if config.log_line:
+        _log(config.log_line)
     try:
         if config.fail == "slow-start":
             _log(f"slow start: sleeping {config.slow_start_seconds:g}s before listening")
