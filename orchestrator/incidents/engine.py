@@ -241,13 +241,18 @@ class IncidentEngine:
             if not rest:
                 return linked.number if linked is not None else None
             per_host, per_server = self._tenant_counts(s)
-            decision = decide_mass(rest, per_host, per_server, th, now)
-            if decision is not None:
+            # One body of alerts can call for several (a host's and a server's): each decision
+            # takes its tenants out of the rest.
+            while rest:
+                decision = decide_mass(rest, per_host, per_server, th, now)
+                if decision is None:
+                    break
                 linked = self._open_mass(s, decision, now)
                 for tenant in decision.tenants:
                     child = orphans.pop(tenant, None)
                     if child is not None:
                         self._link(s, linked, child)
+                rest = [f for f in rest if f.tenant in orphans]
             return linked.number if linked is not None else None
 
     def _failures(self, s: Session, orphans: Mapping[str, Incident]) -> list[Failure]:
