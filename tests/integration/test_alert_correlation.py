@@ -197,9 +197,8 @@ def test_monitor_down_and_alerts_correlate_together(store: sessionmaker[Session]
             target="http://127.0.0.1:1/",
         )
         result = ProbeResult(ok=False, duration_s=0.01, reason="HTTP 503", at=clock())
-        engine.on_monitor_change(
-            StateChange(spec, MonitorStatus.PENDING, MonitorStatus.DOWN, result, "HTTP 503", clock())
-        )
+        old, new = MonitorStatus.PENDING, MonitorStatus.DOWN
+        engine.on_monitor_change(StateChange(spec, old, new, result, "HTTP 503", clock()))
     assert tickets(store)[0] == []
     clock.move(10)
     engine.on_alerts(parsed(webhook(am_alert("t2", "PortalDown", clock()))))
