@@ -24,25 +24,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import ROOT, Children, free_port, machine, median, percentile
+from harness import ROOT, free_port, machine, median, percentile
 
 sys.path.insert(0, str(ROOT))  # the worktree's orchestrator/
 
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
-from orchestrator.db.models import AlertRecord, Incident, IncidentEvent  # noqa: E402
+from orchestrator.db.models import AlertRecord, Incident, IncidentEvent
 
 SECRET = "alert-storm-secret"
 PATH = "/api/v1/intake/alertmanager"
@@ -117,7 +123,11 @@ async def deliver(
             await asyncio.sleep(max(0.0, start + at - time.monotonic()))
             async with gate:
                 sent = time.monotonic()
-                r = await client.post(PATH, content=payloads[id(body)], headers=headers)
+                try:
+                    r = await client.post(PATH, content=payloads[id(body)], headers=headers)
+                except httpx.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    return
                 latencies.append(time.monotonic() - sent)
                 if r.status_code != 200:
                     errors.append(f"{r.status_code} {r.text[:200]}")
@@ -178,8 +188,7 @@ def store_figures(url: str, tenants: int, alerts: int) -> dict[str, Any]:
         "max_incidents_per_tenant": max(per_tenant.values(), default=0),
         "tenants_linked": len(children),
         "max_children_per_tenant": max(children.values(), default=0),
-        "duplicate_tickets": sum(n - 1 for n in per_tenant.values())
-        + max(0, len(masses) - 1),
+        "duplicate_tickets": sum(n - 1 for n in per_tenant.values()) + max(0, len(masses) - 1),
         "duplicate_evidence": evidence - alerts,
         "total_tickets": total,
         "alert_rows": rows,
@@ -192,48 +201,79 @@ def store_figures(url: str, tenants: int, alerts: int) -> dict[str, Any]:
     }
 
 
-def wait_ready(base: str, children: Children, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while True:
+@contextlib.contextmanager
+def cpdops_serve(url: str, workdir: Path) -> Iterator[str]:
+    """``cpdops serve`` on a free 127.0.0.1 port, in its own process group, its output in
+    ``workdir/cpdops.log``; stopped (SIGTERM, then SIGKILL) also when the benchmark fails."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "CPDOPS_DATABASE_URL": url,
+        "CPDOPS_ALERTMANAGER_SECRET": SECRET,
+        "CPDOPS_RUN_MONITORS": "false",
+        "PYTHONPATH": str(ROOT),
+    }
+    argv = [sys.executable, "-c", "from orchestrator.cli import main; main()", "serve"]
+    log = (workdir / "cpdops.log").open("ab")
+    proc = subprocess.Popen(
+        [*argv, "--host", "127.0.0.1", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (workdir / "cpdops.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"cpdops serve did not start:\n{tail}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"cpdops serve did not start:\n{children.log_tail('cpdops')}")
-        time.sleep(0.2)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+        log.close()
+
+
+@contextlib.contextmanager
+def database(kind: str, pg_url: str | None, workdir: Path) -> Iterator[str]:
+    """A fresh SQLite file, or a fresh database on the PostgreSQL server (dropped after)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'cpdops.db'}"
+        return
+    admin = pg_url or os.environ.get("CPDOPS_TEST_PG_URL")
+    if not admin:
+        raise SystemExit("--db postgresql needs --pg-url or CPDOPS_TEST_PG_URL")
+    name = f"cpdops_storm_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    admin: str | None = None
-    name = ""
-    with Children() as children:
-        if args.db == "sqlite":
-            url = f"sqlite:///{children.tmp / 'cpdops.db'}"
-        else:
-            admin = args.pg_url or os.environ.get("CPDOPS_TEST_PG_URL")
-            if not admin:
-                raise SystemExit("--db postgresql needs --pg-url or CPDOPS_TEST_PG_URL")
-            name = f"cpdops_storm_{uuid.uuid4().hex[:8]}"
-            with create_engine(admin, isolation_level="AUTOCOMMIT").connect() as c:
-                c.execute(text(f'CREATE DATABASE "{name}"'))
-            url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-        try:
-            port = free_port()
-            env = {
-                **os.environ,
-                "CPDOPS_DATABASE_URL": url,
-                "CPDOPS_ALERTMANAGER_SECRET": SECRET,
-                "CPDOPS_RUN_MONITORS": "false",
-                "PYTHONPATH": str(ROOT),
-            }
-            argv = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
-            os.environ.update({k: v for k, v in env.items() if k.startswith("CPDOPS_")})
-            children.start("cpdops", [*argv, "serve", "--host", "127.0.0.1", "--port", str(port)])
-            base = f"http://127.0.0.1:{port}"
-            wait_ready(base, children)
+    workdir = Path(tempfile.mkdtemp(prefix="cpdops-storm-"))
+    try:
+        with database(args.db, args.pg_url, workdir) as url, cpdops_serve(url, workdir) as base:
             bodies = storm(args.alerts, args.tenants, rng, datetime.now(UTC))
             sizes = [len(b["alerts"]) for b in bodies]
             client = asyncio.run(deliver(base, bodies, args.seconds, args.concurrency, rng))
@@ -243,11 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ).json()
             figures["mass_incidents_api"] = len(listed)
             figures["ok"] = figures["ok"] and client["errors"] == 0 and len(listed) == 1
-        finally:
-            children.stop_all()
-            if admin is not None:
-                with create_engine(admin, isolation_level="AUTOCOMMIT").connect() as c:
-                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine(),
