@@ -223,7 +223,7 @@ def test_migration_0005_up_and_down_keeps_tickets(db_url: str) -> None:
     with session_scope(factory) as s:
         number = _open(s, "tenant:old").number
     upgrade(engine)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     with session_scope(factory) as s:
         inc = get_by_number(s, number)
         assert inc.attachments == [] and inc.children == []
