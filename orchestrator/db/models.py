@@ -314,6 +314,31 @@ class MonitorRecord(Base):
     down_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class AlertRecord(Base):
+    """An Alertmanager alert's last known state, one row per fingerprint (as ``MonitorRecord``
+    is for a monitor): written when a delivery changes it, never by a repeat (the same
+    fingerprint and ``startsAt``)."""
+
+    __tablename__ = "alerts"
+
+    fingerprint: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alertname: Mapped[str] = mapped_column(String(255), default="")
+    tenant: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True, doc="Docker host")
+    db_server: Mapped[str | None] = mapped_column(
+        String(255), nullable=True, doc="PostgreSQL server"
+    )
+    status: Mapped[str] = mapped_column(String(8), doc="firing | resolved")
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When cpdops first received this occurrence (``startsAt``) firing.
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    incident_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incidents.id"), nullable=True, index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class MonitorMinute(Base):
     """Per-minute aggregate of one monitor's checks (SPEC §5: history as aggregates)."""
 

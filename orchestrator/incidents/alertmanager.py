@@ -1,6 +1,26 @@
-"""Alertmanager webhook v4 intake: the body's schema, the pure decisions, and the store part.
+"""Alertmanager webhook v4 intake: the body's schema and the pure decisions (the store part is
+``alert_intake``). Each alert of a body is read by its own status (one body can mix firing and
+resolved).
 
-Each alert of a body is read by its own status (one body can mix firing and resolved):
+An alert that names a tenant (label ``tenant`` or ``smartcpd_tenant``) is one of the tenant's
+failures, like a monitor DOWN: it opens or joins the tenant's incident (``tenant:<slug>``) and
+takes part in correlation. Its state is kept per fingerprint (``alerts`` table);
+``decide_alert`` compares a delivery with it:
+
+=========  =================================================  ==================================
+status     the alert's row (same fingerprint)                 action
+=========  =================================================  ==================================
+firing     none, or an older ``startsAt``                     ``open``: open or join the incident
+firing     the same ``startsAt`` (firing or resolved)         ``repeat``: nothing
+resolved   firing, the same or an older ``startsAt``          ``resolve``: row resolved
+resolved   the same ``startsAt``, already resolved            ``repeat``: nothing
+resolved   none, or resolved with an older ``startsAt``       ``record``: row kept resolved
+any        a newer ``startsAt`` than this delivery            ``stale``: nothing
+=========  =================================================  ==================================
+
+An alert without a tenant, or with ``severity`` ``mass``/``mass_incident`` (a mass incident
+declared by the alerting rule itself), has its own ticket keyed ``am:<fingerprint>``
+(``decide``):
 
 =========  ==========================================  ==========================================
 status     open ticket for ``am:<fingerprint>``        action
@@ -12,32 +32,22 @@ resolved   yes                                         ``resolve``: ``solution_p
 resolved   none                                        ``ignore``
 =========  ==========================================  ==========================================
 
-The dedup key is ``am:<fingerprint>`` (Alertmanager's fingerprint of the label set, or a stable
-hash of the sorted labels when a sender leaves it out). The ticket type is ``mass_incident``
-when the label ``severity`` is ``mass`` or ``mass_incident``, ``incident`` otherwise; the tenant
-is the label ``tenant`` (or ``smartcpd_tenant``). Label and annotation values whose key contains
-``password``, ``secret`` or ``token`` are never stored.
+The fingerprint is Alertmanager's (of the label set), or a stable hash of the sorted labels
+when a sender leaves it out. The Docker host is the label ``host`` (or ``docker_host``), the
+PostgreSQL server ``db_server`` (or ``server``, as the PostgreSQL exporter labels it). Label and
+annotation values whose key contains ``password``, ``secret`` or ``token`` are never stored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
-
-from orchestrator.db.models import Incident, IncidentEvent
-from orchestrator.db.session import session_scope
-from orchestrator.incidents.tickets import ACTIVE, STATUS_LABELS, add_event, open_or_join
-
-log = logging.getLogger(__name__)
 
 AUTHOR = "alertmanager"
 SOURCE = "alertmanager"
@@ -46,6 +56,9 @@ MAX_BODY_BYTES = 1024 * 1024
 SECRET_WORDS = ("password", "secret", "token")
 MASS_SEVERITIES = ("mass", "mass_incident")
 TENANT_LABELS = ("tenant", "smartcpd_tenant")
+HOST_LABELS = ("host", "docker_host")
+DB_SERVER_LABELS = ("db_server", "server")
+MAX_LABEL = 255  # AlertRecord.alertname, host, db_server
 MAX_TENANT = 63  # Incident.tenant
 MAX_SUBJECT = 500  # Incident.subject
 
@@ -199,6 +212,75 @@ def decide(alert: AlertmanagerAlert, known: Known | None) -> ActionKind:
     return "join"
 
 
+def as_utc(at: datetime) -> datetime:
+    """``at`` as an aware UTC time (a naive one is taken as UTC; Go's zero time stays year 1)."""
+    if at.tzinfo is None:
+        return at.replace(tzinfo=UTC)
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:  # year 1 with a positive offset
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def ends_at(alert: AlertmanagerAlert) -> datetime | None:
+    """The alert's ``endsAt``, None for Go's zero time (a firing alert's usual value)."""
+    if alert.endsAt is None or alert.endsAt.year <= 1:
+        return None
+    return as_utc(alert.endsAt)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a firing alert fails: the tenant, the Docker host, the PostgreSQL server."""
+
+    tenant: str | None
+    host: str | None
+    db_server: str | None
+
+
+def _label(labels: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    value = next((labels[k] for k in names if labels.get(k)), None)
+    return value[:MAX_LABEL] if value is not None else None
+
+
+def scope(alert: AlertmanagerAlert) -> Scope:
+    labels = redact(alert.labels)
+    return Scope(
+        tenant=_label(labels, TENANT_LABELS),
+        host=_label(labels, HOST_LABELS),
+        db_server=_label(labels, DB_SERVER_LABELS),
+    )
+
+
+def is_tenant_failure(d: Draft) -> bool:
+    """Whether the alert is a tenant's failure (joins ``tenant:<slug>``) rather than a ticket of
+    its own (``am:<fingerprint>``): it names a tenant and does not declare a mass incident."""
+    return d.tenant is not None and d.type == "incident"
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """An alert's stored state: firing or resolved, and the occurrence (``startsAt``)."""
+
+    status: str
+    starts_at: datetime
+
+
+AlertAction = Literal["open", "repeat", "resolve", "record", "stale"]
+
+
+def decide_alert(status: str, starts_at: datetime, known: AlertState | None) -> AlertAction:
+    """What a delivery of a tenant's alert does, given the alert's stored state (or None)."""
+    if known is not None and starts_at < known.starts_at:
+        return "stale"
+    same = known is not None and starts_at == known.starts_at
+    if status == "firing":
+        return "repeat" if same else "open"
+    if known is not None and known.status == "firing":
+        return "resolve"
+    return "repeat" if same else "record"
+
+
 def resolution_comment(alert: AlertmanagerAlert) -> str:
     name = alert.labels.get("alertname") or fingerprint(alert)
     when = utc_iso(alert.endsAt) or "an unknown time"
@@ -206,105 +288,3 @@ def resolution_comment(alert: AlertmanagerAlert) -> str:
         f"Alertmanager: alert {name} (fingerprint {fingerprint(alert)}) resolved at {when}. "
         f"Оповещение {name} снято в {when}."
     )
-
-
-# --------------------------------------------------------------------------- store part
-
-
-@dataclass
-class IntakeResult:
-    created: list[str] = field(default_factory=list)
-    joined: list[str] = field(default_factory=list)
-    resolved: list[str] = field(default_factory=list)
-    ignored: int = 0
-
-
-def _known(session: Session, key: str) -> tuple[Incident | None, Known | None]:
-    incident = session.scalars(select(Incident).where(Incident.open_key == key)).first()
-    if incident is None or incident.status not in ACTIVE:
-        return incident, None
-    events = session.scalars(
-        select(IncidentEvent)
-        .where(
-            IncidentEvent.incident_id == incident.id,
-            IncidentEvent.author == AUTHOR,
-            IncidentEvent.kind == EVENT_KIND,
-        )
-        .order_by(IncidentEvent.id.desc())
-    )
-    last = next((e.data.get("startsAt") for e in events if e.data.get("startsAt")), None)
-    return incident, Known(incident.number, last)
-
-
-def provide_solution(session: Session, incident: Incident, comment: str) -> None:
-    """Move ``incident`` to ``solution_provided`` with ``comment``. Unlike
-    ``tickets.change_status`` (which frees the open key only on ``closed``), the open key is
-    released here, so the alert firing again opens a new ticket rather than joining the
-    solved one."""
-    old = incident.status
-    incident.status = "solution_provided"
-    incident.open_key = None
-    add_event(
-        session,
-        incident,
-        author=AUTHOR,
-        kind="status",
-        body=comment,
-        data={
-            "from": old,
-            "to": "solution_provided",
-            "label_ru": STATUS_LABELS["solution_provided"]["ru"],
-        },
-    )
-
-
-def ingest(
-    factory: sessionmaker[Session],
-    body: AlertmanagerWebhook,
-    *,
-    system_id: str,
-    on_created: Callable[[str], None] | None = None,
-) -> IntakeResult:
-    """Apply every alert of ``body`` in one transaction; ``on_created(type)`` per new ticket."""
-    result = IntakeResult()
-    created_types: list[str] = []
-    with session_scope(factory) as s:
-        for alert in body.alerts:
-            key = dedup_key(alert)
-            incident, known = _known(s, key)
-            action = decide(alert, known)
-            if action in ("open", "join"):
-                d = draft(alert)
-                ticket, created = open_or_join(
-                    s,
-                    system_id=system_id,
-                    open_key=key,
-                    type=d.type,
-                    subject=d.subject,
-                    description=d.description,
-                    author=AUTHOR,
-                    source=SOURCE,
-                    tenant=d.tenant,
-                    evidence=d.evidence,
-                )
-                s.flush()
-                (result.created if created else result.joined).append(ticket.number)
-                if created:
-                    created_types.append(d.type)
-            elif action == "resolve":
-                assert incident is not None
-                provide_solution(s, incident, resolution_comment(alert))
-                s.flush()
-                result.resolved.append(incident.number)
-            else:
-                result.ignored += 1
-            log.info(
-                "alertmanager alert=%s status=%s action=%s",
-                key,
-                alert.status,
-                action,
-            )
-    for kind in created_types:
-        if on_created is not None:
-            on_created(kind)
-    return result

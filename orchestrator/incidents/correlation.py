@@ -1,7 +1,9 @@
 """Correlation and verified recovery as pure decisions (SPEC §6). No database here: the
 incident engine reads the failures and monitors from the store and acts on the result.
 
-A mass incident is due when, within ``window`` seconds, DOWN monitors span
+A failure is a DOWN monitor or a firing Alertmanager alert of a tenant (its ``startsAt``, or
+when cpdops received it if that is earlier). A mass incident is due when, within ``window``
+seconds, failures span
 
 * the tenants of one PostgreSQL server: ≥ ``host_percent`` % of them and at least two
   (key ``mass:db:<server>``),
@@ -36,8 +38,9 @@ class Thresholds:
 
 @dataclass(frozen=True)
 class Failure:
-    """A monitor that is DOWN: its tenant, the Docker host (or, for a ``postgres`` monitor,
-    the database server in ``db_server``) and since when."""
+    """A monitor that is DOWN or a firing alert: its tenant, the Docker host (or, for a
+    ``postgres`` monitor or an alert labelled with a server, the database server in
+    ``db_server``) and since when."""
 
     tenant: str
     host: str
@@ -159,27 +162,74 @@ def recovery_verified(monitors: Iterable[MonitorState], hold_s: float, now: date
 
 
 @dataclass(frozen=True)
+class TenantHealth:
+    """What a tenant's recovery depends on: its monitors, and the Alertmanager alerts of the
+    tickets being checked (still firing, and resolved)."""
+
+    monitors: tuple[MonitorState, ...] = ()
+    firing_alerts: int = 0
+    resolved_alerts: int = 0
+    monitors_down: int = 0
+
+
+def tenant_recovered(health: TenantHealth, hold_s: float, now: datetime) -> bool:
+    """No alert firing, and every monitor UP for ``hold_s`` — a tenant without monitors counts
+    as recovered when its alerts were resolved (there is nothing else to verify)."""
+    if health.firing_alerts:
+        return False
+    if health.monitors:
+        return recovery_verified(health.monitors, hold_s, now)
+    return health.resolved_alerts > 0
+
+
+def alerts_cleared(health: TenantHealth) -> bool:
+    """A tenant's last firing alert resolved and none of its monitors DOWN: the moment an
+    alert's resolution solves the tenant's incident (no hold: Alertmanager resolved it)."""
+    return health.firing_alerts == 0 and health.resolved_alerts > 0 and not health.monitors_down
+
+
+@dataclass(frozen=True)
 class Recovered:
-    """A monitor that was DOWN and is UP again."""
+    """A monitor that was DOWN and is UP again, or an alert that fired and was resolved
+    (``kind`` ``alert``: ``down_since`` is its startsAt, ``up_since`` its endsAt)."""
 
     tenant: str
     name: str
     down_since: datetime | None
     up_since: datetime
+    kind: str = "monitor"
 
 
 def _at(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "?"
 
 
-def recovery_comment(recovered: Iterable[Recovered], hold_s: float, now: datetime) -> str:
-    """The automatic solution comment, Russian then English: which monitors recovered, DOWN
-    since and UP since, and when recovery was verified."""
-    rows = sorted(recovered, key=lambda r: (r.tenant, r.name, r.up_since))
-    hold = f"{hold_s:g}"
-    ru = [f"Восстановление подтверждено автоматически {_at(now)}: все мониторы UP ≥ {hold} с."]
-    en = [f"Recovery verified automatically at {_at(now)}: all monitors UP for ≥ {hold} s."]
+def recovery_comment(recovered: Iterable[Recovered], hold_s: float | None, now: datetime) -> str:
+    """The automatic solution comment, Russian then English: which monitors recovered and which
+    alerts were resolved, since and until when, and when recovery was verified. ``hold_s``
+    None: verified by the alerts' resolution with no monitor DOWN (no hold)."""
+    rows = sorted(recovered, key=lambda r: (r.tenant, r.kind, r.name, r.up_since))
+    if hold_s is not None:
+        hold = f"{hold_s:g}"
+        ru_why, en_why = [f"все мониторы UP ≥ {hold} с"], [f"all monitors UP for ≥ {hold} s"]
+    else:
+        ru_why, en_why = ["ни один монитор не DOWN"], ["no monitor DOWN"]
+    if any(r.kind == "alert" for r in rows):
+        ru_why.append("все оповещения Alertmanager сняты")
+        en_why.append("all Alertmanager alerts resolved")
+    ru = [f"Восстановление подтверждено автоматически {_at(now)}: {', '.join(ru_why)}."]
+    en = [f"Recovery verified automatically at {_at(now)}: {', '.join(en_why)}."]
     for r in rows:
+        if r.kind == "alert":
+            ru.append(
+                f"- оповещение {r.name} ({r.tenant}): с {_at(r.down_since)}, "
+                f"снято {_at(r.up_since)}"
+            )
+            en.append(
+                f"- alert {r.name} ({r.tenant}): firing since {_at(r.down_since)}, "
+                f"resolved at {_at(r.up_since)}"
+            )
+            continue
         ru.append(f"- {r.name} ({r.tenant}): DOWN с {_at(r.down_since)}, UP с {_at(r.up_since)}")
         en.append(
             f"- {r.name} ({r.tenant}): DOWN since {_at(r.down_since)}, UP since {_at(r.up_since)}"

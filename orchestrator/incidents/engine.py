@@ -1,4 +1,5 @@
-"""The incident engine: turns monitor state changes and rollout failures into tickets."""
+"""The incident engine: turns monitor state changes, Alertmanager alerts and rollout failures into
+tickets, correlates the tenants' failures into mass incidents and verifies recovery."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,6 +18,7 @@ from monitors.engine import StateChange
 from monitors.probe import public_target
 from monitors.state import MonitorStatus
 from orchestrator.db.models import (
+    AlertRecord,
     ConfigItem,
     Incident,
     IncidentEvent,
@@ -28,6 +30,9 @@ from orchestrator.db.models import (
 from orchestrator.db.session import session_scope
 from orchestrator.fleet.fleetfile import IncidentThresholds
 from orchestrator.incidents import outbox
+from orchestrator.incidents.alert_intake import SOURCE as ALERTMANAGER
+from orchestrator.incidents.alert_intake import IntakeResult, ingest
+from orchestrator.incidents.alertmanager import AlertmanagerWebhook
 from orchestrator.incidents.correlation import (
     MASS_PREFIX,
     Failure,
@@ -39,6 +44,7 @@ from orchestrator.incidents.correlation import (
     recent,
 )
 from orchestrator.incidents.evidence import ContainerEvidence
+from orchestrator.incidents.locks import one_writer
 from orchestrator.incidents.recovery import verify_recovery
 from orchestrator.incidents.redact import redact, redact_text
 from orchestrator.incidents.tickets import add_event, open_or_join
@@ -231,6 +237,23 @@ class IncidentEngine:
             ).first()
             return row is not None
 
+    # --- Alertmanager -----------------------------------------------------------------------
+    def on_alerts(self, body: AlertmanagerWebhook) -> IntakeResult:
+        """Apply an Alertmanager webhook body (``alert_intake.ingest``), then — after its
+        transaction — correlate when a tenant's alert fired, and check the recovery of the
+        mass incidents whose children the body solved."""
+        result = ingest(self._factory, body, system_id=self._system_id, now=self._clock())
+        for kind in result.created_types:
+            self.created.labels(type=kind, source=ALERTMANAGER).inc()
+        if result.correlate:
+            self.correlate()
+        if result.parents:
+            now = self._clock()
+            with session_scope(self._factory) as s:
+                one_writer(s)
+                verify_recovery(s, incident_thresholds(s), now, author=AUTHOR, only=result.parents)
+        return result
+
     # --- correlation ----------------------------------------------------------------------
     def correlate(self) -> str | None:
         """Link the active tenant incidents that have no parent into a mass incident: the open
@@ -244,7 +267,7 @@ class IncidentEngine:
         """:meth:`correlate`, and whether it opened the mass incident (committed on return)."""
         now = self._clock()
         with session_scope(self._factory) as s:
-            _one_writer(s)
+            one_writer(s)
             th = incident_thresholds(s)
             orphans = {
                 inc.tenant: inc
@@ -261,7 +284,7 @@ class IncidentEngine:
             }
             if not orphans:
                 return None, False
-            failures = recent(self._failures(s, set(orphans)), th.window_s, now)
+            failures = recent(self._failures(s, orphans), th.window_s, now)
             if not failures:
                 return None, False
             linked: Incident | None = None
@@ -289,25 +312,32 @@ class IncidentEngine:
             if not rest:
                 return (linked.number if linked is not None else None), False
             per_host, per_server = self._tenant_counts(s)
-            decision = decide_mass(rest, per_host, per_server, th, now)
+            # One body of alerts can call for several (a host's and a server's): each decision
+            # takes its tenants out of the rest.
             created = False
-            if decision is not None:
-                linked, created = self._open_mass(s, decision, now)
+            while rest:
+                decision = decide_mass(rest, per_host, per_server, th, now)
+                if decision is None:
+                    break
+                linked, opened_now = self._open_mass(s, decision, now)
+                created = created or opened_now
                 for tenant in decision.tenants:
                     child = orphans.pop(tenant, None)
                     if child is not None:
                         self._link(s, linked, child)
+                rest = [f for f in rest if f.tenant in orphans]
             return (linked.number if linked is not None else None), created
 
-    def _failures(self, s: Session, tenants: set[str]) -> list[Failure]:
+    def _failures(self, s: Session, orphans: Mapping[str, Incident]) -> list[Failure]:
+        """The DOWN monitors of the orphans' tenants and the firing alerts of their incidents."""
         rows = s.scalars(
             select(MonitorRecord).where(
-                MonitorRecord.tenant.in_(tenants),
+                MonitorRecord.tenant.in_(list(orphans)),
                 MonitorRecord.status == int(MonitorStatus.DOWN),
                 MonitorRecord.down_since.is_not(None),
             )
         )
-        return [
+        failures = [
             Failure(
                 tenant=r.tenant,
                 host=r.host,
@@ -317,10 +347,28 @@ class IncidentEngine:
             for r in rows
             if r.down_since is not None
         ]
+        alerts = s.execute(
+            select(
+                AlertRecord.tenant,
+                AlertRecord.host,
+                AlertRecord.db_server,
+                AlertRecord.starts_at,
+                AlertRecord.seen_at,
+            ).where(
+                AlertRecord.incident_id.in_([inc.id for inc in orphans.values()]),
+                AlertRecord.status == "firing",
+            )
+        )
+        failures.extend(
+            Failure(tenant=tenant, host=host or "", since=min(starts, seen), db_server=server)
+            for tenant, host, server, starts, seen in alerts
+            if tenant is not None
+        )
+        return failures
 
     @staticmethod
     def _tenant_counts(s: Session) -> tuple[dict[str, int], dict[str, int]]:
-        """Tenants per Docker host (registry and monitors) and per PostgreSQL server."""
+        """Tenants per Docker host (registry, monitors and alerts) and per PostgreSQL server."""
         hosts: dict[str, set[str]] = {}
         servers: dict[str, set[str]] = {}
         for slug, host in s.execute(select(Tenant.slug, Tenant.host_name)):
@@ -331,6 +379,17 @@ class IncidentEngine:
         ):
             into = servers if kind == "postgres" else hosts
             into.setdefault(host, set()).add(tenant)
+        for alerted, on_host, server in s.execute(
+            select(AlertRecord.tenant, AlertRecord.host, AlertRecord.db_server)
+            .where(AlertRecord.tenant.is_not(None))
+            .distinct()
+        ):
+            if alerted is None:
+                continue
+            if server:
+                servers.setdefault(server, set()).add(alerted)
+            elif on_host:
+                hosts.setdefault(on_host, set()).add(alerted)
         return (
             {k: len(v) for k, v in hosts.items()},
             {k: len(v) for k, v in servers.items()},
@@ -346,7 +405,8 @@ class IncidentEngine:
             type="mass_incident",
             subject=decision.subject,
             description=(
-                f"Monitors of {len(decision.tenants)} tenants went DOWN within the correlation "
+                f"{len(decision.tenants)} tenants failed (monitors DOWN, Alertmanager alerts "
+                f"firing) within the correlation "
                 f"window ({decision.scope} {decision.name or 'fleet'}): "
                 f"{', '.join(decision.tenants)}. The tenant incidents are linked as children."
             ),
@@ -406,7 +466,7 @@ class IncidentEngine:
         recovered and when. Returns the numbers of the tickets moved."""
         now = self._clock()
         with session_scope(self._factory) as s:
-            _one_writer(s)
+            one_writer(s)
             return verify_recovery(s, incident_thresholds(s), now, author=AUTHOR)
 
     # --- rollouts -------------------------------------------------------------------------
@@ -478,20 +538,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
-
-
-# pg_advisory_xact_lock key of correlation and recovery ("cpdc").
-LOCK_KEY = 0x63706463
-
-
-def _one_writer(s: Session) -> None:
-    """Correlation and recovery read, decide and write: one replica (one thread) at a time
-    per database, until the transaction ends. PostgreSQL: a transaction-level advisory lock;
-    SQLite: take the database's write lock now (an UPDATE that matches nothing)."""
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-    else:
-        s.execute(text("UPDATE ticket_counters SET value = value WHERE 0 = 1"))
 
 
 def _monitor_record(

@@ -57,11 +57,13 @@ def webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def am_alert(status: str, fp: str, tenant: str = "acme") -> dict[str, Any]:
+def am_alert(status: str, fp: str, tenant: str = "") -> dict[str, Any]:
+    """An alert of ``tenant``; without one, an alert with a ticket of its own."""
+    labels = {"alertname": "PortalDown", **({"tenant": tenant} if tenant else {})}
     return {
         "status": status,
-        "labels": {"alertname": "PortalDown", "tenant": tenant},
-        "annotations": {"summary": f"{tenant} portal down"},
+        "labels": labels,
+        "annotations": {"summary": f"{tenant or 'the'} portal down"},
         "startsAt": "2026-12-01T10:00:00Z",
         "endsAt": "2026-12-01T10:05:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
         "generatorURL": "",
@@ -138,6 +140,7 @@ def test_intake_mixed_body(db_url: str) -> None:
                 am_alert("resolved", "f1"),
                 am_alert("firing", "f2"),
                 am_alert("firing", "f3", tenant="globex"),
+                am_alert("firing", "f5", tenant="globex"),
                 am_alert("resolved", "f4"),
             ),
             headers=auth(),
@@ -145,11 +148,17 @@ def test_intake_mixed_body(db_url: str) -> None:
         assert r.status_code == 200
         out = r.json()
         assert out["resolved"] == [first] and out["joined"] == [] and out["ignored"] == 2
-        assert len(out["created"]) == 1
+        (globex,) = out["created"]
         shown = api.get(f"/api/v1/incidents/{first}").json()
         assert shown["status"] == "solution_provided"
         assert "resolved at 2026-12-01T10:05:00+00:00" in shown["events"][-1]["body"]
         assert api.get(f"/api/v1/incidents/{second}").json()["status"] == "new"
+        shown = api.get(f"/api/v1/incidents/{globex}").json()
+        assert (shown["tenant"], shown["subject"]) == ("globex", "globex portal down")
+        assert [e["data"]["fingerprint"] for e in shown["events"] if e["kind"] == "evidence"] == [
+            "f3",
+            "f5",
+        ], "both alerts of globex on its incident"
         metrics = api.get("/metrics").text
         assert (
             'cpdops_incidents_created_total{source="alertmanager",type="incident"} 3.0' in metrics
@@ -334,11 +343,12 @@ def test_real_alertmanager_alerts_become_tickets_and_resolve_them(
 
             wait_until("the acme ticket resolved", solved)
             shown = api.get(f"/api/v1/incidents/{acme['number']}").json()
-            (change,) = [e for e in shown["events"] if e["kind"] == "status"]
+            assert shown["source"] == "alertmanager"
+            (change,) = [e for e in shown["events"] if e["kind"] == "solution"]
             assert change["author"] == "alertmanager"
             assert change["data"]["to"] == "solution_provided"
-            assert "PortalDown" in change["body"] and "resolved at" in change["body"]
-            assert ended.strftime("%Y-%m-%dT%H:%M:%S") in change["body"]
+            assert "alert PortalDown (acme): firing since" in change["body"]
+            assert f"resolved at {ended:%Y-%m-%d %H:%M:%S} UTC" in change["body"]
             assert api.get(f"/api/v1/incidents/{globex['number']}").json()["status"] == "new"
 
             # The resolved notification is repeated too: nothing more happens.
@@ -362,5 +372,72 @@ def test_real_alertmanager_alerts_become_tickets_and_resolve_them(
             for kind in ("incident", "mass_incident"):
                 line = f'cpdops_incidents_created_total{{source="alertmanager",type="{kind}"}} 1.0'
                 assert line in metrics
+        finally:
+            am.stop()
+
+
+@pytest.mark.alertmanager
+def test_real_alertmanager_five_tenants_one_mass_incident(
+    db_url: str, alertmanager_bin: str, tmp_path: Path
+) -> None:
+    """Two alerts each of five tenants through a real Alertmanager (grouped by alertname and
+    tenant, notifications repeated every 2 s): one mass incident with the five tenant
+    incidents as children, however often delivered; all resolved → all solved."""
+    tenants = [f"t{i}" for i in range(5)]
+    with cpdops(db_url) as api:
+        am = Alertmanager(alertmanager_bin, tmp_path, f"{api.base_url}{PATH}")
+        try:
+            am.start()
+            started = datetime.now(UTC) - timedelta(seconds=10)
+            alerts = [
+                {
+                    "labels": {"alertname": name, "tenant": t, "severity": "critical"},
+                    "annotations": {"summary": f"{t}: {name}"},
+                    "startsAt": iso(started),
+                }
+                for t in tenants
+                for name in ("PortalDown", "SipDown")
+            ]
+            am.post_alerts(*alerts)
+
+            def listed(type: str) -> list[dict[str, Any]]:
+                rows: list[dict[str, Any]] = api.get(
+                    "/api/v1/incidents", params={"type": type}
+                ).json()
+                return rows
+
+            def linked() -> bool:
+                masses = listed("mass_incident")
+                if len(masses) != 1:
+                    return False
+                shown = api.get(f"/api/v1/incidents/{masses[0]['number']}").json()
+                return len(shown["children"]) == len(tenants)
+
+            wait_until("one mass incident with five children", linked)
+            sent = am.notifications()
+            am.post_alerts(*alerts)  # as Prometheus re-sends them
+            wait_until("repeated notifications", lambda: am.notifications() >= sent + 10)
+            (mass,) = listed("mass_incident")
+            assert mass["source"] == "correlation"
+            children = listed("incident")
+            assert sorted(c["tenant"] for c in children) == tenants, "one incident per tenant"
+            shown = api.get(f"/api/v1/incidents/{mass['number']}").json()
+            assert sorted(c["tenant"] for c in shown["children"]) == tenants
+            assert sum(e["kind"] == "child" for e in shown["events"]) == len(tenants)
+            for child in children:
+                events = api.get(f"/api/v1/incidents/{child['number']}").json()["events"]
+                assert sum(e["kind"] == "evidence" for e in events) == 2, "each alert once"
+
+            ended = datetime.now(UTC)
+            am.post_alerts(*({**a, "endsAt": iso(ended)} for a in alerts))
+            wait_until(
+                "everything solved",
+                lambda: all(
+                    t["status"] == "solution_provided"
+                    for t in [*listed("mass_incident"), *listed("incident")]
+                ),
+            )
+            assert len(listed("mass_incident")) == 1 and len(listed("incident")) == 5
+            assert am.notifications("failed") == 0, am.tail()
         finally:
             am.stop()

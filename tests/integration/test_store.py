@@ -47,7 +47,7 @@ def test_migration_creates_schema_and_is_idempotent(db_url: str) -> None:
     tables = set(inspect(engine).get_table_names())
     assert {"hosts", "tenants", "rollouts", "rollout_steps", "incidents", "audit"} <= tables
     assert {"monitor_minutes", "declared_monitors", "incident_attachments", "outbox"} <= tables
-    assert "remote_tickets" in tables
+    assert {"alerts", "intake_receipts", "remote_tickets"} <= tables
     engine.dispose()
 
 
@@ -239,7 +239,11 @@ def test_migrations_match_the_models(db_url: str) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     engine.dispose()
-    ours = [d for d in diff if "declared_monitors" in repr(d) or "remote_tickets" in repr(d)]
+    ours = [
+        d
+        for d in diff
+        if any(t in repr(d) for t in ("declared_monitors", "remote_tickets", "alerts", "intake_receipts"))
+    ]
     assert ours == []
 
 

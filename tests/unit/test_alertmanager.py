@@ -1,9 +1,11 @@
 """The Alertmanager intake: the pure alert → action decisions (table-driven), the ticket drafts,
-the body schema, and ``ingest`` on a SQLite store."""
+the alert's scope, the body schema, and ``ingest`` on a SQLite store (tenant-less alerts and
+their own tickets; a tenant's alerts are in ``tests/integration/test_alert_correlation.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +17,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.models import Incident
 from orchestrator.db.session import make_engine, make_session_factory
+from orchestrator.incidents import alert_intake
+from orchestrator.incidents.alert_intake import IntakeResult
 from orchestrator.incidents.alertmanager import (
     AlertmanagerAlert,
     AlertmanagerWebhook,
+    AlertState,
     Known,
+    Scope,
+    as_utc,
     decide,
+    decide_alert,
     dedup_key,
     draft,
+    ends_at,
     fingerprint,
-    ingest,
+    is_tenant_failure,
     resolution_comment,
+    scope,
 )
 
 T0 = "2026-12-01T10:00:00Z"
@@ -166,6 +176,66 @@ def test_body_errors_name_the_field(change: dict[str, Any], loc: tuple[Any, ...]
     assert info.value.errors()[0]["loc"] == loc
 
 
+# --------------------------------------------------------------------------- a tenant's alerts
+
+S0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+S1 = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "starts", "known", "expected"),
+    [
+        ("firing, never seen", "firing", S0, None, "open"),
+        ("firing again, same startsAt", "firing", S0, AlertState("firing", S0), "repeat"),
+        ("firing copy after its resolution", "firing", S0, AlertState("resolved", S0), "repeat"),
+        ("firing, a new occurrence", "firing", S1, AlertState("resolved", S0), "open"),
+        ("firing, newer than a firing row", "firing", S1, AlertState("firing", S0), "open"),
+        ("firing, older than the row", "firing", S0, AlertState("firing", S1), "stale"),
+        ("resolved, firing row", "resolved", S0, AlertState("firing", S0), "resolve"),
+        ("resolved, newer occurrence", "resolved", S1, AlertState("firing", S0), "resolve"),
+        ("resolved again", "resolved", S0, AlertState("resolved", S0), "repeat"),
+        ("resolved, never seen firing", "resolved", S0, None, "record"),
+        ("resolved, newer than a resolved row", "resolved", S1, AlertState("resolved", S0),
+         "record"),
+        ("resolved, older than the row", "resolved", S0, AlertState("firing", S1), "stale"),
+    ],
+)  # fmt: skip
+def test_decide_alert(
+    name: str, status: str, starts: datetime, known: AlertState | None, expected: str
+) -> None:
+    assert decide_alert(status, starts, known) == expected, name
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected", "tenant_failure"),
+    [
+        ({}, Scope("acme", None, None), True),
+        ({"host": "h1"}, Scope("acme", "h1", None), True),
+        ({"docker_host": "h2", "server": "127.0.0.1:5432"}, Scope("acme", "h2", "127.0.0.1:5432"),
+         True),
+        ({"db_server": "pg1", "server": "pg2"}, Scope("acme", None, "pg1"), True),
+        ({"tenant": "", "host": "h1"}, Scope(None, "h1", None), False),
+        ({"severity": "mass"}, Scope("acme", None, None), False),
+        ({"host": "h" * 300}, Scope("acme", "h" * 255, None), True),
+    ],
+)  # fmt: skip
+def test_scope_and_tenant_failure(
+    labels: dict[str, str], expected: Scope, tenant_failure: bool
+) -> None:
+    a = one(**labels)
+    assert scope(a) == expected
+    assert is_tenant_failure(draft(a)) is tenant_failure
+
+
+def test_times_naive_zero_and_offsets() -> None:
+    assert as_utc(datetime(2026, 12, 1, 10, 0)) == S0
+    assert ends_at(one()) is None, "Go's zero endsAt of a firing alert"
+    assert ends_at(one(status="resolved", ends="2026-12-01T13:05:00+03:00")) == datetime(
+        2026, 12, 1, 10, 5, tzinfo=UTC
+    )
+    assert as_utc(one(starts="0001-01-01T00:00:00+01:00").startsAt).year == 1
+
+
 # --------------------------------------------------------------------------- ingest (store)
 
 
@@ -187,31 +257,42 @@ def tickets(factory: sessionmaker[Session]) -> list[Incident]:
         return rows
 
 
+def ingest(factory: sessionmaker[Session], b: AlertmanagerWebhook) -> IntakeResult:
+    return alert_intake.ingest(factory, b, system_id="01", now=datetime.now(UTC))
+
+
+def lone(status: str = "firing", **kw: Any) -> dict[str, Any]:
+    """An alert without a tenant: it has a ticket of its own."""
+    return alert(status, tenant="", **kw)
+
+
 def test_firing_then_repeats_then_resolved(factory: sessionmaker[Session]) -> None:
-    made: list[str] = []
-    first = ingest(factory, body(alert()), system_id="01", on_created=made.append)
+    first = ingest(factory, body(lone()))
     assert (first.created, first.joined, first.resolved, first.ignored)[1:] == ([], [], 0)
-    assert len(first.created) == 1 and made == ["incident"]
+    assert len(first.created) == 1 and first.created_types == ["incident"]
+    assert not first.correlate, "no tenant: nothing to correlate"
     number = first.created[0]
     (ticket,) = tickets(factory)
     assert (ticket.number, ticket.type, ticket.status, ticket.tenant, ticket.source) == (
         number,
         "incident",
         "new",
-        "acme",
+        None,
         "alertmanager",
     )
-    assert ticket.subject == "acme: portal down"
+    assert ticket.open_key == "am:1a30ba71cca2921f"
+    assert ticket.subject == "portal down"
     assert ticket.description == "the portal answers 502"
     entries = len(ticket.events)
 
     for _ in range(3):  # repeat_interval, retries: nothing new
-        again = ingest(factory, body(alert()), system_id="01", on_created=made.append)
+        again = ingest(factory, body(lone()))
         assert (again.created, again.joined, again.resolved, again.ignored) == ([], [], [], 1)
+        assert again.created_types == []
     (ticket,) = tickets(factory)
-    assert len(ticket.events) == entries and made == ["incident"]
+    assert len(ticket.events) == entries
 
-    done = ingest(factory, body(alert("resolved", ends="2026-12-01T10:07:00Z")), system_id="01")
+    done = ingest(factory, body(lone("resolved", ends="2026-12-01T10:07:00Z")))
     assert (done.created, done.joined, done.resolved, done.ignored) == ([], [], [number], 0)
     (ticket,) = tickets(factory)
     assert ticket.status == "solution_provided" and ticket.open_key is None
@@ -220,24 +301,23 @@ def test_firing_then_repeats_then_resolved(factory: sessionmaker[Session]) -> No
     assert last.data["to"] == "solution_provided"
     assert "2026-12-01T10:07:00+00:00" in last.body and "ProbeFailure" in last.body
 
-    late = ingest(factory, body(alert("resolved")), system_id="01")  # resolved again: ignored
+    late = ingest(factory, body(lone("resolved")))  # resolved again: ignored
     assert (late.resolved, late.ignored) == ([], 1)
     assert len(tickets(factory)[0].events) == len(ticket.events)
 
 
 def test_mixed_body_reads_each_alert_by_its_status(factory: sessionmaker[Session]) -> None:
-    opened = ingest(factory, body(alert(fp="aaaa"), alert(fp="bbbb")), system_id="01")
+    opened = ingest(factory, body(lone(fp="aaaa"), lone(fp="bbbb")))
     a, b = opened.created
     mixed = ingest(
         factory,
         body(
-            alert("resolved", fp="aaaa", ends=T1),  # resolves a
-            alert(fp="bbbb"),  # repeat of b
-            alert(fp="cccc", severity="mass"),  # new
-            alert("resolved", fp="dddd"),  # no ticket
-            alert(fp="bbbb", starts=T1),  # b again, a new occurrence
+            lone("resolved", fp="aaaa", ends=T1),  # resolves a
+            lone(fp="bbbb"),  # repeat of b
+            alert(fp="cccc", severity="mass"),  # new; declares a mass incident: its own ticket
+            lone("resolved", fp="dddd"),  # no ticket
+            lone(fp="bbbb", starts=T1),  # b again, a new occurrence
         ),
-        system_id="01",
     )
     assert mixed.resolved == [a]
     assert mixed.joined == [b]
@@ -245,18 +325,29 @@ def test_mixed_body_reads_each_alert_by_its_status(factory: sessionmaker[Session
     by_number = {t.number: t for t in tickets(factory)}
     assert by_number[a].status == "solution_provided"
     assert by_number[b].status == "new"
-    assert by_number[mixed.created[0]].type == "mass_incident"
+    mass = by_number[mixed.created[0]]
+    assert (mass.type, mass.tenant, mass.open_key) == ("mass_incident", "acme", "am:cccc")
     assert len(by_number) == 3
 
 
 def test_same_alert_twice_in_one_body_opens_one_ticket(factory: sessionmaker[Session]) -> None:
-    result = ingest(factory, body(alert(fp=""), alert(fp="")), system_id="01")
+    result = ingest(factory, body(lone(fp=""), lone(fp="")))
     assert len(result.created) == 1 and result.ignored == 1
     assert len(tickets(factory)) == 1
 
 
 def test_firing_after_resolution_opens_a_new_ticket(factory: sessionmaker[Session]) -> None:
-    first = ingest(factory, body(alert()), system_id="01").created
-    ingest(factory, body(alert("resolved", ends=T1)), system_id="01")
-    second = ingest(factory, body(alert(starts="2026-12-01T12:00:00Z")), system_id="01").created
+    first = ingest(factory, body(lone())).created
+    ingest(factory, body(lone("resolved", ends=T1)))
+    second = ingest(factory, body(lone(starts="2026-12-01T12:00:00Z"))).created
     assert len(second) == 1 and second != first
+
+
+def test_a_tenants_alerts_share_the_tenant_incident(factory: sessionmaker[Session]) -> None:
+    """Two alerts of one tenant in one body: one ticket (``tenant:acme``), listed once."""
+    result = ingest(factory, body(alert(fp="a1"), alert(fp="a2", alertname="SipDown")))
+    assert len(result.created) == 1 and result.joined == [] and result.correlate
+    (ticket,) = tickets(factory)
+    assert ticket.open_key == "tenant:acme"
+    evidence = [e.data["fingerprint"] for e in ticket.events if e.kind == "evidence"]
+    assert evidence == ["a1", "a2"]

@@ -11,11 +11,14 @@ from orchestrator.incidents.correlation import (
     MonitorState,
     OpenMass,
     Recovered,
+    TenantHealth,
     Thresholds,
+    alerts_cleared,
     decide_mass,
     pick_open,
     recovery_comment,
     recovery_verified,
+    tenant_recovered,
 )
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
@@ -174,3 +177,55 @@ def test_recovery_comment_names_monitors_and_times_in_both_languages() -> None:
     )
     assert "DOWN since 2026-12-01 11:50:00 UTC, UP since 2026-12-01 11:55:00 UTC" in text
     assert "2026-12-01 12:00:00 UTC" in text
+
+
+HEALTH_CASES = [
+    # name, health, recovered (check-recovery, with the hold), cleared (at the alert's resolution)
+    ("nothing known", TenantHealth(), False, False),
+    ("monitors UP for the hold, no alerts", TenantHealth((up("a", 500),)), True, False),
+    ("alerts resolved, no monitors", TenantHealth(resolved_alerts=2), True, True),
+    ("one alert still firing", TenantHealth(firing_alerts=1, resolved_alerts=1), False, False),
+    ("firing alert, monitors UP", TenantHealth((up("a", 500),), firing_alerts=1), False, False),
+    ("alerts resolved, monitor UP too briefly", TenantHealth((up("a", 10),), resolved_alerts=1),
+     False, True),
+    ("alerts resolved, a monitor DOWN",
+     TenantHealth((up("a", 500, is_up=False),), resolved_alerts=1, monitors_down=1), False, False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("health", "recovered", "cleared"),
+    [c[1:] for c in HEALTH_CASES],
+    ids=[str(c[0]) for c in HEALTH_CASES],
+)
+def test_tenant_recovered_and_alerts_cleared(
+    health: TenantHealth, recovered: bool, cleared: bool
+) -> None:
+    assert tenant_recovered(health, TH.recovery_hold_s, NOW) is recovered
+    assert alerts_cleared(health) is cleared
+
+
+def test_recovery_comment_names_resolved_alerts() -> None:
+    alert = Recovered(
+        "acme",
+        "PortalDown",
+        datetime(2026, 12, 1, 11, 50, tzinfo=UTC),
+        datetime(2026, 12, 1, 11, 58, tzinfo=UTC),
+        kind="alert",
+    )
+    text = recovery_comment([alert], None, NOW)
+    assert text.startswith(
+        "Восстановление подтверждено автоматически 2026-12-01 12:00:00 UTC: "
+        "ни один монитор не DOWN, все оповещения Alertmanager сняты."
+    )
+    assert (
+        "Recovery verified automatically at 2026-12-01 12:00:00 UTC: no monitor DOWN, "
+        "all Alertmanager alerts resolved." in text
+    )
+    assert (
+        "- alert PortalDown (acme): firing since 2026-12-01 11:50:00 UTC, "
+        "resolved at 2026-12-01 11:58:00 UTC" in text
+    )
+    assert "- оповещение PortalDown (acme): с 2026-12-01 11:50:00 UTC" in text
+    with_hold = recovery_comment([alert], 120, NOW)
+    assert "all monitors UP for ≥ 120 s, all Alertmanager alerts resolved." in with_hold

@@ -13,21 +13,20 @@ from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.deps import CtxDep
 from orchestrator.incidents import telegram
-from orchestrator.incidents.alertmanager import (
-    MAX_BODY_BYTES,
-    SOURCE,
-    AlertmanagerWebhook,
-    ingest,
-)
+from orchestrator.incidents.alertmanager import MAX_BODY_BYTES, AlertmanagerWebhook
 
 router = APIRouter(prefix="/api/v1/intake", tags=["intake"])
 
 
 class AlertmanagerIntakeOut(BaseModel):
     created: list[str] = Field(description="numbers of the tickets opened by firing alerts")
-    joined: list[str] = Field(description="tickets a firing alert joined (a new occurrence)")
+    joined: list[str] = Field(
+        description="tickets a firing alert joined (its tenant's incident, or a new occurrence)"
+    )
     resolved: list[str] = Field(description="tickets moved to solution_provided")
-    ignored: int = Field(description="repeats of alerts already seen, resolved alerts unknown")
+    ignored: int = Field(
+        description="repeats of alerts already seen, resolved alerts without a firing one"
+    )
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -93,11 +92,14 @@ async def read_limited(request: Request, limit: int) -> bytes:
         "The receiver of an Alertmanager `webhook_configs` entry (`send_resolved: true`). "
         "Authenticated by `Authorization: Bearer <CPDOPS_ALERTMANAGER_SECRET>` "
         "(Alertmanager: `http_config.authorization.credentials`); 401 when missing or wrong, "
-        "503 when no secret is configured. Each alert is read by its own status: a firing "
-        "alert opens (or joins) the ticket of `am:<fingerprint>` exactly once — the same "
-        "alert delivered again adds nothing; a resolved alert moves its open ticket to "
-        "`solution_provided` with an automatic comment; a resolved alert without an open "
-        "ticket is ignored. 413 over 1 MiB, 422 names the malformed field."
+        "503 when no secret is configured. Each alert is read by its own status. A firing "
+        "alert with a `tenant` (or `smartcpd_tenant`) label opens or joins that tenant's "
+        "incident (`tenant:<slug>`) and takes part in mass-incident correlation; its last "
+        "firing alert resolved (and no monitor of the tenant DOWN) moves the incident to "
+        "`solution_provided` with an automatic comment. An alert without a tenant opens (or "
+        "joins) the ticket of `am:<fingerprint>`; resolved, it moves that ticket to "
+        "`solution_provided`. The same alert delivered again (same fingerprint and "
+        "`startsAt`) changes nothing. 413 over 1 MiB, 422 names the malformed field."
     ),
     openapi_extra={
         "requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}
@@ -118,12 +120,7 @@ async def alertmanager(ctx: CtxDep, request: Request) -> AlertmanagerIntakeOut:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         raise RequestValidationError(errors) from exc
 
-    def created(kind: str) -> None:
-        ctx.incidents.created.labels(type=kind, source=SOURCE).inc()
-
-    result = await run_in_threadpool(
-        ingest, ctx.factory, body, system_id=ctx.settings.system_id, on_created=created
-    )
+    result = await run_in_threadpool(ctx.incidents.on_alerts, body)
     return AlertmanagerIntakeOut(
         created=result.created,
         joined=result.joined,

@@ -1,0 +1,273 @@
+"""The Alertmanager intake's store part: one body applied in one transaction, one intake (or
+correlation, or recovery check) at a time per database. The decisions are ``alertmanager``'s.
+
+A tenant's firing alert opens or joins the tenant's incident (``tenant:<slug>``, the ticket a
+monitor DOWN opens) with the alert as an evidence entry, and its state goes into the ``alerts``
+table; the engine correlates after the transaction. A resolved alert marks its row resolved and
+puts a ``recovered`` entry on the ticket; the tenant's last firing alert resolving, with none of
+the tenant's monitors DOWN, solves the ticket (``recovery.solve_by_alerts``). Alerts without a
+tenant (or declaring a mass incident) keep their own ``am:<fingerprint>`` tickets.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.db.models import AlertRecord, Incident, IncidentEvent
+from orchestrator.db.session import session_scope
+from orchestrator.incidents.alertmanager import (
+    AlertmanagerAlert,
+    AlertmanagerWebhook,
+    AlertState,
+    Draft,
+    Known,
+    as_utc,
+    decide,
+    decide_alert,
+    dedup_key,
+    draft,
+    ends_at,
+    fingerprint,
+    is_tenant_failure,
+    resolution_comment,
+    scope,
+)
+from orchestrator.incidents.locks import one_writer
+from orchestrator.incidents.recovery import solve_by_alerts
+from orchestrator.incidents.tickets import ACTIVE, STATUS_LABELS, add_event, open_or_join
+
+log = logging.getLogger(__name__)
+
+AUTHOR = "alertmanager"
+SOURCE = "alertmanager"
+EVENT_KIND = "evidence"
+MAX_NAME = 255  # AlertRecord.alertname
+
+
+@dataclass
+class IntakeResult:
+    created: list[str] = field(default_factory=list)
+    joined: list[str] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    ignored: int = 0
+    created_types: list[str] = field(default_factory=list)
+    # A tenant's alert fired (also a repeat): correlate after the transaction.
+    correlate: bool = False
+    # Mass incidents whose child was solved here: check their recovery.
+    parents: set[int] = field(default_factory=set)
+
+
+def ingest(
+    factory: sessionmaker[Session], body: AlertmanagerWebhook, *, system_id: str, now: datetime
+) -> IntakeResult:
+    """Apply every alert of ``body`` in one transaction; nothing of it is kept on an error."""
+    result = IntakeResult()
+    with session_scope(factory) as s:
+        # Read, decide, write: one intake at a time (also across replicas), so two deliveries
+        # of one body cannot both see the alert as new.
+        one_writer(s)
+        for alert in body.alerts:
+            d = draft(alert)
+            if is_tenant_failure(d):
+                action = _tenant_alert(s, alert, d, system_id, now, result)
+            else:
+                action = _own_ticket(s, alert, d, system_id, now, result)
+            s.flush()
+            log.info(
+                "alertmanager alert=%s tenant=%s status=%s action=%s",
+                fingerprint(alert),
+                d.tenant,
+                alert.status,
+                action,
+            )
+    return result
+
+
+def _tenant_alert(
+    s: Session,
+    alert: AlertmanagerAlert,
+    d: Draft,
+    system_id: str,
+    now: datetime,
+    result: IntakeResult,
+) -> str:
+    assert d.tenant is not None
+    fp = fingerprint(alert)
+    starts = as_utc(alert.startsAt)
+    rec = s.get(AlertRecord, fp)
+    known = AlertState(rec.status, rec.starts_at) if rec is not None else None
+    action = decide_alert(alert.status, starts, known)
+    if alert.status == "firing":
+        result.correlate = True
+    if action in ("repeat", "stale"):
+        result.ignored += 1
+        return action
+    if rec is None:
+        rec = AlertRecord(fingerprint=fp, status=alert.status, starts_at=starts, seen_at=now)
+        s.add(rec)
+    where = scope(alert)
+    rec.alertname = alert.labels.get("alertname", "")[:MAX_NAME]
+    rec.tenant, rec.host, rec.db_server = d.tenant, where.host, where.db_server
+    rec.updated_at = now
+    if action == "open":
+        ticket, created = open_or_join(
+            s,
+            system_id=system_id,
+            open_key=f"tenant:{d.tenant}",
+            type="incident",
+            subject=d.subject,
+            description=d.description,
+            author=AUTHOR,
+            source=SOURCE,
+            tenant=d.tenant,
+            evidence=d.evidence,
+        )
+        s.flush()
+        rec.status, rec.starts_at, rec.ends_at, rec.seen_at = "firing", starts, None, now
+        rec.incident_id = ticket.id
+        if created:
+            result.created.append(ticket.number)
+            result.created_types.append("incident")
+        elif ticket.number not in result.created and ticket.number not in result.joined:
+            result.joined.append(ticket.number)
+        return action
+    ended = ends_at(alert) or now
+    if action == "record":  # resolved, never seen firing: kept so a late copy changes nothing
+        rec.status, rec.starts_at, rec.ends_at = "resolved", starts, ended
+        result.ignored += 1
+        return action
+    # resolve
+    rec.status, rec.ends_at = "resolved", ended
+    solved = s.get(Incident, rec.incident_id) if rec.incident_id is not None else None
+    if solved is None or solved.status == "closed":
+        result.ignored += 1
+        return action
+    add_event(
+        s,
+        solved,
+        author=AUTHOR,
+        kind="recovered",
+        body=f"Alert {rec.alertname or fp} resolved",
+        data={
+            "alert": fp,
+            "name": rec.alertname or fp,
+            "down_since": rec.starts_at.isoformat(),
+            "up_since": ended.isoformat(),
+        },
+    )
+    s.flush()
+    if solve_by_alerts(s, solved, now, author=AUTHOR):
+        result.resolved.append(solved.number)
+        if solved.parent_id is not None:
+            result.parents.add(solved.parent_id)
+    return action
+
+
+# --------------------------------------------------------------------------- own tickets
+
+
+def _known(session: Session, key: str) -> tuple[Incident | None, Known | None]:
+    incident = session.scalars(select(Incident).where(Incident.open_key == key)).first()
+    if incident is None or incident.status not in ACTIVE:
+        return incident, None
+    events = session.scalars(
+        select(IncidentEvent)
+        .where(
+            IncidentEvent.incident_id == incident.id,
+            IncidentEvent.author == AUTHOR,
+            IncidentEvent.kind == EVENT_KIND,
+        )
+        .order_by(IncidentEvent.id.desc())
+    )
+    last = next((e.data.get("startsAt") for e in events if e.data.get("startsAt")), None)
+    return incident, Known(incident.number, last)
+
+
+def provide_solution(session: Session, incident: Incident, comment: str) -> None:
+    """Move ``incident`` to ``solution_provided`` with ``comment``. Unlike
+    ``tickets.change_status`` (which frees the open key only on ``closed``), the open key is
+    released here, so the alert firing again opens a new ticket rather than joining the
+    solved one."""
+    old = incident.status
+    incident.status = "solution_provided"
+    incident.open_key = None
+    add_event(
+        session,
+        incident,
+        author=AUTHOR,
+        kind="status",
+        body=comment,
+        data={
+            "from": old,
+            "to": "solution_provided",
+            "label_ru": STATUS_LABELS["solution_provided"]["ru"],
+        },
+    )
+
+
+def _own_ticket(
+    s: Session,
+    alert: AlertmanagerAlert,
+    d: Draft,
+    system_id: str,
+    now: datetime,
+    result: IntakeResult,
+) -> str:
+    """A tenant-less (or mass-declaring) alert and its ``am:<fingerprint>`` ticket."""
+    key = dedup_key(alert)
+    incident, known = _known(s, key)
+    action = decide(alert, known)
+    if action in ("open", "join"):
+        ticket, created = open_or_join(
+            s,
+            system_id=system_id,
+            open_key=key,
+            type=d.type,
+            subject=d.subject,
+            description=d.description,
+            author=AUTHOR,
+            source=SOURCE,
+            tenant=d.tenant,
+            evidence=d.evidence,
+        )
+        s.flush()
+        (result.created if created else result.joined).append(ticket.number)
+        if created:
+            result.created_types.append(d.type)
+        _remember(s, alert, d, ticket.id, now)
+    elif action == "resolve":
+        assert incident is not None
+        provide_solution(s, incident, resolution_comment(alert))
+        result.resolved.append(incident.number)
+        _remember(s, alert, d, incident.id, now)
+    else:
+        result.ignored += 1
+    return action
+
+
+def _remember(
+    s: Session, alert: AlertmanagerAlert, d: Draft, incident_id: int, now: datetime
+) -> None:
+    """Keep an own-ticket alert's state too (it takes no part in correlation: its ticket is
+    no tenant incident)."""
+    fp = fingerprint(alert)
+    rec = s.get(AlertRecord, fp)
+    starts = as_utc(alert.startsAt)
+    if rec is None:
+        rec = AlertRecord(fingerprint=fp, status=alert.status, starts_at=starts, seen_at=now)
+        s.add(rec)
+    where = scope(alert)
+    rec.alertname = alert.labels.get("alertname", "")[:MAX_NAME]
+    rec.tenant, rec.host, rec.db_server = d.tenant, where.host, where.db_server
+    rec.status, rec.starts_at, rec.incident_id, rec.updated_at = (
+        alert.status,
+        starts,
+        incident_id,
+        now,
+    )
+    rec.ends_at = (ends_at(alert) or now) if alert.status == "resolved" else None
