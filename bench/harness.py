@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -69,7 +69,14 @@ def wait_port(port: int, deadline_s: float = 15.0) -> None:
 class Child:
     """A child process in its own process group."""
 
-    def __init__(self, name: str, argv: Sequence[str], *, log: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self._log: IO[bytes] | None = log.open("ab") if log else None
@@ -80,6 +87,7 @@ class Child:
             stderr=self._log if self._log else None,
             start_new_session=True,
             cwd=ROOT,
+            env=dict(env) if env is not None else None,
         )
 
     @property
@@ -146,8 +154,13 @@ class Children:
         self.stop_all()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def start(self, name: str, argv: Sequence[str]) -> Child:
-        child = Child(name, argv, log=self.tmp / f"{name}.log")
+    def start(
+        self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> Child:
+        """Start ``argv``; its stderr goes to ``<tmp>/<name>.log``, its stdout is a pipe for
+        :meth:`Child.read_json` (a child that prints much more than a report must log to stderr,
+        or it blocks once the pipe is full). ``env`` replaces the environment when given."""
+        child = Child(name, argv, log=self.tmp / f"{name}.log", env=env)
         self._children.append(child)
         return child
 

@@ -170,6 +170,7 @@ def main() -> None:
                     "--port",
                     str(port),
                 ],
+                env=env,
             )
             wait_port(port, 60)
             base = f"http://127.0.0.1:{port}"
