@@ -38,7 +38,7 @@ class MonitorSpec:
     target: str
     interval_s: float = 10.0
     timeout_s: float = 5.0
-    failure_threshold: int = 3
+    failure_threshold: int = 2
     recovery_threshold: int = 1
     expect_status: tuple[int, ...] = (200,)
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     system_id: str = Field(default="01", pattern=r"^\d{2}$", description="ticket number system id")
     monitor_interval_s: float = 10.0
     monitor_timeout_s: float = 5.0
-    monitor_failure_threshold: int = 3
+    monitor_failure_threshold: int = 2
     monitor_recovery_threshold: int = 1
     discovery_interval_s: float = 30.0
     recovery_check_interval_s: float = Field(

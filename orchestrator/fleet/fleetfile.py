@@ -502,7 +502,7 @@ class TenantSpec(_Spec):
 class MonitorDefaults(_Spec):
     interval: PositiveDuration = 10.0
     timeout: PositiveDuration = 5.0
-    failure_threshold: Count = 3
+    failure_threshold: Count = 2
     recovery_threshold: Count = 1
 
     @field_validator("timeout")

@@ -100,7 +100,7 @@ def test_minimal_file_gets_documented_defaults() -> None:
     assert tenant.maintenance_window is None and tenant.channels == [] and tenant.host is None
     assert fleet.hosts == [] and fleet.notifiers == []
     assert fleet.monitors.defaults == MonitorDefaults(
-        interval=10, timeout=5, failure_threshold=3, recovery_threshold=1
+        interval=10, timeout=5, failure_threshold=2, recovery_threshold=1
     )
     assert fleet.incidents == IncidentThresholds(
         mass_incident=MassIncidentThresholds(min_tenants=3, host_percent=50, window=300),
