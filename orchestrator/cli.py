@@ -220,8 +220,10 @@ def monitors_ls(tenant: str | None, as_json: bool) -> None:
 
 from orchestrator.cli_incidents import incidents  # noqa: E402
 from orchestrator.cli_rollout import rollout  # noqa: E402
+from orchestrator.cli_token import token  # noqa: E402
 from orchestrator.demo.cli import demo  # noqa: E402
 
 main.add_command(incidents)
 main.add_command(rollout)
 main.add_command(demo)
+main.add_command(token)

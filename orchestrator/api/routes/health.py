@@ -9,13 +9,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from orchestrator.api.auth import PUBLIC
 from orchestrator.api.deps import CtxDep
 
 # The body is the text exposition format 0.0.4; say so (prometheus_client's CONTENT_TYPE_LATEST
 # announces version 1.0.0 in recent releases).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-router = APIRouter(tags=["health"])
+# Open without a token: load balancers and Prometheus scrape them (docs/api.md).
+router = APIRouter(tags=["health"], dependencies=[PUBLIC])
 
 
 @router.get("/healthz", summary="Liveness and database reachability")

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from orchestrator.api.auth import SHARED_SECRET
 from orchestrator.api.deps import CtxDep
 from orchestrator.incidents.alertmanager import (
     MAX_BODY_BYTES,
@@ -85,6 +86,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 @router.post(
     "/alertmanager",
+    dependencies=[SHARED_SECRET],
     response_model=AlertmanagerIntakeOut,
     summary="Alertmanager webhook v4: firing alerts open tickets, resolved ones resolve them",
     description=(

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from monitors.probe import public_target
 from monitors.state import MonitorStatus
 from orchestrator import declared_monitors
+from orchestrator.api.auth import AdminDep, ViewerDep
 from orchestrator.api.deps import CtxDep, SessionDep
 from orchestrator.api.schemas import (
     DeclaredMonitorOut,
@@ -42,7 +43,10 @@ MonitorId = Annotated[str, Path(description="the monitor id, e.g. acme/portal (s
     ),
 )
 def list_monitors(
-    ctx: CtxDep, session: SessionDep, tenant: str | None = Query(default=None)
+    ctx: CtxDep,
+    session: SessionDep,
+    _viewer: ViewerDep,
+    tenant: str | None = Query(default=None),
 ) -> list[MonitorOut]:
     stored = {m.id: m for m in session.scalars(select(MonitorRecord))}
     declared = {d.id: d for d in session.scalars(select(DeclaredMonitor))}
@@ -134,7 +138,7 @@ def _apply(ctx: AppContext) -> None:
     },
 )
 def declare_monitor(
-    body: MonitorDeclaration, ctx: CtxDep, session: SessionDep
+    body: MonitorDeclaration, ctx: CtxDep, session: SessionDep, admin: AdminDep
 ) -> DeclaredMonitorOut:
     if session.scalars(select(Tenant.id).where(Tenant.slug == body.tenant)).first() is None:
         raise InputError(
@@ -154,7 +158,7 @@ def declare_monitor(
         )
     if body.id in generated_ids(ctx):
         raise ConflictError(f"monitor {body.id!r} exists: it is generated; choose another name")
-    row = declared_monitors.add(session, body, source="api", actor="api")
+    row = declared_monitors.add(session, body, source="api", actor=admin.actor)
     session.commit()
     _apply(ctx)
     return _declared_out(row)
@@ -175,7 +179,9 @@ def declare_monitor(
         409: {"description": "the monitor is generated, not declared"},
     },
 )
-def delete_monitor(monitor_id: MonitorId, ctx: CtxDep, session: SessionDep) -> Response:
+def delete_monitor(
+    monitor_id: MonitorId, ctx: CtxDep, session: SessionDep, admin: AdminDep
+) -> Response:
     row = session.get(DeclaredMonitor, monitor_id)
     if row is None:
         recorded = session.get(MonitorRecord, monitor_id) is not None
@@ -188,7 +194,7 @@ def delete_monitor(monitor_id: MonitorId, ctx: CtxDep, session: SessionDep) -> R
         raise NotFoundError(f"no monitor {monitor_id!r}")
     source = row.source
     declared_monitors.forget(session, monitor_id)
-    declared_monitors.audit_removal(session, monitor_id, source=source, actor="api")
+    declared_monitors.audit_removal(session, monitor_id, source=source, actor=admin.actor)
     session.commit()
     _apply(ctx)
     return Response(status_code=204)
@@ -203,6 +209,7 @@ def delete_monitor(monitor_id: MonitorId, ctx: CtxDep, session: SessionDep) -> R
 def monitor_history(
     monitor_id: MonitorId,
     session: SessionDep,
+    _viewer: ViewerDep,
     window: Annotated[Window, Query(description="1h, 24h, 7d or 30d")] = "24h",
 ) -> HistoryOut:
     known = session.get(MonitorRecord, monitor_id) or session.get(DeclaredMonitor, monitor_id)
@@ -224,7 +231,7 @@ def monitor_history(
     response_model=TenantUptimeOut,
     summary="A tenant's uptime over all its monitors (maintenance excluded)",
 )
-def tenant_uptime(slug: str, session: SessionDep) -> TenantUptimeOut:
+def tenant_uptime(slug: str, session: SessionDep, _viewer: ViewerDep) -> TenantUptimeOut:
     ids = list(session.scalars(select(MonitorRecord.id).where(MonitorRecord.tenant == slug)))
     if not ids:
         raise NotFoundError(f"no monitors for tenant {slug!r}")

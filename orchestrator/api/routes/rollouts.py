@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from orchestrator.api.auth import OperatorDep, ViewerDep
 from orchestrator.api.deps import CtxDep, SessionDep
 from orchestrator.api.schemas import PlannedOut, PlanOut, RolloutDetail, RolloutOut
 from orchestrator.db.models import Incident, Rollout, RolloutInstance
@@ -27,6 +28,7 @@ def _incident_numbers(session: Session, ids: list[int]) -> dict[int, str]:
 @router.get("", response_model=list[RolloutOut], summary="Rollouts, newest first")
 def list_rollouts(
     session: SessionDep,
+    _viewer: ViewerDep,
     status: str | None = Query(default=None, description="filter by status"),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> list[RolloutOut]:
@@ -48,7 +50,7 @@ def list_rollouts(
     description="Validates like `POST /rollouts` and returns the plan. Nothing is touched.",
     responses={400: {"description": "unknown tenant/host/image"}},
 )
-def plan_rollout(body: RolloutRequest, ctx: CtxDep) -> PlanOut:
+def plan_rollout(body: RolloutRequest, ctx: CtxDep, _operator: OperatorDep) -> PlanOut:
     plan, version = ctx.executor.plan(body)
     return PlanOut(
         image=body.image,
@@ -78,10 +80,12 @@ def plan_rollout(body: RolloutRequest, ctx: CtxDep) -> PlanOut:
     ),
     responses={400: {"description": "unknown tenant/host/image"}, 409: {"description": "overlap"}},
 )
-def create_rollout(request: Request, body: RolloutRequest, ctx: CtxDep) -> RolloutDetail:
+def create_rollout(
+    request: Request, body: RolloutRequest, ctx: CtxDep, operator: OperatorDep
+) -> RolloutDetail:
     scheduler = request.app.state.scheduler
     scheduled = body.schedule.at is not None or body.schedule.window
-    rollout_id = ctx.executor.create(body, actor="api", claim=not scheduled)
+    rollout_id = ctx.executor.create(body, actor=operator.actor, claim=not scheduled)
     if scheduled:
         schedule_rollout(scheduler, rollout_id, first_start(ctx, rollout_id))
     else:
@@ -91,8 +95,10 @@ def create_rollout(request: Request, body: RolloutRequest, ctx: CtxDep) -> Rollo
 
 
 def _control_route(action: str, summary: str) -> None:
-    def control(rollout_id: int, request: Request, ctx: CtxDep) -> RolloutDetail:
-        ctx.executor.control(rollout_id, action, actor="api")
+    def control(
+        rollout_id: int, request: Request, ctx: CtxDep, operator: OperatorDep
+    ) -> RolloutDetail:
+        ctx.executor.control(rollout_id, action, actor=operator.actor)
         if rollout_id in ctx.executor.resumable():
             run_rollout_now(request.app.state.scheduler, ctx, rollout_id)
         with ctx.factory() as session:
@@ -121,7 +127,7 @@ for _action, _summary in (
 
 
 @router.get("/{rollout_id}", response_model=RolloutDetail, summary="A rollout with its steps")
-def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
+def get_rollout(rollout_id: int, session: SessionDep, _viewer: ViewerDep) -> RolloutDetail:
     return rollout_detail(session, rollout_id)
 
 
