@@ -124,7 +124,7 @@ def route_rules(app: FastAPI) -> dict[tuple[str, str], str]:
     rule or several (so a route added without one cannot be served)."""
     rules: dict[tuple[str, str], str] = {}
     for route in iter_route_contexts(app.routes):
-        path = route.path or ""
+        path = route.path_format or route.path or ""  # as OpenAPI writes it: {id}, not {id:path}
         methods = sorted(route.methods or ())
         dependant: Dependant | None = getattr(route, "dependant", None)
         if dependant is None:

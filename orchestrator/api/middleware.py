@@ -125,7 +125,7 @@ class Audit:
                     role=principal.role.name if principal else None,
                     token_id=principal.token_id if principal else refused.get("token_id"),
                     method=method,
-                    route=getattr(route, "path", None),
+                    route=getattr(route, "path_format", None) or getattr(route, "path", None),
                     path=scope["path"],
                     status=status,
                     client=client[0] if client else None,

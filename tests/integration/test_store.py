@@ -43,10 +43,11 @@ def test_migration_creates_schema_and_is_idempotent(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade(engine)
     upgrade(engine)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0010"
     tables = set(inspect(engine).get_table_names())
     assert {"hosts", "tenants", "rollouts", "rollout_steps", "incidents", "audit"} <= tables
     assert {"monitor_minutes", "declared_monitors", "incident_attachments", "outbox"} <= tables
+    assert "api_tokens" in tables
     engine.dispose()
 
 
