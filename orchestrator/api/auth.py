@@ -145,6 +145,23 @@ def route_rules(app: FastAPI) -> dict[tuple[str, str], str]:
     return rules
 
 
+RANKED = frozenset(r.name for r in Role)
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Error",
+    "properties": {"detail": {"type": "string", "title": "Detail"}},
+    "required": ["detail"],
+}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+ERROR_RESPONSES: dict[str, dict[str, Any]] = {
+    "401": {
+        "description": "missing, malformed, unknown, expired or revoked token "
+        "(`WWW-Authenticate: Bearer`)",
+        "content": _ERROR_CONTENT,
+    },
+    "403": {"description": "the token's role is too low", "content": _ERROR_CONTENT},
+    "413": {"description": "request body too large", "content": _ERROR_CONTENT},
+}
 NOTES = {
     "public": "Access: public (no token).",
     "shared secret": "Access: the intake's shared secret (not an API token).",
@@ -171,6 +188,13 @@ def secure(app: FastAPI) -> dict[tuple[str, str], str]:
                 )
                 operation["description"] = f"{operation.get('description', '')}\n\n{note}".strip()
                 operation["x-cpdops-access"] = rule
+                responses = operation.setdefault("responses", {})
+                if rule in RANKED:
+                    responses.setdefault("401", ERROR_RESPONSES["401"])
+                    responses.setdefault("403", ERROR_RESPONSES["403"])
+                if "requestBody" in operation:
+                    responses.setdefault("413", ERROR_RESPONSES["413"])
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
         app.openapi_schema = schema
         return schema
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 
 from orchestrator.api.auth import AdminDep
 from orchestrator.api.deps import SessionDep
@@ -13,6 +15,16 @@ from orchestrator.api.schemas import AuditOut
 from orchestrator.auth.audit import query
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would read "0.0" as a Unix time; the parameter is documented as ISO 8601
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", value):
+        raise ValueError("not an ISO 8601 date-time, e.g. 2026-12-01T10:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 @router.get(
@@ -44,8 +56,8 @@ def get_audit(
     target: Annotated[
         str | None, Query(max_length=255, description="prefix of the path or object")
     ] = None,
-    since: Annotated[datetime | None, Query(description="at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="before (ISO 8601)")] = None,
+    since: Annotated[IsoTime | None, Query(description="at or after (ISO 8601)")] = None,
+    until: Annotated[IsoTime | None, Query(description="before (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[AuditOut]:

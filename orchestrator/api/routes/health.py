@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -33,7 +33,11 @@ def healthz(ctx: CtxDep) -> Any:
     return {"status": "ok", "database": "ok", "monitors": ctx.monitors is not None}
 
 
-@router.get("/metrics", summary="Prometheus metrics (text exposition format)")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=PlainTextResponse,
+)
 def metrics(ctx: CtxDep) -> Response:
     # the same bytes as generate_latest(ctx.registry); the monitors write their own text
     return Response(ctx.registry.render(), media_type=CONTENT_TYPE)

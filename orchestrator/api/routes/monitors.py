@@ -164,6 +164,33 @@ def declare_monitor(
     return _declared_out(row)
 
 
+# before the DELETE route: its {monitor_id:path} would also match …/history
+@router.get(
+    "/monitors/{monitor_id:path}/history",
+    response_model=HistoryOut,
+    summary="A monitor's history: per-minute points (per-hour beyond 24h) and uptime",
+    responses={404: {"description": "no such monitor"}},
+)
+def monitor_history(
+    monitor_id: MonitorId,
+    session: SessionDep,
+    _viewer: ViewerDep,
+    window: Annotated[Window, Query(description="1h, 24h, 7d or 30d")] = "24h",
+) -> HistoryOut:
+    known = session.get(MonitorRecord, monitor_id) or session.get(DeclaredMonitor, monitor_id)
+    if known is None:
+        raise NotFoundError(f"no monitor {monitor_id!r}")
+    points = history(session, monitor_id, window)
+    checks = sum(p.checks for p in points)
+    failures = sum(p.failures for p in points)
+    return HistoryOut(
+        monitor=monitor_id,
+        window=window,
+        uptime=None if checks == 0 else (checks - failures) / checks,
+        points=[PointOut(**p.__dict__) for p in points],
+    )
+
+
 @router.delete(
     "/monitors/{monitor_id:path}",
     status_code=204,
@@ -201,35 +228,10 @@ def delete_monitor(
 
 
 @router.get(
-    "/monitors/{monitor_id:path}/history",
-    response_model=HistoryOut,
-    summary="A monitor's history: per-minute points (per-hour beyond 24h) and uptime",
-    responses={404: {"description": "no such monitor"}},
-)
-def monitor_history(
-    monitor_id: MonitorId,
-    session: SessionDep,
-    _viewer: ViewerDep,
-    window: Annotated[Window, Query(description="1h, 24h, 7d or 30d")] = "24h",
-) -> HistoryOut:
-    known = session.get(MonitorRecord, monitor_id) or session.get(DeclaredMonitor, monitor_id)
-    if known is None:
-        raise NotFoundError(f"no monitor {monitor_id!r}")
-    points = history(session, monitor_id, window)
-    checks = sum(p.checks for p in points)
-    failures = sum(p.failures for p in points)
-    return HistoryOut(
-        monitor=monitor_id,
-        window=window,
-        uptime=None if checks == 0 else (checks - failures) / checks,
-        points=[PointOut(**p.__dict__) for p in points],
-    )
-
-
-@router.get(
     "/tenants/{slug}/uptime",
     response_model=TenantUptimeOut,
     summary="A tenant's uptime over all its monitors (maintenance excluded)",
+    responses={404: {"description": "no monitors for this tenant"}},
 )
 def tenant_uptime(slug: str, session: SessionDep, _viewer: ViewerDep) -> TenantUptimeOut:
     ids = list(session.scalars(select(MonitorRecord.id).where(MonitorRecord.tenant == slug)))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
@@ -16,6 +18,7 @@ from rollouts.planner import waves_of
 from rollouts.spec import RolloutRequest
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
+RolloutId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the rollout's id")]
 
 
 def _incident_numbers(session: Session, ids: list[int]) -> dict[int, str]:
@@ -96,7 +99,7 @@ def create_rollout(
 
 def _control_route(action: str, summary: str) -> None:
     def control(
-        rollout_id: int, request: Request, ctx: CtxDep, operator: OperatorDep
+        rollout_id: RolloutId, request: Request, ctx: CtxDep, operator: OperatorDep
     ) -> RolloutDetail:
         ctx.executor.control(rollout_id, action, actor=operator.actor)
         if rollout_id in ctx.executor.resumable():
@@ -126,8 +129,13 @@ for _action, _summary in (
     _control_route(_action, _summary)
 
 
-@router.get("/{rollout_id}", response_model=RolloutDetail, summary="A rollout with its steps")
-def get_rollout(rollout_id: int, session: SessionDep, _viewer: ViewerDep) -> RolloutDetail:
+@router.get(
+    "/{rollout_id}",
+    response_model=RolloutDetail,
+    summary="A rollout with its steps",
+    responses={404: {"description": "no such rollout"}},
+)
+def get_rollout(rollout_id: RolloutId, session: SessionDep, _viewer: ViewerDep) -> RolloutDetail:
     return rollout_detail(session, rollout_id)
 
 
