@@ -9,6 +9,7 @@ from typing import Any
 import click
 from sqlalchemy import select
 
+from orchestrator.auth.audit import cli_actor
 from orchestrator.cli_common import _dump, _opened, _table, json_option
 from orchestrator.errors import CpdopsError, InputError, OperationFailed
 
@@ -101,7 +102,7 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
 
     fleet = load_fleet_file(path)
     with _opened() as ctx, session_scope(ctx.factory) as s:
-        report = apply_fleet(s, fleet, prune=prune)
+        report = apply_fleet(s, fleet, prune=prune, actor=cli_actor())
     if as_json:
         _dump(report.as_dict())
         return

@@ -327,7 +327,7 @@ class DeclaredMonitor(Base):
 class AuditEntry(Base):
     """One entry of the audit log: who did what, when, from where, with which outcome.
 
-    Domain entries (``rollout.start``, ``fleet.apply``, ``token.create`` …) carry ``actor``,
+    Domain entries (``rollout.create``, ``fleet.apply``, ``token.create`` …) carry ``actor``,
     ``action``, ``target`` and ``detail``; an API request (``action`` ``http``) adds the
     method, the route template, the status code, the client address and the token. Request
     bodies, query strings and secrets are never stored."""

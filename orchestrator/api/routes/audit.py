@@ -34,7 +34,7 @@ IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
     description=(
         "Every API request that may change something (not GET/HEAD/OPTIONS) and every "
         "refused request (401/403) is an `http` entry with the method, route, path, status, "
-        "client address and token; the actions themselves (`rollout.start`, `token.create`, "
+        "client address and token; the actions themselves (`rollout.create`, `token.create`, "
         "`fleet.apply`, …, also those of the CLI) are entries too. Bodies, query strings and "
         "secrets are never stored. Newest first; page with `limit` and `offset`."
     ),
