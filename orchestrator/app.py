@@ -7,9 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy import select
 
 from orchestrator.api import errors
+from orchestrator.api.auth import secure
+from orchestrator.api.middleware import Audit, BodyLimit
 from orchestrator.api.routes import (
+    audit,
     fleet,
     health,
     incidents,
@@ -17,8 +22,11 @@ from orchestrator.api.routes import (
     monitors,
     postgres,
     rollouts,
+    tokens,
 )
+from orchestrator.auth.tokens import is_active
 from orchestrator.context import AppContext, build_context, start_monitors
+from orchestrator.db.models import ApiToken
 from orchestrator.incidents.mail_listener import IntakeHandler, MailListener
 from orchestrator.scheduler import make_scheduler
 from orchestrator.settings import Settings, listen_address
@@ -30,9 +38,25 @@ DESCRIPTION = """
 cpdops drives mass automatic updates and rollbacks of SmartCPD containers across a fleet of
 Docker hosts, monitors availability, and opens incident tickets automatically.
 
-Errors are JSON `{"detail": …}`: 400 bad input, 404 unknown object, 409 conflict,
-422 malformed request, 502/503 when a Docker host fails or does not answer.
+Every route under `/api/v1` needs `Authorization: Bearer <token>` (`cpdops token create
+--role viewer|operator|admin`): viewers read, operators act (rollouts, incidents), admins manage
+tokens and configuration and read the audit log; each operation names its role. `/healthz`,
+`/metrics` and these docs are open; the webhook intakes check their own shared secret.
+
+Errors are JSON `{"detail": …}`: 400 bad input, 401 missing/invalid/expired/revoked token,
+403 role too low, 404 unknown object, 409 conflict, 413 body too large, 422 malformed
+request, 502/503 when a Docker host fails or does not answer.
 """
+
+
+def _warn_without_tokens(context: AppContext) -> None:
+    with context.factory() as s:
+        active = [t for t in s.scalars(select(ApiToken)) if is_active(t)]
+    if not any(t.role == "admin" for t in active):
+        log.warning(
+            "no active admin API token: every /api/v1 request is refused (401) until one is "
+            "made with `cpdops token create --role admin --name <who>`"
+        )
 
 
 def create_app(settings: Settings | None = None, *, ctx: AppContext | None = None) -> FastAPI:
@@ -47,6 +71,7 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         if settings.run_scheduler:
             scheduler.start()
         app.state.ctx = context
+        _warn_without_tokens(context)
         app.state.scheduler = scheduler
         listener = start_mail_listener(context)
         log.info("cpdops started database=%s", context.engine.url.render_as_string())
@@ -66,9 +91,24 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, fleet, rollouts, incidents, intake, monitors, postgres):
+    for module in (health, fleet, rollouts, incidents, intake, monitors, postgres, tokens, audit):
         app.include_router(module.router)
     mount_webui(app)
+    secure(app)
+    # outermost last: CORS (when configured) → audit → body limit → the routes
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        larger={"/api/v1/incidents": incidents.MAX_BODY_BYTES},
+    )
+    app.add_middleware(Audit)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app
 
 

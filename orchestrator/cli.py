@@ -9,6 +9,7 @@ from typing import Any
 import click
 from sqlalchemy import select
 
+from orchestrator.auth.audit import cli_actor
 from orchestrator.cli_common import _dump, _opened, _table, json_option
 from orchestrator.errors import CpdopsError, InputError, OperationFailed
 
@@ -101,7 +102,7 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
 
     fleet = load_fleet_file(path)
     with _opened() as ctx, session_scope(ctx.factory) as s:
-        report = apply_fleet(s, fleet, prune=prune)
+        report = apply_fleet(s, fleet, prune=prune, actor=cli_actor())
     if as_json:
         _dump(report.as_dict())
         return
@@ -220,8 +221,10 @@ def monitors_ls(tenant: str | None, as_json: bool) -> None:
 
 from orchestrator.cli_incidents import incidents  # noqa: E402
 from orchestrator.cli_rollout import rollout  # noqa: E402
+from orchestrator.cli_token import token  # noqa: E402
 from orchestrator.demo.cli import demo  # noqa: E402
 
 main.add_command(incidents)
 main.add_command(rollout)
 main.add_command(demo)
+main.add_command(token)

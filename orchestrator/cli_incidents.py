@@ -15,6 +15,7 @@ from typing import Any
 import click
 from sqlalchemy.orm import Session
 
+from orchestrator.auth.audit import record_cli
 from orchestrator.cli_common import _dump, _opened, _table, json_option
 from orchestrator.context import AppContext
 from orchestrator.db.models import Incident
@@ -126,9 +127,11 @@ def incidents_show(number: str, as_json: bool) -> None:
 def _act(number: str, as_json: bool, action: Callable[[Session, Incident], Any]) -> None:
     from orchestrator.incidents.tickets import get_by_number
 
+    name = click.get_current_context().info_name or "change"
     with _opened() as ctx:
         with session_scope(ctx.factory) as s:
             action(s, get_by_number(s, number))
+            record_cli(s, action=f"incident.{name}", target=f"incident/{number}")
         _show(ctx, number, as_json)
 
 
@@ -266,4 +269,5 @@ def incidents_create(
                     author=author,
                 )
             number = incident.number
+            record_cli(s, action="incident.create", target=f"incident/{number}")
         _show(ctx, number, as_json)

@@ -12,6 +12,7 @@ import click
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from orchestrator.auth.audit import cli_actor
 from orchestrator.cli_common import _csv, _dump, _opened, _table, _validation_message, json_option
 from orchestrator.context import AppContext
 from orchestrator.db.models import Rollout
@@ -164,7 +165,9 @@ def rollout_start(as_json: bool, detach: bool, **kw: Any) -> None:
     with _opened() as ctx:
         request = build_request(ctx, kw)
         scheduled = request.schedule.at is not None or request.schedule.window
-        rollout_id = ctx.executor.create(request, actor="cli", claim=not (detach or scheduled))
+        rollout_id = ctx.executor.create(
+            request, actor=cli_actor(), claim=not (detach or scheduled)
+        )
         if scheduled:
             at = first_start(ctx, rollout_id)
             store_schedule(ctx, rollout_id, at)
@@ -243,7 +246,7 @@ def _control(action: str) -> Callable[..., None]:
             status = rollout_dict(ctx, rollout_id)["status"]
             # `resume` of a rollout whose runner died (status still running) is a takeover.
             if not (action == "resume" and orphaned and status not in ("paused", "waiting_window")):
-                ctx.executor.control(rollout_id, action, actor="cli")
+                ctx.executor.control(rollout_id, action, actor=cli_actor())
             orphaned = orphaned or rollout_id in ctx.executor.resumable()
             # If no process runs it, resume/rollback/abort/approve run it here.
             if action != "pause" and wait and orphaned:

@@ -11,4 +11,7 @@ start_dockerd
 export CPDOPS_PULL_POLICY="${CPDOPS_PULL_POLICY:-never}"
 cd "$ROOT"
 "$VENV/bin/cpdops" demo up --tenants "${CPDOPS_DEMO_TENANTS:-3}"
+# The API needs a token (docs/api.md): one admin token for this demo, printed once.
+echo "demo admin token (Authorization: Bearer …):" >&2
+"$VENV/bin/cpdops" token create --role admin --name "demo-$(date +%s)"
 exec "$VENV/bin/cpdops" serve "$@"

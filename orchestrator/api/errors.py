@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.errors import (
     ConflictError,
@@ -34,6 +39,20 @@ def status_for(exc: CpdopsError) -> int:
     return 500
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Methods of the routes matching the path, the most specific first: fewest parameters,
+    then most literal characters (``/rollouts/plan`` over ``/rollouts/{rollout_id}``)."""
+    by_specificity: dict[tuple[int, int], set[str]] = {}
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        template = route.path_format or ""
+        if regex is None or not regex.match(request.url.path):
+            continue
+        key = (-template.count("{"), len(re.sub(r"\{[^}]*\}", "", template)))
+        by_specificity.setdefault(key, set()).update(route.methods or ())
+    return sorted(by_specificity[max(by_specificity)]) if by_specificity else []
+
+
 def install(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CpdopsError)
@@ -50,5 +69,16 @@ def install(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # A 405 names in Allow the methods of the path's most specific routes (Starlette names
+        # only those of the first route that matched, e.g. GET of a path that also takes POST).
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            allowed = _allowed_methods(request)
+            if allowed:
+                exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, exc)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(CpdopsError, handle)
     app.add_exception_handler(RequestValidationError, invalid)

@@ -304,3 +304,56 @@ class DeclaredMonitorOut(ORM):
     created_by: str
     created_at: datetime
     updated_at: datetime
+
+
+class TokenIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*$",
+        description="who or what uses the token; unique among active tokens",
+        examples=["ci-deployer"],
+    )
+    role: Literal["viewer", "operator", "admin"] = Field(examples=["operator"])
+    expires: str | None = Field(
+        default=None,
+        max_length=16,
+        description="lifetime such as 30m, 12h, 90d or 2w; none: never expires",
+        examples=["90d"],
+    )
+
+
+class TokenOut(ORM):
+    id: int
+    key_id: str = Field(description="the public part of the token (cpd_<key_id>_…)")
+    name: str
+    role: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+    last_used_at: datetime | None = Field(description="updated at most once a minute")
+    last_used_from: str | None
+    active: bool = Field(default=True, description="neither revoked nor expired")
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the token itself: shown only in this response, never again")
+
+
+class AuditOut(ORM):
+    id: int
+    at: datetime
+    actor: str = Field(description="token:<name>, cli:<user> or anonymous")
+    action: str = Field(description="http for an API request, else e.g. rollout.start")
+    target: str = Field(description="the request path, or the object acted on")
+    detail: dict[str, Any]
+    role: str | None
+    token_id: int | None
+    method: str | None
+    route: str | None = Field(description="the route template, e.g. /api/v1/rollouts/{id}")
+    status: int | None = Field(description="the response status code")
+    client: str | None = Field(description="the client's address")

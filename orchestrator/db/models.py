@@ -381,11 +381,44 @@ class DeclaredMonitor(Base):
 
 
 class AuditEntry(Base):
+    """One entry of the audit log: who did what, when, from where, with which outcome.
+
+    Domain entries (``rollout.create``, ``fleet.apply``, ``token.create`` …) carry ``actor``,
+    ``action``, ``target`` and ``detail``; an API request (``action`` ``http``) adds the
+    method, the route template, the status code, the client address and the token. Request
+    bodies, query strings and secrets are never stored."""
+
     __tablename__ = "audit"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(100))
+    actor: Mapped[str] = mapped_column(String(100), doc="token:<name>, cli:<user>, anonymous")
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(255), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    method: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    route: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ApiToken(Base):
+    """An API credential. The token itself (``cpd_<key_id>_<secret>``) is shown once; only
+    the SHA-256 of it is kept, found by its public ``key_id``."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(100), index=True)
+    role: Mapped[str] = mapped_column(String(16), doc="viewer | operator | admin")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_used_from: Mapped[str | None] = mapped_column(String(64), nullable=True)

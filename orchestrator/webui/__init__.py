@@ -16,6 +16,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from orchestrator.api.auth import PUBLIC
+
 STATIC_DIR = Path(__file__).parent / "static"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -30,9 +32,10 @@ HEADERS = {
 
 
 def mount_webui(app: FastAPI) -> None:
-    """``GET /`` is the page; ``/ui/…`` its scripts and styles."""
+    """``GET /`` is the page; ``/ui/…`` its scripts and styles. Both are public (the page
+    holds no data: everything comes from the API, with the token typed into its login form)."""
 
-    @app.get("/", include_in_schema=False)
+    @app.get("/", include_in_schema=False, dependencies=[PUBLIC])
     def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=HEADERS)
 

@@ -25,7 +25,7 @@ import pytest
 
 from orchestrator.settings import Settings
 from tests.integration.fleet import free_port
-from tests.integration.server import running_server
+from tests.integration.server import api_client
 
 SECRET = "am-shared-secret-for-tests"
 BINARY = "/usr/bin/prometheus-alertmanager"
@@ -76,7 +76,7 @@ def cpdops(db_url: str, secret: str | None = SECRET) -> Iterator[httpx.Client]:
     settings = Settings(
         database_url=db_url, run_monitors=False, run_scheduler=False, alertmanager_secret=secret
     )
-    with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+    with api_client(settings) as api:
         yield api
 
 

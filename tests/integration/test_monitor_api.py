@@ -20,7 +20,7 @@ from orchestrator.fleet.apply import apply_fleet
 from orchestrator.fleet.fleetfile import parse_fleet_text
 from orchestrator.settings import Settings
 from tests.integration.fleet import free_port, wait_for
-from tests.integration.server import running_server
+from tests.integration.server import api_client
 
 INTERVAL = 0.3
 
@@ -138,7 +138,7 @@ def test_declare_probe_and_delete_monitors_without_restart(
     settings = Settings(
         database_url=db_url, discovery_interval_s=3600, local_docker_url="unix:///nonexistent.sock"
     )
-    with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+    with api_client(settings) as api:
         # the fleet file's monitor runs with the fleet file's defaults; the tenant's database
         # monitor is generated; a DSN password is never shown
         wait_for(

@@ -354,10 +354,8 @@ def test_window_schedule_survives_a_restart(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    import httpx
-
     from orchestrator.settings import Settings
-    from tests.integration.server import running_server
+    from tests.integration.server import api_client, running_server
 
     db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
     ctx = make_context(tmp_path, db_url)
@@ -396,7 +394,7 @@ def test_window_schedule_survives_a_restart(
         with running_server(settings):
             pass  # cpdops restarts before the window opens: the job is in the database
         assert set(_versions(placed).values()) == {"1"}
-        with running_server(settings) as base, httpx.Client(base_url=base) as api:
+        with api_client(settings) as api:
 
             def done() -> dict[str, Any] | None:
                 got: dict[str, Any] = api.get("/api/v1/rollouts/1").json()

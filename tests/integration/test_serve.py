@@ -6,13 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from orchestrator.settings import Settings
 from tests.integration.dockerd import remove_test_containers
 from tests.integration.fleet import make_context, place_tenants, wait_for, wait_health
-from tests.integration.server import running_server
+from tests.integration.server import api_client
 
 pytestmark = pytest.mark.docker
 
@@ -42,7 +41,7 @@ def test_serve_monitors_incident_and_api_rollout(
             discovery_interval_s=1.0,
             gate_passes=2,
         )
-        with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+        with api_client(settings) as api:
             assert api.get("/healthz").json()["status"] == "ok"
             found = api.get("/api/v1/instances").json()
             assert found["errors"] == {}
@@ -156,7 +155,7 @@ def test_maintenance_window_means_no_incident_and_history(
             monitor_failure_threshold=THRESHOLD,
             discovery_interval_s=1.0,
         )
-        with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+        with api_client(settings) as api:
 
             def states() -> dict[str, str]:
                 got: dict[str, set[str]] = {}

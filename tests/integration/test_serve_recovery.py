@@ -7,14 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from orchestrator.db.models import ConfigItem
 from orchestrator.db.session import session_scope
 from orchestrator.settings import Settings
 from tests.integration.dockerd import remove_test_containers
 from tests.integration.fleet import make_context, place_tenants, wait_for, wait_health
-from tests.integration.server import running_server
+from tests.integration.server import api_client
 
 
 def test_recovery_after_the_hold_provides_the_solution(
@@ -38,7 +36,7 @@ def test_recovery_after_the_hold_provides_the_solution(
             discovery_interval_s=1.0,
             recovery_check_interval_s=1.0,
         )
-        with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+        with api_client(settings) as api:
 
             def tickets() -> list[dict[str, Any]]:
                 got: list[dict[str, Any]] = api.get(

@@ -18,7 +18,7 @@ from orchestrator.incidents.attachments import MAX_ATTACHMENT_BYTES
 from orchestrator.incidents.numbers import is_valid_number
 from orchestrator.incidents.tickets import open_or_join
 from orchestrator.settings import Settings
-from tests.integration.server import running_server
+from tests.integration.server import api_client
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 
@@ -42,7 +42,7 @@ def api(db: str) -> Iterator[httpx.Client]:
         run_scheduler=False,
         local_docker_url="unix:///nonexistent.sock",
     )
-    with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+    with api_client(settings) as client:
         yield client
 
 

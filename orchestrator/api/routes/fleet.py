@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
+from orchestrator.api.auth import ViewerDep
 from orchestrator.api.deps import CtxDep, SessionDep
 from orchestrator.api.schemas import HostOut, InstanceOut, InstancesOut, TenantOut
 from orchestrator.db.models import Host, Tenant
@@ -14,7 +15,7 @@ router = APIRouter(prefix="/api/v1", tags=["fleet"])
 
 
 @router.get("/hosts", response_model=list[HostOut], summary="Docker hosts of the fleet")
-def list_hosts(session: SessionDep) -> list[HostOut]:
+def list_hosts(session: SessionDep, _viewer: ViewerDep) -> list[HostOut]:
     return [
         HostOut(name=h.name, url=h.url, labels=h.labels, tls=bool(h.tls))
         for h in session.scalars(select(Host).order_by(Host.name))
@@ -23,7 +24,9 @@ def list_hosts(session: SessionDep) -> list[HostOut]:
 
 @router.get("/tenants", response_model=list[TenantOut], summary="Registered tenants")
 def list_tenants(
-    session: SessionDep, ring: str | None = Query(default=None, description="filter by ring")
+    session: SessionDep,
+    _viewer: ViewerDep,
+    ring: str | None = Query(default=None, description="filter by ring"),
 ) -> list[TenantOut]:
     stmt = select(Tenant).order_by(Tenant.slug)
     if ring:
@@ -43,6 +46,7 @@ def list_tenants(
 )
 def list_instances(
     ctx: CtxDep,
+    _viewer: ViewerDep,
     tenant: str | None = Query(default=None, description="only this tenant"),
     host: str | None = Query(default=None, description="only this host"),
 ) -> InstancesOut:

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from starlette.datastructures import FormData, UploadFile
 
+from orchestrator.api.auth import OperatorDep, ViewerDep
 from orchestrator.api.deps import CtxDep, SessionDep
 from orchestrator.api.schemas import (
     CommentIn,
@@ -117,6 +118,7 @@ def _detail(session: Session, number: str) -> IncidentDetail:
 )
 def list_incidents(
     session: SessionDep,
+    _viewer: ViewerDep,
     type: Annotated[TicketType | None, Query(description="only this type")] = None,
     status: Annotated[TicketStatus | None, Query(description="only this status")] = None,
     tenant: Annotated[
@@ -188,7 +190,9 @@ _MULTIPART_SCHEMA = {
         }
     },
 )
-async def create_incident(request: Request, ctx: CtxDep) -> IncidentDetail | Response:
+async def create_incident(
+    request: Request, ctx: CtxDep, _operator: OperatorDep
+) -> IncidentDetail | Response:
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     screenshot: tuple[str | None, str | None, bytes] | None = None
     length = request.headers.get("content-length", "")
@@ -278,7 +282,7 @@ def _create(
     "(metadata), its parent mass incident and its children.",
     responses={404: ERRORS[404]},
 )
-def get_incident(number: NumberPath, session: SessionDep) -> IncidentDetail:
+def get_incident(number: NumberPath, session: SessionDep, _viewer: ViewerDep) -> IncidentDetail:
     return _detail(session, number)
 
 
@@ -291,7 +295,9 @@ def get_incident(number: NumberPath, session: SessionDep) -> IncidentDetail:
     "`awaiting_info` or `solution_provided` ticket reopens it (`open`).",
     responses=ERRORS,
 )
-def post_comment(number: NumberPath, body: CommentIn, session: SessionDep) -> IncidentDetail:
+def post_comment(
+    number: NumberPath, body: CommentIn, session: SessionDep, _operator: OperatorDep
+) -> IncidentDetail:
     incident = get_by_number(session, number)
     add_comment(session, incident, author=body.author, body=body.body, customer=body.customer)
     session.commit()
@@ -308,7 +314,9 @@ def post_comment(number: NumberPath, body: CommentIn, session: SessionDep) -> In
     "change is 409 naming the current and the allowed statuses; the same status is no change.",
     responses=ERRORS,
 )
-def post_status(number: NumberPath, body: StatusIn, session: SessionDep) -> IncidentDetail:
+def post_status(
+    number: NumberPath, body: StatusIn, session: SessionDep, _operator: OperatorDep
+) -> IncidentDetail:
     incident = get_by_number(session, number)
     change_status(session, incident, body.status, author=body.author, comment=body.comment)
     session.commit()
@@ -322,7 +330,9 @@ def post_status(number: NumberPath, body: StatusIn, session: SessionDep) -> Inci
     description="low, normal, high or critical; the change is on the timeline.",
     responses=ERRORS,
 )
-def post_priority(number: NumberPath, body: PriorityIn, session: SessionDep) -> IncidentDetail:
+def post_priority(
+    number: NumberPath, body: PriorityIn, session: SessionDep, _operator: OperatorDep
+) -> IncidentDetail:
     incident = get_by_number(session, number)
     set_priority(session, incident, body.priority, author=body.author)
     session.commit()
@@ -343,6 +353,7 @@ def get_attachment_bytes(
     number: NumberPath,
     attachment_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
     session: SessionDep,
+    _viewer: ViewerDep,
 ) -> Response:
     att = get_attachment(session, get_by_number(session, number), attachment_id)
     ascii_name = att.filename.encode("ascii", "replace").decode().replace('"', "_")

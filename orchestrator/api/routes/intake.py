@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from orchestrator.api.auth import SHARED_SECRET
 from orchestrator.api.deps import CtxDep
 from orchestrator.incidents import telegram
 from orchestrator.incidents.alertmanager import MAX_BODY_BYTES, AlertmanagerWebhook
@@ -86,6 +87,7 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 @router.post(
     "/alertmanager",
+    dependencies=[SHARED_SECRET],
     response_model=AlertmanagerIntakeOut,
     summary="Alertmanager webhook v4: firing alerts open tickets, resolved ones resolve them",
     description=(
@@ -163,6 +165,7 @@ def check_telegram_secret(ctx: CtxDep, request: Request) -> None:
 
 @router.post(
     "/telegram",
+    dependencies=[SHARED_SECRET],
     response_model=TelegramIntakeOut,
     summary="Telegram bot webhook: a customer's message opens a ticket or comments one",
     description=(

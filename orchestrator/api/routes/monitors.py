@@ -11,6 +11,7 @@ from sqlalchemy import select
 from monitors.probe import public_target
 from monitors.state import MonitorStatus
 from orchestrator import declared_monitors
+from orchestrator.api.auth import AdminDep, ViewerDep
 from orchestrator.api.deps import CtxDep, SessionDep
 from orchestrator.api.schemas import (
     DeclaredMonitorOut,
@@ -42,7 +43,10 @@ MonitorId = Annotated[str, Path(description="the monitor id, e.g. acme/portal (s
     ),
 )
 def list_monitors(
-    ctx: CtxDep, session: SessionDep, tenant: str | None = Query(default=None)
+    ctx: CtxDep,
+    session: SessionDep,
+    _viewer: ViewerDep,
+    tenant: str | None = Query(default=None),
 ) -> list[MonitorOut]:
     stored = {m.id: m for m in session.scalars(select(MonitorRecord))}
     declared = {d.id: d for d in session.scalars(select(DeclaredMonitor))}
@@ -134,7 +138,7 @@ def _apply(ctx: AppContext) -> None:
     },
 )
 def declare_monitor(
-    body: MonitorDeclaration, ctx: CtxDep, session: SessionDep
+    body: MonitorDeclaration, ctx: CtxDep, session: SessionDep, admin: AdminDep
 ) -> DeclaredMonitorOut:
     if session.scalars(select(Tenant.id).where(Tenant.slug == body.tenant)).first() is None:
         raise InputError(
@@ -154,10 +158,37 @@ def declare_monitor(
         )
     if body.id in generated_ids(ctx):
         raise ConflictError(f"monitor {body.id!r} exists: it is generated; choose another name")
-    row = declared_monitors.add(session, body, source="api", actor="api")
+    row = declared_monitors.add(session, body, source="api", actor=admin.actor)
     session.commit()
     _apply(ctx)
     return _declared_out(row)
+
+
+# before the DELETE route: its {monitor_id:path} would also match …/history
+@router.get(
+    "/monitors/{monitor_id:path}/history",
+    response_model=HistoryOut,
+    summary="A monitor's history: per-minute points (per-hour beyond 24h) and uptime",
+    responses={404: {"description": "no such monitor"}},
+)
+def monitor_history(
+    monitor_id: MonitorId,
+    session: SessionDep,
+    _viewer: ViewerDep,
+    window: Annotated[Window, Query(description="1h, 24h, 7d or 30d")] = "24h",
+) -> HistoryOut:
+    known = session.get(MonitorRecord, monitor_id) or session.get(DeclaredMonitor, monitor_id)
+    if known is None:
+        raise NotFoundError(f"no monitor {monitor_id!r}")
+    points = history(session, monitor_id, window)
+    checks = sum(p.checks for p in points)
+    failures = sum(p.failures for p in points)
+    return HistoryOut(
+        monitor=monitor_id,
+        window=window,
+        uptime=None if checks == 0 else (checks - failures) / checks,
+        points=[PointOut(**p.__dict__) for p in points],
+    )
 
 
 @router.delete(
@@ -175,7 +206,9 @@ def declare_monitor(
         409: {"description": "the monitor is generated, not declared"},
     },
 )
-def delete_monitor(monitor_id: MonitorId, ctx: CtxDep, session: SessionDep) -> Response:
+def delete_monitor(
+    monitor_id: MonitorId, ctx: CtxDep, session: SessionDep, admin: AdminDep
+) -> Response:
     row = session.get(DeclaredMonitor, monitor_id)
     if row is None:
         recorded = session.get(MonitorRecord, monitor_id) is not None
@@ -188,43 +221,19 @@ def delete_monitor(monitor_id: MonitorId, ctx: CtxDep, session: SessionDep) -> R
         raise NotFoundError(f"no monitor {monitor_id!r}")
     source = row.source
     declared_monitors.forget(session, monitor_id)
-    declared_monitors.audit_removal(session, monitor_id, source=source, actor="api")
+    declared_monitors.audit_removal(session, monitor_id, source=source, actor=admin.actor)
     session.commit()
     _apply(ctx)
     return Response(status_code=204)
 
 
 @router.get(
-    "/monitors/{monitor_id:path}/history",
-    response_model=HistoryOut,
-    summary="A monitor's history: per-minute points (per-hour beyond 24h) and uptime",
-    responses={404: {"description": "no such monitor"}},
-)
-def monitor_history(
-    monitor_id: MonitorId,
-    session: SessionDep,
-    window: Annotated[Window, Query(description="1h, 24h, 7d or 30d")] = "24h",
-) -> HistoryOut:
-    known = session.get(MonitorRecord, monitor_id) or session.get(DeclaredMonitor, monitor_id)
-    if known is None:
-        raise NotFoundError(f"no monitor {monitor_id!r}")
-    points = history(session, monitor_id, window)
-    checks = sum(p.checks for p in points)
-    failures = sum(p.failures for p in points)
-    return HistoryOut(
-        monitor=monitor_id,
-        window=window,
-        uptime=None if checks == 0 else (checks - failures) / checks,
-        points=[PointOut(**p.__dict__) for p in points],
-    )
-
-
-@router.get(
     "/tenants/{slug}/uptime",
     response_model=TenantUptimeOut,
     summary="A tenant's uptime over all its monitors (maintenance excluded)",
+    responses={404: {"description": "no monitors for this tenant"}},
 )
-def tenant_uptime(slug: str, session: SessionDep) -> TenantUptimeOut:
+def tenant_uptime(slug: str, session: SessionDep, _viewer: ViewerDep) -> TenantUptimeOut:
     ids = list(session.scalars(select(MonitorRecord.id).where(MonitorRecord.tenant == slug)))
     if not ids:
         raise NotFoundError(f"no monitors for tenant {slug!r}")

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from monitors.probe import public_target
 from monitors.state import MonitorStatus
+from orchestrator.api.auth import ViewerDep
 from orchestrator.api.deps import CtxDep, SessionDep
 from orchestrator.db.models import MonitorRecord
 
@@ -55,7 +56,7 @@ class PgServerOut(BaseModel):
         "stored state only. Passwords are never shown."
     ),
 )
-def list_postgres(ctx: CtxDep, session: SessionDep) -> list[PgServerOut]:
+def list_postgres(ctx: CtxDep, session: SessionDep, _who: ViewerDep) -> list[PgServerOut]:
     rows: dict[str, PgServerOut] = {}
     for rec in session.scalars(select(MonitorRecord).where(MonitorRecord.kind == "postgres")):
         rows[rec.id] = PgServerOut(

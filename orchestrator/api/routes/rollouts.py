@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from orchestrator.api.auth import OperatorDep, ViewerDep
 from orchestrator.api.deps import CtxDep, SessionDep
 from orchestrator.api.schemas import PlannedOut, PlanOut, RolloutDetail, RolloutOut
 from orchestrator.db.models import Incident, Rollout, RolloutInstance
@@ -15,6 +18,7 @@ from rollouts.planner import waves_of
 from rollouts.spec import RolloutRequest
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
+RolloutId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the rollout's id")]
 
 
 def _incident_numbers(session: Session, ids: list[int]) -> dict[int, str]:
@@ -27,6 +31,7 @@ def _incident_numbers(session: Session, ids: list[int]) -> dict[int, str]:
 @router.get("", response_model=list[RolloutOut], summary="Rollouts, newest first")
 def list_rollouts(
     session: SessionDep,
+    _viewer: ViewerDep,
     status: str | None = Query(default=None, description="filter by status"),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> list[RolloutOut]:
@@ -48,7 +53,7 @@ def list_rollouts(
     description="Validates like `POST /rollouts` and returns the plan. Nothing is touched.",
     responses={400: {"description": "unknown tenant/host/image"}},
 )
-def plan_rollout(body: RolloutRequest, ctx: CtxDep) -> PlanOut:
+def plan_rollout(body: RolloutRequest, ctx: CtxDep, _operator: OperatorDep) -> PlanOut:
     plan, version = ctx.executor.plan(body)
     return PlanOut(
         image=body.image,
@@ -78,10 +83,12 @@ def plan_rollout(body: RolloutRequest, ctx: CtxDep) -> PlanOut:
     ),
     responses={400: {"description": "unknown tenant/host/image"}, 409: {"description": "overlap"}},
 )
-def create_rollout(request: Request, body: RolloutRequest, ctx: CtxDep) -> RolloutDetail:
+def create_rollout(
+    request: Request, body: RolloutRequest, ctx: CtxDep, operator: OperatorDep
+) -> RolloutDetail:
     scheduler = request.app.state.scheduler
     scheduled = body.schedule.at is not None or body.schedule.window
-    rollout_id = ctx.executor.create(body, actor="api", claim=not scheduled)
+    rollout_id = ctx.executor.create(body, actor=operator.actor, claim=not scheduled)
     if scheduled:
         schedule_rollout(scheduler, rollout_id, first_start(ctx, rollout_id))
     else:
@@ -91,8 +98,10 @@ def create_rollout(request: Request, body: RolloutRequest, ctx: CtxDep) -> Rollo
 
 
 def _control_route(action: str, summary: str) -> None:
-    def control(rollout_id: int, request: Request, ctx: CtxDep) -> RolloutDetail:
-        ctx.executor.control(rollout_id, action, actor="api")
+    def control(
+        rollout_id: RolloutId, request: Request, ctx: CtxDep, operator: OperatorDep
+    ) -> RolloutDetail:
+        ctx.executor.control(rollout_id, action, actor=operator.actor)
         if rollout_id in ctx.executor.resumable():
             run_rollout_now(request.app.state.scheduler, ctx, rollout_id)
         with ctx.factory() as session:
@@ -120,8 +129,13 @@ for _action, _summary in (
     _control_route(_action, _summary)
 
 
-@router.get("/{rollout_id}", response_model=RolloutDetail, summary="A rollout with its steps")
-def get_rollout(rollout_id: int, session: SessionDep) -> RolloutDetail:
+@router.get(
+    "/{rollout_id}",
+    response_model=RolloutDetail,
+    summary="A rollout with its steps",
+    responses={404: {"description": "no such rollout"}},
+)
+def get_rollout(rollout_id: RolloutId, session: SessionDep, _viewer: ViewerDep) -> RolloutDetail:
     return rollout_detail(session, rollout_id)
 
 

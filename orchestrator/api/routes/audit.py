@@ -1,0 +1,77 @@
+"""``GET /api/v1/audit``: the audit log, newest first, with filters and pagination."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
+
+from orchestrator.api.auth import AdminDep
+from orchestrator.api.deps import SessionDep
+from orchestrator.api.schemas import AuditOut
+from orchestrator.auth.audit import query
+
+router = APIRouter(prefix="/api/v1", tags=["audit"])
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would read "0.0" as a Unix time; the parameter is documented as ISO 8601
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", value):
+        raise ValueError("not an ISO 8601 date-time, e.g. 2026-12-01T10:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
+@router.get(
+    "/audit",
+    response_model=list[AuditOut],
+    summary="The audit log: who did what, when, from where, with which outcome",
+    description=(
+        "Every API request that may change something (not GET/HEAD/OPTIONS) and every "
+        "refused request (401/403) is an `http` entry with the method, route, path, status, "
+        "client address and token; the actions themselves (`rollout.create`, `token.create`, "
+        "`fleet.apply`, …, also those of the CLI) are entries too. Bodies, query strings and "
+        "secrets are never stored. Newest first; page with `limit` and `offset`."
+    ),
+)
+def get_audit(
+    session: SessionDep,
+    _admin: AdminDep,
+    actor: Annotated[
+        str | None, Query(max_length=100, description="exactly, e.g. token:ci or cli:root")
+    ] = None,
+    action: Annotated[
+        str | None, Query(max_length=64, description="prefix, e.g. http or rollout.")
+    ] = None,
+    method: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z]{1,8}$", description="HTTP method")
+    ] = None,
+    status: Annotated[int | None, Query(ge=100, le=599, description="response status")] = None,
+    token_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    target: Annotated[
+        str | None, Query(max_length=255, description="prefix of the path or object")
+    ] = None,
+    since: Annotated[IsoTime | None, Query(description="at or after (ISO 8601)")] = None,
+    until: Annotated[IsoTime | None, Query(description="before (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> list[AuditOut]:
+    rows = query(
+        session,
+        actor=actor,
+        action=action,
+        method=method,
+        status=status,
+        token_id=token_id,
+        target=target,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    return [AuditOut.model_validate(r) for r in rows]

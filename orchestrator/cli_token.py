@@ -1,0 +1,116 @@
+"""``cpdops token create|ls|revoke``: API tokens, on the database directly.
+
+This is how the first admin token is made (nobody can call the API without one): the CLI
+needs only the database (``CPDOPS_DATABASE_URL``). Every change is in the audit log with the
+CLI user as the actor.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import click
+
+from orchestrator.auth.audit import cli_actor
+from orchestrator.auth.tokens import (
+    Role,
+    create_token,
+    is_active,
+    list_tokens,
+    parse_duration,
+    revoke_token,
+)
+from orchestrator.cli_common import _dump, _opened, _table, json_option
+from orchestrator.db.models import ApiToken, utcnow
+from orchestrator.db.session import session_scope
+
+
+def _as_dict(row: ApiToken) -> dict[str, object]:
+    return {
+        "id": row.id,
+        "key_id": row.key_id,
+        "name": row.name,
+        "role": row.role,
+        "active": is_active(row),
+        "created_at": row.created_at,
+        "created_by": row.created_by,
+        "expires_at": row.expires_at,
+        "revoked_at": row.revoked_at,
+        "revoked_by": row.revoked_by,
+        "last_used_at": row.last_used_at,
+        "last_used_from": row.last_used_from,
+    }
+
+
+@click.group()
+def token() -> None:
+    """API tokens (roles viewer, operator, admin); the token is shown once."""
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice([r.name for r in Role]))
+@click.option("--name", help="who or what uses it (default: <role>-<random>)")
+@click.option("--expires", help="lifetime such as 30m, 12h, 90d or 2w (default: never)")
+@json_option
+def token_create(role: str, name: str | None, expires: str | None, as_json: bool) -> None:
+    """Create a token and print it once (only its hash is kept)."""
+    expires_at = utcnow() + parse_duration(expires) if expires else None
+    with _opened() as ctx, session_scope(ctx.factory) as s:
+        row, plain = create_token(
+            s,
+            name=name or f"{role}-{secrets.token_hex(3)}",
+            role=Role[role],
+            actor=cli_actor(),
+            expires_at=expires_at,
+        )
+        data = _as_dict(row)
+    if as_json:
+        _dump({**data, "token": plain})
+        return
+    click.echo(plain)
+    click.echo(
+        f"token {data['id']} {data['name']!r} role {role}"
+        + (f", expires {expires_at:%Y-%m-%d %H:%M} UTC" if expires_at else "")
+        + ": shown only now; use it as Authorization: Bearer <token>",
+        err=True,
+    )
+
+
+@token.command("ls")
+@json_option
+def token_ls(as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    with _opened() as ctx, ctx.factory() as s:
+        data = [_as_dict(t) for t in list_tokens(s)]
+    if as_json:
+        _dump(data)
+        return
+    _table(
+        [
+            (
+                d["id"],
+                d["name"],
+                d["role"],
+                "active" if d["active"] else "revoked" if d["revoked_at"] else "expired",
+                d["key_id"],
+                d["created_at"],
+                d["expires_at"],
+                d["last_used_at"],
+            )
+            for d in data
+        ],
+        ["id", "name", "role", "state", "key id", "created", "expires", "last used"],
+    )
+
+
+@token.command("revoke")
+@click.argument("ref")
+@json_option
+def token_revoke(ref: str, as_json: bool) -> None:
+    """Revoke a token, given by id, key id or name; it is refused from its next request."""
+    with _opened() as ctx, session_scope(ctx.factory) as s:
+        data = _as_dict(revoke_token(s, ref, actor=cli_actor()))
+    if as_json:
+        _dump(data)
+        return
+    click.echo(f"revoked token {data['id']} {data['name']!r} (role {data['role']})")
