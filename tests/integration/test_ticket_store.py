@@ -224,7 +224,6 @@ def test_create_ticket_numbers_unique_under_concurrency(store: sessionmaker[Sess
 
 def test_migration_0005_up_and_down_keeps_tickets(db_url: str) -> None:
     from alembic import command
-    from alembic.script import ScriptDirectory
     from sqlalchemy import inspect
 
     from orchestrator.db.migrate import alembic_config, current_revision
