@@ -61,13 +61,6 @@ EXPORTED = frozenset(
         "cpdops_incident_solution_seconds_bucket",
         "cpdops_incident_solution_seconds_sum",
         "cpdops_incident_solution_seconds_count",
-    }
-)
-# IN PROGRESS: SPEC §3.5 names it, the incidents dashboard charts it, and another branch is
-# adding it to cpdops right now. Until that lands, the end-to-end test lets the panels that
-# query it return nothing (and says so); nothing else is excused.
-IN_PROGRESS = frozenset(
-    {
         "cpdops_detection_seconds_bucket",
         "cpdops_detection_seconds_sum",
         "cpdops_detection_seconds_count",
