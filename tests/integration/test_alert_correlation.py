@@ -25,7 +25,7 @@ from orchestrator.db.session import make_engine, make_session_factory
 from orchestrator.incidents.alertmanager import AlertmanagerWebhook
 from orchestrator.incidents.engine import IncidentEngine
 from orchestrator.settings import Settings
-from tests.integration.server import running_server
+from tests.integration.server import bearer, make_token, running_server
 
 TENANTS = [f"t{i}" for i in range(5)]
 SECRET = "am-correlation-secret"
@@ -372,7 +372,8 @@ def test_two_servers_racing_one_mass_incident(db_url: str, store: sessionmaker[S
     )
     starts = datetime.now(UTC) - timedelta(seconds=5)
     with running_server(settings) as a, running_server(settings) as b:
-        clients = [httpx.Client(base_url=u, timeout=60) for u in (a, b)]
+        token = make_token(settings, "viewer")
+        clients = [httpx.Client(base_url=u, timeout=60, headers=bearer(token)) for u in (a, b)]
         try:
             jobs = [(clients[i % 2], body) for body in bodies(starts) for i in range(4)]
 

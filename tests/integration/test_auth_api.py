@@ -72,6 +72,10 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/audit"): "admin",
 }
 RANK = {"viewer": 1, "operator": 2, "admin": 3}
+TELEGRAM_SECRET = "tg-intake-secret"
+# How a webhook intake refuses a request without its secret (an API token is not it):
+# Alertmanager sends the secret as a bearer credential (401), Telegram in its own header (403).
+SECRET_REFUSAL = {"/api/v1/intake/alertmanager": "401", "/api/v1/intake/telegram": "403"}
 PATH_VALUES = {
     "rollout_id": "999",
     "number": "2026120101000017",
@@ -101,6 +105,7 @@ def _settings(db_url: str, **extra: Any) -> Settings:
         run_scheduler=False,
         local_docker_url="unix:///nonexistent.sock",
         alertmanager_secret=SECRET,
+        telegram_secret=TELEGRAM_SECRET,
         **extra,
     )
 
@@ -164,7 +169,7 @@ def test_authorization_matrix(api: Api) -> None:
                 if rule == "public":
                     want = "allowed"
                 elif rule == "shared secret":
-                    want = "401"  # an API token is not the intake's secret
+                    want = SECRET_REFUSAL[path]  # an API token is not the intake's secret
                 elif who in ("none", "malformed", "revoked", "expired"):
                     want = "401"
                 else:
@@ -183,6 +188,12 @@ def test_authorization_matrix(api: Api) -> None:
             json={"version": "4", "status": "firing", "alerts": []},
         )
         assert res.status_code not in (401, 403), res.text
+        res = httpx.post(
+            f"{api.base}/api/v1/intake/telegram",
+            headers={"X-Telegram-Bot-Api-Secret-Token": TELEGRAM_SECRET},
+            json={"update_id": 1},
+        )
+        assert res.status_code == 200 and res.json()["action"] == "ignored", res.text
     finally:
         for c in clients.values():
             c.close()

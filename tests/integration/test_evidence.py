@@ -15,7 +15,7 @@ import httpx
 from orchestrator.settings import Settings
 from tests.integration.dockerd import remove_test_containers
 from tests.integration.fleet import make_context, place_tenants, wait_for
-from tests.integration.server import running_server
+from tests.integration.server import bearer, make_token, running_server
 
 SECRETS = ("Sup3rS3cret", "tok-9f8e7d6c", "abcdefgh12345678")
 LOG_LINE = (
@@ -46,7 +46,12 @@ def test_failing_instance_ticket_keeps_redacted_evidence_and_detection_time(
             monitor_failure_threshold=2,
             discovery_interval_s=1.0,
         )
-        with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+        with (
+            running_server(settings) as base,
+            httpx.Client(
+                base_url=base, timeout=30, headers=bearer(make_token(settings, "viewer"))
+            ) as api,
+        ):
             (ticket,) = wait_for(
                 lambda: api.get("/api/v1/incidents", params={"tenant": "acme"}).json(),
                 timeout=30,

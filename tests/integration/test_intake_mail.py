@@ -23,7 +23,7 @@ from orchestrator.incidents.notifiers.smtp import build_message
 from orchestrator.incidents.outbox import Notification
 from orchestrator.settings import Settings
 from tests.integration.fleet import free_port
-from tests.integration.server import running_server
+from tests.integration.server import bearer, make_token, running_server
 
 OUR_SENDER = "CPD support <support@cpd.example.ru>"
 FLEET = """
@@ -63,7 +63,12 @@ def cpdops(db_url: str, max_bytes: int = 1024 * 1024) -> Iterator[tuple[httpx.Cl
         smtp_listen=f"127.0.0.1:{port}",
         smtp_max_bytes=max_bytes,
     )
-    with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+    with (
+        running_server(settings) as base,
+        httpx.Client(
+            base_url=base, timeout=30, headers=bearer(make_token(settings, "operator"))
+        ) as client,
+    ):
         yield client, port
 
 

@@ -22,7 +22,7 @@ from orchestrator.db.session import make_engine, make_session_factory, session_s
 from orchestrator.fleet.apply import apply_fleet
 from orchestrator.fleet.fleetfile import parse_fleet_text
 from orchestrator.settings import Settings
-from tests.integration.server import running_server
+from tests.integration.server import bearer, make_token, running_server
 
 SECRET = "tg-webhook-secret_for-tests"
 TOKEN = "123456:ABC-test-token"
@@ -158,7 +158,12 @@ def cpdops(db_url: str, bot_port: int, secret: str | None = SECRET) -> Iterator[
     settings = Settings(
         database_url=db_url, run_monitors=False, run_scheduler=False, telegram_secret=secret
     )
-    with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+    with (
+        running_server(settings) as base,
+        httpx.Client(
+            base_url=base, timeout=30, headers=bearer(make_token(settings, "operator"))
+        ) as client,
+    ):
         yield client
 
 

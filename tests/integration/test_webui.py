@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -16,9 +17,8 @@ from orchestrator.fleet.fleetfile import parse_fleet_text
 from orchestrator.settings import Settings
 from tests.integration.browser import launched, log_in, page_of, require_chromium, screenshot
 from tests.integration.fleet import make_context
-from tests.integration.server import running_server
+from tests.integration.server import bearer, make_token, running_server
 
-TOKEN = "webui-test-token"
 XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
 FLEET = """\
 version: 1
@@ -29,8 +29,14 @@ tenants:
 """
 
 
+@dataclass(frozen=True)
+class Served:
+    base: str
+    token: str  # an operator's
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
+def served(tmp_path: Path) -> Iterator[Served]:
     db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
     # no engine answers here: /instances reports the host error, the grid shows the tenants
     ctx = make_context(tmp_path, db_url, local_docker_url=f"unix://{tmp_path}/no-docker.sock")
@@ -47,10 +53,11 @@ def server(tmp_path: Path) -> Iterator[str]:
         run_scheduler=False,
     )
     with running_server(settings) as base:
-        yield base
+        yield Served(base, make_token(settings, "operator", name="ivanov"))
 
 
-def test_index_and_assets_are_served_with_a_strict_policy(server: str) -> None:
+def test_index_and_assets_are_served_with_a_strict_policy(served: Served) -> None:
+    server = served.base
     page = httpx.get(server + "/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -69,9 +76,10 @@ def test_index_and_assets_are_served_with_a_strict_policy(server: str) -> None:
 
 
 @pytest.mark.chromium
-def test_login_pages_and_customer_text_stays_text(server: str, tmp_path: Path) -> None:
+def test_login_pages_and_customer_text_stays_text(served: Served, tmp_path: Path) -> None:
+    server, token = served.base, served.token
     chromium = require_chromium()
-    with httpx.Client(base_url=server, timeout=30) as api:
+    with httpx.Client(base_url=server, timeout=30, headers=bearer(token)) as api:
         created = api.post(
             "/api/v1/incidents",
             json={
@@ -97,9 +105,9 @@ def test_login_pages_and_customer_text_stays_text(server: str, tmp_path: Path) -
             page.goto(server + "/")
             assert page.get_by_role("heading", name="Log in to cpdops").is_visible()
             screenshot(page, "login")
-            log_in(page, server, TOKEN)
-            assert page.evaluate("sessionStorage.getItem('cpdops.token')") == TOKEN
-            assert sent_headers and set(sent_headers) == {f"Bearer {TOKEN}"}
+            log_in(page, server, token)
+            assert page.evaluate("sessionStorage.getItem('cpdops.token')") == token
+            assert sent_headers and set(sent_headers) == {f"Bearer {token}"}
 
             grid = page.locator("#fleet-grid")
             assert grid.locator("tr[data-tenant='acme']").inner_text().startswith("acme")
@@ -173,14 +181,19 @@ def test_postgres_page_shows_a_real_server(tmp_path: Path) -> None:
         monitor_timeout_s=2.0,
         run_scheduler=False,
     )
-    with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+    admin = make_token(settings, "admin")
+    token = make_token(settings, "viewer")  # a viewer sees the page
+    with (
+        running_server(settings) as base,
+        httpx.Client(base_url=base, timeout=30, headers=bearer(admin)) as api,
+    ):
         resp = api.post(
             "/api/v1/monitors",
             json={"tenant": "acme", "name": "db", "kind": "postgres", "target": dsn},
         )
         assert resp.status_code == 201, resp.text
         with launched(chromium) as browser, page_of(browser) as page:
-            log_in(page, base, TOKEN)
+            log_in(page, base, token)
             page.goto(base + "/#/postgres")
             card = page.locator("section.pg[data-monitor='acme/db']")
             # shown after the first check

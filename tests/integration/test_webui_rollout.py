@@ -16,11 +16,10 @@ from orchestrator.settings import Settings
 from tests.integration.browser import launched, log_in, page_of, require_chromium, screenshot
 from tests.integration.dockerd import remove_test_containers
 from tests.integration.fleet import make_context, place_tenants, wait_for, wait_health
-from tests.integration.server import running_server
+from tests.integration.server import bearer, make_token, running_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.chromium]
 
-TOKEN = "webui-operator-token"
 COMMENT = "Rolled back by the orchestrator; we <b>retry</b> after the fix."
 
 
@@ -42,13 +41,15 @@ def test_operator_rolls_out_watches_and_comments_on_the_incident(
             monitor_timeout_s=1.0,
             discovery_interval_s=1.0,
         )
+        token = make_token(settings, "operator", name="ivanov")
+        admin = make_token(settings, "admin")
         with (
             running_server(settings) as base,
-            httpx.Client(base_url=base, timeout=30) as api,
+            httpx.Client(base_url=base, timeout=30, headers=bearer(admin)) as api,
             launched(chromium) as browser,
             page_of(browser) as page,
         ):
-            log_in(page, base, TOKEN)
+            log_in(page, base, token)
             grid = page.locator("#fleet-grid")
             for p in placed:
                 row = grid.locator(f"tr[data-tenant='{p.tenant.slug}']")
