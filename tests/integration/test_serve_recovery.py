@@ -1,31 +1,52 @@
 """End to end: `cpdops serve` verifies recovery — a stand-in tenant is stopped (incident),
 started again, stays UP for `incidents.recovery_hold`, and the periodic check moves the ticket
-to solution_provided with the automatic comment."""
+to solution_provided with the automatic comment; the customer is told by mail (a real SMTP
+server, aiosmtpd), in Russian, of the ticket and of its solution."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from orchestrator.db.models import ConfigItem
+from orchestrator.db.models import ConfigItem, Notifier
 from orchestrator.db.session import session_scope
 from orchestrator.settings import Settings
 from tests.integration.dockerd import remove_test_containers
 from tests.integration.fleet import make_context, place_tenants, wait_for, wait_health
 from tests.integration.server import api_client
+from tests.integration.test_outbox_smtp import SENDER, SmtpServer
 
 
 def test_recovery_after_the_hold_provides_the_solution(
     tmp_path: Path, docker_hosts: list[Any], standin_images: dict[str, str]
 ) -> None:
     hosts = docker_hosts[:1]
+    smtp = SmtpServer()
+    smtp.start()
     db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
     ctx = make_context(tmp_path, db_url)
     try:
-        (placed,) = place_tenants(ctx, hosts, [("umbrella", 0)], standin_images["1"])
+        (placed,) = place_tenants(
+            ctx,
+            hosts,
+            [("umbrella", 0)],
+            standin_images["1"],
+            extra_yaml={
+                "umbrella": "language: ru\n"
+                "contacts:\n  - {name: Иван, email: ivan@umbrella.example}\n"
+                "channels: [email]"
+            },
+        )
         with session_scope(ctx.factory) as s:
             item = s.get_one(ConfigItem, "incidents")
             item.value = {**item.value, "recovery_hold": "3s"}
+            s.add(
+                Notifier(
+                    name="mail",
+                    kind="smtp",
+                    settings={"host": "127.0.0.1", "port": smtp.port, "sender": SENDER},
+                )
+            )
         ctx.close()
         wait_health(placed.tenant.health_url, version="1")
         settings = Settings(
@@ -35,6 +56,7 @@ def test_recovery_after_the_hold_provides_the_solution(
             monitor_failure_threshold=2,
             discovery_interval_s=1.0,
             recovery_check_interval_s=1.0,
+            outbox_interval_s=0.5,
         )
         with api_client(settings) as api:
 
@@ -72,6 +94,26 @@ def test_recovery_after_the_hold_provides_the_solution(
                 for kind in ("http", "container")
             ), body
             assert "UP since 20" in body and "Recovery verified automatically" in body
+
+            # The customer was told: the ticket, then its solution, in Russian, one thread.
+            def solution_mail() -> list[Any]:
+                return [
+                    m
+                    for rcpts, m in smtp.collector.messages
+                    if rcpts == ["ivan@umbrella.example"]
+                    and "предоставлено решение" in m.get_body(("plain",)).get_content()
+                ]
+
+            (mail,) = wait_for(solution_mail, timeout=20, what="the solution mailed")
+            text = mail.get_body(("plain",)).get_content()
+            assert str(mail["Subject"]).startswith(f"[Ticket#{ticket['number']}]")
+            assert "Здравствуйте, Иван!" in text and "Восстановление подтверждено" in text
+            subjects = [str(m["Subject"]) for _r, m in smtp.collector.messages]
+            assert all(f"[Ticket#{ticket['number']}]" in x for x in subjects), subjects
+            assert {r for rcpts, _m in smtp.collector.messages for r in rcpts} == {
+                "ivan@umbrella.example"
+            }
     finally:
+        smtp.stop()
         for h in hosts:
             remove_test_containers(h.client)
