@@ -23,7 +23,8 @@ from orchestrator.fleet.apply import apply_fleet
 from orchestrator.fleet.fleetfile import parse_fleet_text
 from orchestrator.incidents.numbers import is_valid_number
 from orchestrator.settings import Settings
-from tests.integration.fleet import free_port
+from tests.integration.dockerd import remove_test_containers
+from tests.integration.fleet import free_port, make_context, place_tenants, wait_for, wait_health
 from tests.integration.server import make_token, running_server
 
 CPDOPS = str(Path(sys.executable).parent / "cpdops")
@@ -306,3 +307,92 @@ def test_no_server_and_bad_urls(base_env: dict[str, str]) -> None:
     err = refused(base_env, "--url", "127.0.0.1:8077", "rollout", "ls")
     assert "--url: '127.0.0.1:8077' is not an http(s) URL" in err
     assert "exclude each other" in refused(base_env, "--direct", "--url", url, "rollout", "ls")
+
+
+@pytest.mark.docker
+def test_rollouts_through_the_api_with_progress(
+    tmp_path: Path,
+    base_env: dict[str, str],
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    hosts = docker_hosts[:2]
+    db_url = f"sqlite:///{tmp_path / 'server.db'}"
+    ctx = make_context(tmp_path, db_url)
+    try:
+        placed = place_tenants(ctx, hosts, [("acme", 0), ("globex", 1)], standin_images["1"])
+        ctx.close()
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        settings = Settings(database_url=db_url, run_monitors=False, stop_timeout_s=5)
+        with running_server(settings) as base:
+            env = with_token(base_env, base, make_token(settings, "operator", name="ops"))
+            viewer = with_token(base_env, base, make_token(settings, "viewer", name="eyes"))
+            v2 = standin_images["2"]
+
+            plan = ok(env, "rollout", "plan", "--image", v2, "--waves", "1,100%")
+            assert plan["target_version"] == "2" and [len(w) for w in plan["waves"]] == [1, 1]
+            assert sorted(p["tenant"] for w in plan["waves"] for p in w) == ["acme", "globex"]
+            human = run(env, "rollout", "plan", "--image", v2, "--waves", "1,100%")
+            assert "2 instance(s), 2 wave(s)" in human.stdout, human.stderr
+            err = refused(viewer, "rollout", "start", "--image", v2, "--detach")
+            assert "this needs role operator; token 'eyes' has role viewer" in err
+            err = refused(env, "rollout", "start", "--image", v2, "--tenants", "zz")
+            assert "unknown tenant(s): zz" in err and "HTTP 400" in err
+            err = refused(env, "rollout", "start", "--image", v2, "--passes", "0", "--detach")
+            assert "gate.passes: " in err and "HTTP 422" in err
+            assert ok(env, "rollout", "ls") == [], "nothing was created by the refused requests"
+
+            # created at the server, followed by another process; approved by a third
+            created = ok(
+                env, "rollout", "start", "--image", v2, "--waves", "1,100%",
+                "--approve-after", "1", "--passes", "2", "--detach",
+            )  # fmt: skip
+            rid = str(created["id"])
+            watcher = subprocess.Popen(
+                [CPDOPS, "rollout", "status", rid, "--watch", "--interval", "0.2"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                wait_for(
+                    lambda: ok(env, "rollout", "status", rid)["status"] == "awaiting_approval",
+                    timeout=120,
+                    what="the first wave done, waiting for approval",
+                )
+                assert ok(env, "rollout", "approve", rid)["id"] == created["id"]
+                out, err = watcher.communicate(timeout=180)
+            finally:
+                watcher.kill()
+            assert watcher.returncode == 0, (out, err)
+            # no TTY: a line per change on stderr, the final table on stdout
+            assert f"rollout {rid}: awaiting_approval" in err and f"rollout {rid}: succeeded" in err
+            assert "wave 2 " in err and ": updated" in err
+            assert f"rollout {rid}: succeeded" in out and "[2/2]" not in out
+            assert out.count("updated") == 2
+            for p in placed:
+                wait_health(p.tenant.health_url, version="2")
+            assert "HTTP 409" in refused(env, "rollout", "pause", rid)
+
+            # a failing image: start follows it at the server, exit 1; status --watch --json too
+            failed = run(
+                env, "rollout", "start", "--image", standin_images["2-fail-health"],
+                "--tenants", "acme", "--deadline", "4",
+            )  # fmt: skip
+            assert failed.returncode == 1, (failed.stdout, failed.stderr)
+            assert "acme@" in failed.stderr and "failed" in failed.stdout
+            listed = ok(env, "rollout", "ls")
+            assert [r["status"] for r in listed] == ["failed", "succeeded"]
+            assert listed[0]["incident"] is not None
+            watched = run(env, "rollout", "status", str(listed[0]["id"]), "--watch", "--json")
+            assert watched.returncode == 1
+            lines = [json.loads(line) for line in watched.stdout.splitlines()]
+            assert [d["status"] for d in lines] == ["failed"]
+            ticket = ok(viewer, "incidents", "show", listed[0]["incident"])
+            assert ticket["type"] == "mass_incident" and ticket["rollout_id"] == listed[0]["id"]
+            wait_health(placed[0].tenant.health_url, version="2")
+    finally:
+        for h in hosts:
+            remove_test_containers(h.client)
