@@ -7,11 +7,10 @@ import sys
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from orchestrator.auth.audit import cli_actor
-from orchestrator.cli_common import _dump, _opened, _table, json_option
-from orchestrator.errors import CpdopsError, InputError, OperationFailed
+from orchestrator.cli_common import CliOptions, _direct_only, _dump, _opened, json_option
+from orchestrator.errors import CpdopsError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,36 @@ class CpdopsGroup(click.Group):
 
 @click.group(cls=CpdopsGroup)
 @click.option("-v", "--verbose", is_flag=True, help="log at INFO level to stderr")
-def main(verbose: bool) -> None:
+@click.option(
+    "--url",
+    metavar="URL",
+    help="a running `cpdops serve`, e.g. http://127.0.0.1:8077 (else CPDOPS_URL, else url in "
+    "the config file); with none the commands work on the database directly",
+)
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    help="API token (else CPDOPS_TOKEN, else token/token_file in the config file); the "
+    "environment keeps it out of the process list",
+)
+@click.option(
+    "--direct", is_flag=True, help="work on the database directly even if a URL is configured"
+)
+@click.pass_context
+def main(
+    ctx: click.Context, verbose: bool, url: str | None, token: str | None, direct: bool
+) -> None:
     """cpdops: rollouts, monitoring and incidents for the SmartCPD cloud.
 
-    Configuration comes from CPDOPS_* environment variables (CPDOPS_DATABASE_URL:
-    a SQLite file ./cpdops.db by default, or postgresql+psycopg2://…).
+    With a URL (--url, CPDOPS_URL or the config file $CPDOPS_CONFIG, default
+    ~/.config/cpdops/config.toml) the commands go through the API of a running `cpdops serve`
+    with its token; otherwise they work on the database directly, configured by CPDOPS_*
+    environment variables (CPDOPS_DATABASE_URL: a SQLite file ./cpdops.db by default, or
+    postgresql+psycopg2://…). See docs/cli.md.
     """
+    if direct and url:
+        raise click.UsageError("--direct and --url exclude each other")
+    ctx.obj = CliOptions(url=url, token=token, direct=direct)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -100,6 +123,7 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
     from orchestrator.fleet.apply import apply_fleet
     from orchestrator.fleet.fleetfile import load_fleet_file
 
+    _direct_only("apply")
     fleet = load_fleet_file(path)
     with _opened() as ctx, session_scope(ctx.factory) as s:
         report = apply_fleet(s, fleet, prune=prune, actor=cli_actor())
@@ -115,116 +139,18 @@ def apply(path: str, prune: bool, as_json: bool) -> None:
     )
 
 
-@main.group()
-def fleet() -> None:
-    """The fleet: hosts and discovered instances."""
-
-
-@fleet.command("ls")
-@json_option
-def fleet_ls(as_json: bool) -> None:
-    """List SmartCPD instances found by label on every host."""
-    from orchestrator.fleet.discovery import discover
-
-    with _opened() as ctx:
-        found = discover(ctx.hosts.hosts())
-    if as_json:
-        _dump(
-            {
-                "instances": [
-                    {k: v for k, v in i.as_dict().items() if k != "labels"} for i in found.instances
-                ],
-                "errors": found.errors,
-            }
-        )
-    else:
-        _table(
-            [
-                (i.tenant, i.component, i.host, i.name, i.image, i.version, i.status)
-                for i in found.instances
-            ],
-            ["tenant", "component", "host", "container", "image", "version", "status"],
-        )
-        for host, err in found.errors.items():
-            click.echo(f"warning: host {host}: {err}", err=True)
-    if found.errors and not found.instances:
-        raise OperationFailed("no host answered")
-
-
-# --- monitors ----------------------------------------------------------------------------------
-@main.group()
-def monitors() -> None:
-    """Monitors (their last recorded state)."""
-
-
-@monitors.command("ls")
-@click.option("--tenant", help="only this tenant's monitors")
-@json_option
-def monitors_ls(tenant: str | None, as_json: bool) -> None:
-    """List monitors: last recorded state, reason, uptime (maintenance excluded)."""
-    from monitors.state import MonitorStatus
-    from orchestrator.db.models import DeclaredMonitor, MonitorRecord
-    from orchestrator.monitor_history import uptimes
-
-    with _opened() as ctx, ctx.factory() as s:
-        stmt = select(MonitorRecord).order_by(MonitorRecord.id)
-        decl = select(DeclaredMonitor)
-        if tenant:
-            stmt = stmt.where(MonitorRecord.tenant == tenant)
-            decl = decl.where(DeclaredMonitor.tenant == tenant)
-        rows = list(s.scalars(stmt))
-        declared = {d.id: d for d in s.scalars(decl)}
-        # a declared monitor not checked yet has no recorded state: it is pending
-        ids = sorted({m.id for m in rows} | set(declared))
-        up = uptimes(s, ids)
-    recorded = {m.id: m for m in rows}
-    data: list[dict[str, Any]] = []
-    for monitor_id in ids:
-        m, d = recorded.get(monitor_id), declared.get(monitor_id)
-        data.append(
-            {
-                "id": monitor_id,
-                "tenant": m.tenant if m else d.tenant if d else "",
-                "host": m.host if m else d.host if d else "",
-                "kind": m.kind if m else d.kind if d else "",
-                "source": d.source if d else "generated",
-                "status": MonitorStatus(m.status if m else MonitorStatus.PENDING).name.lower(),
-                "reason": m.reason if m else "not checked yet",
-                "changed_at": m.changed_at if m else None,
-                "uptime": up[monitor_id],
-            }
-        )
-    if as_json:
-        _dump(data)
-        return
-
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.2f}%"
-
-    _table(
-        [
-            (
-                d["id"],
-                d["source"],
-                d["status"],
-                pct(d["uptime"]["1h"]),
-                pct(d["uptime"]["24h"]),
-                pct(d["uptime"]["7d"]),
-                d["reason"][:50],
-                d["changed_at"],
-            )
-            for d in data
-        ],
-        ["monitor", "source", "status", "1h", "24h", "7d", "reason", "changed"],
-    )
-
-
+from orchestrator.cli_audit import audit  # noqa: E402
+from orchestrator.cli_fleet import fleet  # noqa: E402
 from orchestrator.cli_incidents import incidents  # noqa: E402
+from orchestrator.cli_monitors import monitors  # noqa: E402
 from orchestrator.cli_rollout import rollout  # noqa: E402
 from orchestrator.cli_token import token  # noqa: E402
 from orchestrator.demo.cli import demo  # noqa: E402
 
+main.add_command(audit)
+main.add_command(fleet)
 main.add_command(incidents)
+main.add_command(monitors)
 main.add_command(rollout)
 main.add_command(demo)
 main.add_command(token)

@@ -3,15 +3,74 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import click
 
+from orchestrator.client import ApiClient, resolve_endpoint
 from orchestrator.context import AppContext, build_context
 from orchestrator.errors import InputError
+
+
+@dataclass
+class CliOptions:
+    """The top-level options: where the API is (``--url``/``--token``) or ``--direct``."""
+
+    url: str | None = None
+    token: str | None = None
+    direct: bool = False
+    client: ApiClient | None = field(default=None, repr=False)
+    resolved: bool = False
+
+
+def _api() -> ApiClient | None:
+    """The API client when a URL is configured (``--url``, ``CPDOPS_URL``, the config file);
+    None in direct mode: the command works on the database (``CPDOPS_DATABASE_URL``)."""
+    ctx = click.get_current_context()
+    opts = ctx.find_root().obj
+    if not isinstance(opts, CliOptions):  # a command invoked on its own (tests, other groups)
+        opts = CliOptions()
+        ctx.find_root().obj = opts
+    if opts.direct:
+        return None
+    if not opts.resolved:
+        opts.resolved = True
+        endpoint = resolve_endpoint(opts.url, opts.token, os.environ)
+        if endpoint is not None:
+            opts.client = ApiClient(endpoint)
+            ctx.find_root().call_on_close(opts.client.close)
+    return opts.client
+
+
+def _need_api(what: str, otherwise: str) -> ApiClient:
+    """The API client for a command that only the API does; exit 2 in direct mode."""
+    client = _api()
+    if client is None:
+        raise InputError(
+            f"{what} goes through the API: give --url (or CPDOPS_URL, or url in the config "
+            f"file) and a token; {otherwise}"
+        )
+    return client
+
+
+def _direct_only(what: str) -> None:
+    """Say so when a URL is configured but ``what`` works on the database directly anyway."""
+    try:
+        configured = _api() is not None
+    except InputError:  # a broken config file does not matter to this command
+        configured = False
+    if configured:
+        click.echo(
+            f"note: {what} works on the database directly (CPDOPS_DATABASE_URL), not through "
+            "the API at the configured URL",
+            err=True,
+        )
 
 
 def _context(migrate: bool = True) -> AppContext:
@@ -33,9 +92,18 @@ def _dump(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+
+
 def _cell(value: Any) -> str:
+    """A table cell; times (also the API's ISO 8601 strings) as ``YYYY-MM-DD HH:MM:SS``."""
     if value is None:
         return "-"
+    if isinstance(value, str) and _ISO_TIME.match(value):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return str(value)
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)

@@ -1,13 +1,15 @@
 """``cpdops incidents …``: list, show with the timeline, create, comment, ask, resolve, close.
 
-Every command works on the database directly (like the other commands), with ``--json`` for
-machine-readable output; bad input exits 2, a refused change (the workflow forbids it) too.
+With a URL configured every command goes through ``/api/v1/incidents`` (a ticket made by
+``create`` then has source ``portal``); otherwise it works on the database directly. ``--json``
+is the API's JSON in both; bad input exits 2, a refused change (the workflow forbids it) too.
 """
 
 from __future__ import annotations
 
 import getpass
 import mimetypes
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,8 @@ import click
 from sqlalchemy.orm import Session
 
 from orchestrator.auth.audit import record_cli
-from orchestrator.cli_common import _dump, _opened, _table, json_option
-from orchestrator.context import AppContext
+from orchestrator.cli_common import _api, _cell, _dump, _opened, _table, json_option
+from orchestrator.client import ApiClient
 from orchestrator.db.models import Incident
 from orchestrator.db.session import session_scope
 from orchestrator.incidents.tickets import list_tickets
@@ -63,56 +65,69 @@ def incidents_ls(
     as_json: bool,
 ) -> None:
     """List tickets, newest first."""
-    from orchestrator.api.routes.incidents import to_out
+    client = _api()
+    if client is not None:
+        params = {"type": type_, "status": status, "tenant": tenant, "priority": priority}
+        rows = client.get(client.path("incidents"), {**params, "limit": limit, "offset": offset})
+    else:
+        from orchestrator.api.routes.incidents import to_out
 
-    with _opened() as ctx, ctx.factory() as s:
-        found = list_tickets(
-            s,
-            type=type_,
-            status=status,
-            tenant=tenant,
-            priority=priority,
-            limit=limit,
-            offset=offset,
-        )
-        rows = [to_out(i) for i in found]
+        with _opened() as ctx, ctx.factory() as s:
+            found = list_tickets(
+                s,
+                type=type_,
+                status=status,
+                tenant=tenant,
+                priority=priority,
+                limit=limit,
+                offset=offset,
+            )
+            rows = [to_out(i).model_dump(mode="json") for i in found]
     if as_json:
-        _dump([r.model_dump(mode="json") for r in rows])
+        _dump(rows)
         return
     _table(
         [
-            (r.number, r.type, r.status, r.priority, r.tenant, r.subject[:60], r.created_at)
+            [r[k] for k in ("number", "type", "status", "priority", "tenant")]
+            + [r["subject"][:60], r["created_at"]]
             for r in rows
         ],
         ["number", "type", "status", "priority", "tenant", "subject", "created"],
     )
 
 
-def _show(ctx: AppContext, number: str, as_json: bool) -> None:
+def _detail_of(number: str) -> dict[str, Any]:
+    """The ticket as ``GET /api/v1/incidents/{number}`` gives it, from the database."""
     from orchestrator.api.routes.incidents import _detail
 
-    with ctx.factory() as s:
-        d = _detail(s, number)
+    with _opened() as ctx, ctx.factory() as s:
+        return _detail(s, number).model_dump(mode="json")
+
+
+def _show(d: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _dump(d.model_dump(mode="json"))
+        _dump(d)
         return
     click.echo(
-        f"#{d.number}  {d.type}  {d.status} ({STATUS_LABELS[d.status]['ru']})  "
-        f"priority {d.priority}  tenant {d.tenant or '-'}"
+        f"#{d['number']}  {d['type']}  {d['status']} ({STATUS_LABELS[d['status']]['ru']})  "
+        f"priority {d['priority']}  tenant {d['tenant'] or '-'}"
     )
-    click.echo(f"subject: {d.subject}")
-    if d.description:
-        click.echo(d.description)
-    if d.parent is not None:
-        click.echo(f"part of: #{d.parent.number} {d.parent.status} {d.parent.subject}")
-    for c in d.children:
-        click.echo(f"child:   #{c.number} {c.status} {c.tenant or '-'} {c.subject}")
-    for a in d.attachments:
-        click.echo(f"attachment {a.id}: {a.filename} ({a.content_type}, {a.size} bytes)")
+    click.echo(f"subject: {d['subject']}")
+    if d["description"]:
+        click.echo(d["description"])
+    if d["parent"] is not None:
+        p = d["parent"]
+        click.echo(f"part of: #{p['number']} {p['status']} {p['subject']}")
+    for c in d["children"]:
+        click.echo(f"child:   #{c['number']} {c['status']} {c['tenant'] or '-'} {c['subject']}")
+    for a in d["attachments"]:
+        click.echo(
+            f"attachment {a['id']}: {a['filename']} ({a['content_type']}, {a['size']} bytes)"
+        )
     click.echo("timeline:")
-    for e in d.events:
-        what = e.kind if "to" not in e.data else f"{e.kind}→{e.data['to']}"
-        click.echo(f"  {e.at:%Y-%m-%d %H:%M:%S}  {e.author:12} {what:24} {e.body}".rstrip())
+    for e in d["events"]:
+        what = e["kind"] if "to" not in e["data"] else f"{e['kind']}→{e['data']['to']}"
+        click.echo(f"  {_cell(e['at'])}  {e['author']:12} {what:24} {e['body']}".rstrip())
 
 
 @incidents.command("show")
@@ -120,19 +135,33 @@ def _show(ctx: AppContext, number: str, as_json: bool) -> None:
 @json_option
 def incidents_show(number: str, as_json: bool) -> None:
     """Show a ticket with its timeline, attachments, parent and children."""
-    with _opened() as ctx:
-        _show(ctx, number, as_json)
+    client = _api()
+    if client is not None:
+        _show(client.get(client.path("incidents", number)), as_json)
+    else:
+        _show(_detail_of(number), as_json)
 
 
-def _act(number: str, as_json: bool, action: Callable[[Session, Incident], Any]) -> None:
+def _act(
+    number: str,
+    as_json: bool,
+    action: Callable[[Session, Incident], Any],
+    route: str,
+    body: dict[str, Any],
+) -> None:
+    """Change a ticket: ``POST /api/v1/incidents/{number}/<route>`` with ``body``, or the same
+    ``action`` on the database directly (audited as the CLI user)."""
     from orchestrator.incidents.tickets import get_by_number
 
+    client = _api()
+    if client is not None:
+        _show(client.post(client.path("incidents", number, route), body), as_json)
+        return
     name = click.get_current_context().info_name or "change"
-    with _opened() as ctx:
-        with session_scope(ctx.factory) as s:
-            action(s, get_by_number(s, number))
-            record_cli(s, action=f"incident.{name}", target=f"incident/{number}")
-        _show(ctx, number, as_json)
+    with _opened() as ctx, session_scope(ctx.factory) as s:
+        action(s, get_by_number(s, number))
+        record_cli(s, action=f"incident.{name}", target=f"incident/{number}")
+    _show(_detail_of(number), as_json)
 
 
 @incidents.command("comment")
@@ -151,13 +180,21 @@ def incidents_comment(
         number,
         as_json,
         lambda s, i: add_comment(s, i, author=author, body=message, customer=customer),
+        "comments",
+        {"author": author, "body": message, "customer": customer},
     )
 
 
 def _change(number: str, status: str, message: str, author: str, as_json: bool) -> None:
     from orchestrator.incidents.tickets import change_status
 
-    _act(number, as_json, lambda s, i: change_status(s, i, status, author=author, comment=message))
+    _act(
+        number,
+        as_json,
+        lambda s, i: change_status(s, i, status, author=author, comment=message),
+        "status",
+        {"status": status, "comment": message, "author": author},
+    )
 
 
 @incidents.command("status")
@@ -210,7 +247,13 @@ def incidents_priority(number: str, priority: str, author: str, as_json: bool) -
     """Set a ticket's priority."""
     from orchestrator.incidents.tickets import set_priority
 
-    _act(number, as_json, lambda s, i: set_priority(s, i, priority, author=author))
+    _act(
+        number,
+        as_json,
+        lambda s, i: set_priority(s, i, priority, author=author),
+        "priority",
+        {"priority": priority, "author": author},
+    )
 
 
 @incidents.command("create")
@@ -221,8 +264,10 @@ def incidents_priority(number: str, priority: str, author: str, as_json: bool) -
 @click.option("--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True)
 @click.option(
     "--screenshot",
+    "--attach",
+    "screenshot",
     type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path),
-    help="a file to attach",
+    help="a file to attach (the portal's screenshot)",
 )
 @author_option
 @json_option
@@ -246,28 +291,94 @@ def incidents_create(
         if size > MAX_ATTACHMENT_BYTES:
             raise too_large(size)
         content = screenshot.read_bytes()
-    with _opened() as ctx:
-        with session_scope(ctx.factory) as s:
-            incident = create_ticket(
+    client = _api()
+    if client is not None:
+        _show(
+            _create_through_api(
+                client,
+                {
+                    "type": type_,
+                    "subject": subject,
+                    "description": description,
+                    "tenant": tenant,
+                    "priority": priority,
+                    "author": author,
+                },
+                screenshot,
+                content,
+            ),
+            as_json,
+        )
+        return
+    with _opened() as ctx, session_scope(ctx.factory) as s:
+        incident = create_ticket(
+            s,
+            system_id=ctx.settings.system_id,
+            type=type_,
+            subject=subject,
+            description=description,
+            author=author,
+            source="cli",
+            tenant=tenant,
+            priority=priority,
+        )
+        if screenshot is not None and content is not None:
+            add_attachment(
                 s,
-                system_id=ctx.settings.system_id,
-                type=type_,
-                subject=subject,
-                description=description,
+                incident,
+                filename=screenshot.name,
+                content_type=mimetypes.guess_type(screenshot.name)[0],
+                content=content,
                 author=author,
-                source="cli",
-                tenant=tenant,
-                priority=priority,
             )
-            if screenshot is not None and content is not None:
-                add_attachment(
-                    s,
-                    incident,
-                    filename=screenshot.name,
-                    content_type=mimetypes.guess_type(screenshot.name)[0],
-                    content=content,
-                    author=author,
-                )
-            number = incident.number
-            record_cli(s, action="incident.create", target=f"incident/{number}")
-        _show(ctx, number, as_json)
+        number = incident.number
+        record_cli(s, action="incident.create", target=f"incident/{number}")
+    _show(_detail_of(number), as_json)
+
+
+def _create_through_api(
+    client: ApiClient, fields: dict[str, Any], screenshot: Path | None, content: bytes | None
+) -> Any:
+    """The portal intake: JSON, or a multipart form when a file goes with it."""
+    if screenshot is None or content is None:
+        return client.post(client.path("incidents"), {k: v for k, v in fields.items() if v})
+    kind = mimetypes.guess_type(screenshot.name)[0] or "application/octet-stream"
+    response = client.request(
+        "POST",
+        client.path("incidents"),
+        data={k: v for k, v in fields.items() if v},
+        files={"screenshot": (screenshot.name, content, kind)},
+    )
+    return response.json()
+
+
+@incidents.command("attachment")
+@click.argument("number")
+@click.argument("attachment_id", type=click.IntRange(1))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="write it to this file (default: its own name in the current directory; - stdout)",
+)
+def incidents_attachment(number: str, attachment_id: int, output: Path | None) -> None:
+    """Download an attachment of a ticket (the bytes, as stored)."""
+    client = _api()
+    if client is not None:
+        response = client.raw(client.path("incidents", number, "attachments", attachment_id))
+        content = response.content
+        filename = response.headers.get("content-disposition", "").partition('filename="')[2]
+        filename = filename.partition('"')[0] or f"attachment-{attachment_id}"
+    else:
+        from orchestrator.incidents.attachments import get_attachment
+        from orchestrator.incidents.tickets import get_by_number
+
+        with _opened() as ctx, ctx.factory() as s:
+            att = get_attachment(s, get_by_number(s, number), attachment_id)
+            content, filename = att.content, att.filename
+    if output is not None and str(output) == "-":
+        sys.stdout.buffer.write(content)
+        return
+    target = output or Path(Path(filename).name or f"attachment-{attachment_id}")
+    target.write_bytes(content)
+    click.echo(f"wrote {target} ({len(content)} bytes)")

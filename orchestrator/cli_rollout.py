@@ -1,10 +1,17 @@
-"""``cpdops rollout plan|start|status|ls|pause|resume|approve|abort|rollback``."""
+"""``cpdops rollout plan|start|status|ls|pause|resume|approve|abort|rollback``.
+
+With a URL configured every command goes through ``/api/v1/rollouts`` (the server runs the
+rollout; ``start`` and ``status --watch`` follow it by polling); otherwise they work on the
+database and the Docker hosts directly (``start`` runs the rollout in this process).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +20,16 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from orchestrator.auth.audit import cli_actor
-from orchestrator.cli_common import _csv, _dump, _opened, _table, _validation_message, json_option
+from orchestrator.cli_common import (
+    _api,
+    _csv,
+    _dump,
+    _opened,
+    _table,
+    _validation_message,
+    json_option,
+)
+from orchestrator.client import ApiClient
 from orchestrator.context import AppContext
 from orchestrator.db.models import Rollout
 from orchestrator.errors import ConflictError, InputError
@@ -70,7 +86,8 @@ def request_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def build_request(ctx: AppContext, kw: dict[str, Any]) -> RolloutRequest:
+def request_body(kw: dict[str, Any]) -> dict[str, Any]:
+    """The ``RolloutRequest`` body (``POST /api/v1/rollouts``) of the options given."""
     strategy: dict[str, Any] = {}
     for key, field in (
         ("parallelism", "parallelism"),
@@ -94,23 +111,37 @@ def build_request(ctx: AppContext, kw: dict[str, Any]) -> RolloutRequest:
         at = datetime.fromisoformat(kw["at_"]) if kw.get("at_") else None
     except ValueError as exc:
         raise InputError(f"--at {kw['at_']!r}: not an ISO 8601 time") from exc
+    gate = {
+        field: kw[key]
+        for key, field in (("passes", "passes"), ("deadline", "deadline_s"))
+        if kw.get(key) is not None
+    }
+    body: dict[str, Any] = {
+        "image": kw["image"],
+        "tenants": _csv(kw.get("tenants")),
+        "hosts": _csv(kw.get("hosts_")),
+        "rings": _csv(kw.get("rings")),
+        "labels": _labels(kw.get("labels") or ()),
+        "gate": gate,
+        "strategy": strategy,
+        "backup": not kw.get("no_backup"),
+        "migrate": kw["migrate"].split() if kw.get("migrate") else None,
+        "schedule": {"at": at.isoformat() if at else None, "window": bool(kw.get("window"))},
+    }
+    return body
+
+
+def build_request(ctx: AppContext, kw: dict[str, Any]) -> RolloutRequest:
+    """The request validated here, the gate's unset fields from this process's settings."""
+    body = request_body(kw)
+    body["gate"] = {
+        "passes": ctx.settings.gate_passes,
+        "deadline_s": ctx.settings.gate_deadline_s,
+        "interval_s": ctx.settings.gate_interval_s,
+        **body["gate"],
+    }
     try:
-        return RolloutRequest(
-            image=kw["image"],
-            tenants=_csv(kw.get("tenants")),
-            hosts=_csv(kw.get("hosts_")),
-            rings=_csv(kw.get("rings")),
-            labels=_labels(kw.get("labels") or ()),
-            gate={
-                "passes": kw.get("passes") or ctx.settings.gate_passes,
-                "deadline_s": kw.get("deadline") or ctx.settings.gate_deadline_s,
-                "interval_s": ctx.settings.gate_interval_s,
-            },
-            strategy=strategy,
-            backup=not kw.get("no_backup"),
-            migrate=kw["migrate"].split() if kw.get("migrate") else None,
-            schedule={"at": at, "window": bool(kw.get("window"))},
-        )
+        return RolloutRequest.model_validate(body)
     except ValidationError as exc:
         raise InputError(_validation_message(exc)) from exc
 
@@ -120,6 +151,14 @@ def build_request(ctx: AppContext, kw: dict[str, Any]) -> RolloutRequest:
 @json_option
 def rollout_plan(as_json: bool, **kw: Any) -> None:
     """Dry run: print the waves the rollout would take. Nothing is touched."""
+    client = _api()
+    if client is not None:
+        data = client.post(client.path("rollouts", "plan"), request_body(kw))
+        if as_json:
+            _dump(data)
+            return
+        _print_plan(data, kw)
+        return
     with _opened() as ctx:
         request = build_request(ctx, kw)
         plan, version = ctx.executor.plan(request)
@@ -140,15 +179,28 @@ def rollout_plan(as_json: bool, **kw: Any) -> None:
             }
         )
         return
+    _print_plan(
+        {"image": request.image, "target_version": version, "waves": waves},
+        {"parallelism": request.strategy.parallelism, "approve": request.strategy.approve_after},
+    )
+
+
+def _print_plan(data: dict[str, Any], kw: dict[str, Any]) -> None:
+    waves: list[list[dict[str, Any]]] = data["waves"]
+    approve = kw.get("approve")
+    if approve is None:
+        approve = [int(x) for x in _csv(kw.get("approve_after")) or []]
     click.echo(
-        f"image {request.image} (version {version or '?'}), {len(plan)} instance(s), "
-        f"{len(waves)} wave(s), parallelism {request.strategy.parallelism}"
+        f"image {data['image']} (version {data['target_version'] or '?'}), "
+        f"{sum(len(w) for w in waves)} instance(s), {len(waves)} wave(s), "
+        f"parallelism {kw.get('parallelism') or 1}"
     )
     for n, wave in enumerate(waves, 1):
-        gate = " then wait for approve" if n in request.strategy.approve_after else ""
+        gate = " then wait for approve" if n in approve else ""
         click.echo(f"wave {n}: {len(wave)} instance(s){gate}")
         for p in wave:
-            click.echo(f"  {p['tenant']}@{p['host']}  {p['container']}  from {p['from']}")
+            version = p.get("from", p.get("version"))
+            click.echo(f"  {p['tenant']}@{p['host']}  {p['container']}  from {version}")
 
 
 @rollout.command("start")
@@ -160,6 +212,10 @@ def rollout_start(as_json: bool, detach: bool, **kw: Any) -> None:
 
     With --at or --window it is scheduled instead (a running `cpdops serve` starts it).
     """
+    client = _api()
+    if client is not None:
+        _start_through_api(client, request_body(kw), detach=detach, as_json=as_json)
+        return
     from orchestrator.scheduler import first_start, store_schedule
 
     with _opened() as ctx:
@@ -179,11 +235,38 @@ def rollout_start(as_json: bool, detach: bool, **kw: Any) -> None:
             return
         if not as_json:
             click.echo(f"rollout {rollout_id} created", err=True)
-            ctx.executor.on_progress = _progress_printer(ctx)
+            show = _progress_printer()
+            ctx.executor.on_progress = lambda rid: show(rollout_dict(ctx, rid))
         status = ctx.executor.run(rollout_id)
         data = rollout_dict(ctx, rollout_id)
     _emit(data, as_json)
     if status != "succeeded":
+        sys.exit(1)
+
+
+def _start_through_api(
+    client: ApiClient, body: dict[str, Any], *, detach: bool, as_json: bool
+) -> None:
+    """Create it at the server, which runs it; follow it to its end unless detached."""
+    data = client.post(client.path("rollouts"), body)
+    rollout_id = data["id"]
+    if body["schedule"]["at"] or body["schedule"]["window"]:
+        when = data.get("scheduled_for") or "its tenants' maintenance windows"
+        _emit(data, as_json, f"rollout {rollout_id} scheduled for {when}")
+        return
+    if detach:
+        _emit(data, as_json, f"rollout {rollout_id} created")
+        return
+    if not as_json:
+        click.echo(f"rollout {rollout_id} created at {client.endpoint.url}", err=True)
+    show = _progress_printer()
+    data = _follow(
+        lambda: client.get(client.path("rollouts", rollout_id)),
+        interval=1.0,
+        on_change=(lambda d: None) if as_json else show,
+    )
+    _emit(data, as_json)
+    if data["status"] != "succeeded":
         sys.exit(1)
 
 
@@ -202,45 +285,143 @@ def _emit(data: dict[str, Any], as_json: bool, line: str | None = None) -> None:
 @click.option("--interval", type=float, default=1.0, show_default=True)
 @json_option
 def rollout_status(rollout_id: int, watch: bool, interval: float, as_json: bool) -> None:
-    """Show a rollout: waves, instances and their steps. Exit 1 if it failed."""
-    with _opened() as ctx:
-        data = rollout_dict(ctx, rollout_id)
-        while watch and data["status"] not in decide.FINAL:
-            if as_json:
-                click.echo(__import__("json").dumps(data, default=str))
-            else:
-                click.clear()
-                print_rollout(data)
-            time.sleep(interval)
-            data = rollout_dict(ctx, rollout_id)
-    _emit(data, as_json)
+    """Show a rollout: waves, instances and their steps. Exit 1 if it failed or rolled back.
+
+    --watch follows it until it ends: on a terminal a table redrawn on each change; else a
+    line per change (on stderr) and the final table; with --json one JSON object per line
+    on each change, the last one the final state.
+    """
+    client = _api()
+    with _opened() if client is None else _no_context() as ctx:
+
+        def fetch() -> dict[str, Any]:
+            if client is not None:
+                data: dict[str, Any] = client.get(client.path("rollouts", rollout_id))
+                return data
+            assert ctx is not None
+            return rollout_dict(ctx, rollout_id)
+
+        if not watch:
+            data = fetch()
+            _emit(data, as_json)
+        elif as_json:
+            data = _follow(
+                fetch,
+                interval,
+                lambda d: click.echo(json.dumps(d, default=str, ensure_ascii=False)),
+            )
+        elif sys.stdout.isatty():
+            data = _follow(fetch, interval, _redraw)
+        else:
+            data = _follow(fetch, interval, _progress_printer())
+            print_rollout(data)
     if data["status"] in ("failed", "rolled_back"):
         sys.exit(1)
 
 
+@contextmanager
+def _no_context() -> Iterator[None]:
+    yield None
+
+
+def _redraw(data: dict[str, Any]) -> None:
+    click.clear()
+    print_rollout(data)
+
+
+def _changes(data: dict[str, Any]) -> tuple[Any, ...]:
+    """What the progress display shows; a new value is a change worth showing."""
+    return (
+        data["status"],
+        data.get("control"),
+        (data.get("progress") or {}).get("reason"),
+        data.get("incident"),
+        tuple(
+            (i["state"], i["steps"][-1]["step"] if i["steps"] else None, i["error"])
+            for i in data["instances"]
+        ),
+    )
+
+
+def _follow(
+    fetch: Callable[[], dict[str, Any]],
+    interval: float,
+    on_change: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Poll until the rollout is final, calling ``on_change`` with each changed state
+    (the first and the final included); the final state is returned."""
+    last: tuple[Any, ...] | None = None
+    while True:
+        data = fetch()
+        seen = _changes(data)
+        if seen != last:
+            last = seen
+            on_change(data)
+        if data["status"] in decide.FINAL:
+            return data
+        time.sleep(interval)
+
+
 @rollout.command("ls")
+@click.option("--status", help="only rollouts in this status, e.g. running")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
 @json_option
-def rollout_ls(as_json: bool) -> None:
+def rollout_ls(status: str | None, limit: int, as_json: bool) -> None:
     """List rollouts, newest first."""
-    with _opened() as ctx, ctx.factory() as s:
-        rows = [
-            (r.id, r.image, r.status, r.created_by, r.created_at, r.finished_at, r.error)
-            for r in s.scalars(select(Rollout).order_by(Rollout.id.desc()).limit(100))
-        ]
-    headers = ["id", "image", "status", "by", "created", "finished", "error"]
-    if as_json:
-        _dump([dict(zip(headers, r, strict=True)) for r in rows])
+    client = _api()
+    if client is not None:
+        data = client.get(client.path("rollouts"), {"status": status, "limit": limit})
     else:
-        _table(rows, headers)
+        from orchestrator.api.routes.rollouts import _incident_numbers
+        from orchestrator.api.schemas import RolloutOut
+
+        with _opened() as ctx, ctx.factory() as s:
+            stmt = select(Rollout).order_by(Rollout.id.desc()).limit(limit)
+            if status:
+                stmt = stmt.where(Rollout.status == status)
+            rows = list(s.scalars(stmt))
+            numbers = _incident_numbers(s, [r.id for r in rows])
+            data = [
+                RolloutOut.model_validate(r)
+                .model_copy(update={"incident": numbers.get(r.id)})
+                .model_dump(mode="json")
+                for r in rows
+            ]
+    if as_json:
+        _dump(data)
+        return
+    _table(
+        [
+            (
+                r["id"],
+                r["image"],
+                r["status"],
+                r["created_by"],
+                r["created_at"],
+                r["finished_at"],
+                r["incident"],
+                r["error"],
+            )
+            for r in data
+        ],
+        ["id", "image", "status", "by", "created", "finished", "incident", "error"],
+    )
 
 
 def _control(action: str) -> Callable[..., None]:
     @click.argument("rollout_id", type=int)
     @click.option(
-        "--wait/--no-wait", default=True, help="run it here to its end if no process runs it"
+        "--wait/--no-wait",
+        default=True,
+        help="direct mode: run it here to its end if no process runs it",
     )
     @json_option
     def command(rollout_id: int, wait: bool, as_json: bool) -> None:
+        client = _api()
+        if client is not None:  # the server applies it (and runs the rollout if nobody does)
+            data = client.post(client.path("rollouts", rollout_id, action))
+            _emit(data, as_json, f"{action} requested for rollout {rollout_id}")
+            return
         with _opened() as ctx:
             orphaned = rollout_id in ctx.executor.resumable()
             status = rollout_dict(ctx, rollout_id)["status"]
@@ -251,7 +432,8 @@ def _control(action: str) -> Callable[..., None]:
             # If no process runs it, resume/rollback/abort/approve run it here.
             if action != "pause" and wait and orphaned:
                 if not as_json:
-                    ctx.executor.on_progress = _progress_printer(ctx)
+                    show = _progress_printer()
+                    ctx.executor.on_progress = lambda rid: show(rollout_dict(ctx, rid))
                 try:
                     ctx.executor.run(rollout_id)
                 except ConflictError as exc:  # another process (cpdops serve) took it first
@@ -314,12 +496,13 @@ def print_rollout(data: dict[str, Any]) -> None:
     )
 
 
-def _progress_printer(ctx: AppContext) -> Callable[[int], None]:
+def _progress_printer() -> Callable[[dict[str, Any]], None]:
+    """Prints (on stderr) what changed since the last call: the status, each instance's state."""
     seen: dict[tuple[str, str], str] = {}
     last_status: list[str] = [""]
 
-    def show(rollout_id: int) -> None:
-        data = rollout_dict(ctx, rollout_id)
+    def show(data: dict[str, Any]) -> None:
+        rollout_id = data["id"]
         total = len(data["instances"])
         done = sum(
             1
