@@ -39,6 +39,7 @@ def _settings(db_url: str, docker_url: str = "unix:///nonexistent.sock") -> Sett
         local_docker_url=docker_url,
         pull_policy="never",
         alertmanager_secret="am-secret",
+        telegram_secret="tg-secret",  # configured: a disabled intake answers 503 by design
     )
 
 
