@@ -32,9 +32,20 @@ def demo_build(version: str, fail: str | None) -> None:
 @demo.command("up")
 @click.option("--tenants", "count", type=click.IntRange(1, 500), default=3, show_default=True)
 @click.option("--version", "version", default="1", show_default=True)
+@click.option(
+    "--scenario/--no-scenario",
+    default=True,
+    show_default=True,
+    help="also schedule a rollout to the next version (in an hour) and open a ticket",
+)
 @click.option("--json", "as_json", is_flag=True)
-def demo_up(count: int, version: str, as_json: bool) -> None:
-    """Start COUNT stand-in tenants with published ports on 127.0.0.1."""
+def demo_up(count: int, version: str, scenario: bool, as_json: bool) -> None:
+    """Start COUNT stand-in tenants with published ports on 127.0.0.1.
+
+    With the scenario (the default) there is something on every page of the web UI: a
+    rollout of all demo tenants to the next version, scheduled an hour from now (a running
+    `cpdops serve` starts it; `cpdops rollout ls`), and a customer's consultation ticket.
+    Running it again adds neither twice."""
     from orchestrator.cli_common import _opened
     from orchestrator.db.session import session_scope
     from orchestrator.demo.fleet import demo_tenants, register_tenants, start_tenant
@@ -63,8 +74,22 @@ def demo_up(count: int, version: str, as_json: bool) -> None:
             click.echo(f"started {t.container} on {t.health_url}", err=True)
         with session_scope(ctx.factory) as s:
             register_tenants(s, tenants, host.name)
+        extra: dict[str, object] = {}
+        if scenario:
+            from orchestrator.demo.scenario import demo_scenario
+
+            extra = demo_scenario(ctx, host, [t.slug for t in tenants], version)
+            for key, value in extra.items():
+                click.echo(f"{key}: {value}", err=True)
     if as_json:
-        click.echo(json.dumps([{"tenant": t.slug, "health_url": t.health_url} for t in tenants]))
+        click.echo(
+            json.dumps(
+                {
+                    "tenants": [{"tenant": t.slug, "health_url": t.health_url} for t in tenants],
+                    **extra,
+                }
+            )
+        )
     else:
         click.echo(f"{len(tenants)} demo tenants up ({len(started)} started) on image {image}")
 

@@ -139,14 +139,24 @@ def test_demo_up_and_down(
     try:
         up = run(env, "demo", "up", "--tenants", "2", "--json")
         assert up.returncode == 0, up.stderr
-        tenants = json.loads(up.stdout)
+        shown = json.loads(up.stdout)
+        tenants = shown["tenants"]
         assert [t["tenant"] for t in tenants] == ["acme", "globex"]
+        # the scenario: a rollout to version 2 scheduled an hour ahead, and a ticket
+        rollouts = json.loads(run(env, "rollout", "ls", "--json").stdout)
+        (scheduled,) = [r for r in rollouts if r["id"] == shown["scheduled_rollout"]]
+        assert scheduled["status"] == "scheduled" and scheduled["image"].endswith(":2")
+        tickets = json.loads(run(env, "incidents", "ls", "--json").stdout)
+        assert [t["number"] for t in tickets] == [shown["ticket"]]
+        assert tickets[0]["type"] == "consultation" and tickets[0]["tenant"] == "acme"
         for t in tenants:
             assert wait_health(t["health_url"], version="1")["tenant"] == t["tenant"]
         listed = json.loads(run(env, "fleet", "ls", "--json").stdout)["instances"]
         assert sorted(i["tenant"] for i in listed) == ["acme", "globex"]
         again = run(env, "demo", "up", "--tenants", "2")
         assert again.returncode == 0 and "(0 started)" in again.stdout, "idempotent"
+        assert len(json.loads(run(env, "rollout", "ls", "--json").stdout)) == len(rollouts)
+        assert len(json.loads(run(env, "incidents", "ls", "--json").stdout)) == 1
         down = run(env, "demo", "down")
         assert down.returncode == 0 and "removed 2" in down.stdout
         assert json.loads(run(env, "fleet", "ls", "--json").stdout)["instances"] == []
