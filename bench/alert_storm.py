@@ -49,6 +49,8 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from orchestrator.db.models import AlertRecord, Incident, IncidentEvent
+from orchestrator.settings import Settings
+from tests.integration.server import bearer, make_token
 
 SECRET = "alert-storm-secret"
 PATH = "/api/v1/intake/alertmanager"
@@ -279,7 +281,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             client = asyncio.run(deliver(base, bodies, args.seconds, args.concurrency, rng))
             figures = store_figures(url, args.tenants, args.alerts)
             listed = httpx.get(
-                f"{base}/api/v1/incidents", params={"type": "mass_incident"}, timeout=30
+                f"{base}/api/v1/incidents",
+                params={"type": "mass_incident"},
+                headers=bearer(make_token(Settings(database_url=url), "viewer", name="bench")),
+                timeout=30,
             ).json()
             figures["mass_incidents_api"] = len(listed)
             figures["ok"] = figures["ok"] and client["errors"] == 0 and len(listed) == 1

@@ -63,7 +63,7 @@ from tests.integration.dockerd import (  # noqa: E402
     remove_test_containers,
 )
 from tests.integration.fleet import Placed, make_context, place_tenants, wait_health  # noqa: E402
-from tests.integration.server import running_server  # noqa: E402
+from tests.integration.server import bearer, make_token, running_server  # noqa: E402
 
 PROMETHEUS = "/usr/bin/prometheus"
 BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
@@ -304,7 +304,11 @@ def run_rounds(
     containers = [handle.client.containers.get(p.tenant.container) for p in placed]
     alertnames = [f"TenantDownFor{hold_for:g}s", "TenantDownFor0s"]
     rows = []
-    with running_server(settings) as base, httpx.Client(base_url=base, timeout=30) as api:
+    token = make_token(settings, "operator", name="bench")
+    with (
+        running_server(settings) as base,
+        httpx.Client(base_url=base, timeout=30, headers=bearer(token)) as api,
+    ):
         for rnd in range(args.rounds):
             ams = {
                 name: start_alertmanager(children, name, am_ports[name], wait, receiver.port, tmp)

@@ -42,6 +42,7 @@ from orchestrator.settings import Settings
 from tests.integration.browser import CHROMIUM_ARGS, chromium_path
 from tests.integration.dockerd import DockerdFleet, remove_test_containers
 from tests.integration.fleet import TEST_LABEL
+from tests.integration.server import bearer, make_token
 
 RINGS = ("canary", "early", "general", "general", "late")
 
@@ -103,7 +104,7 @@ def populate(db_url: str, host_name: str, host_url: str, tenants: int, container
         ctx.close()
 
 
-def measure(base: str, runs: int, expected_rows: int) -> list[dict[str, Any]]:
+def measure(base: str, runs: int, expected_rows: int, token: str) -> list[dict[str, Any]]:
     from playwright.sync_api import sync_playwright
 
     chromium = chromium_path()
@@ -115,7 +116,9 @@ def measure(base: str, runs: int, expected_rows: int) -> list[dict[str, Any]]:
         try:
             for _ in range(runs):
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
-                context.add_init_script("sessionStorage.setItem('cpdops.token', 'bench-token')")
+                context.add_init_script(
+                    f"sessionStorage.setItem('cpdops.token', {json.dumps(token)})"
+                )
                 page = context.new_page()
                 page.goto(base + "/#/fleet")
                 page.wait_for_selector("body[data-fleet-rendered]", timeout=60_000)
@@ -174,9 +177,10 @@ def main() -> None:
             )
             wait_port(port, 60)
             base = f"http://127.0.0.1:{port}"
-            found = httpx.get(base + "/api/v1/instances", timeout=30).json()
-            assert len(found["instances"]) == args.containers, found
-            results = measure(base, args.runs, args.tenants)
+            token = make_token(Settings(database_url=db_url), "viewer", name="bench")
+            found = httpx.get(base + "/api/v1/instances", headers=bearer(token), timeout=30)
+            assert len(found.json()["instances"]) == args.containers, found.text
+            results = measure(base, args.runs, args.tenants, token)
             times = [r["rendered_ms"] for r in results]
             report = {
                 "benchmark": "webui_load",
