@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import SHARED_SECRET
@@ -51,14 +51,20 @@ def _inline(schema: dict[str, Any]) -> dict[str, Any]:
 BODY_SCHEMA = _inline(AlertmanagerWebhook.model_json_schema())
 
 
-def check_secret(ctx: CtxDep, request: Request) -> None:
-    secret = ctx.settings.alertmanager_secret
+def configured_secret(secret: SecretStr | None, intake: str, setting: str) -> str:
+    """The intake's shared secret; 503 when none is configured (the intake is off)."""
     expected = secret.get_secret_value() if secret is not None else ""
     if not expected:
         raise HTTPException(
-            status_code=503,
-            detail="the Alertmanager intake is disabled: set CPDOPS_ALERTMANAGER_SECRET",
+            status_code=503, detail=f"the {intake} intake is disabled: set {setting}"
         )
+    return expected
+
+
+def check_secret(ctx: CtxDep, request: Request) -> None:
+    expected = configured_secret(
+        ctx.settings.alertmanager_secret, "Alertmanager", "CPDOPS_ALERTMANAGER_SECRET"
+    )
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     ok = scheme.lower() == "bearer" and hmac.compare_digest(
@@ -148,13 +154,7 @@ class TelegramIntakeOut(BaseModel):
 
 
 def check_telegram_secret(ctx: CtxDep, request: Request) -> None:
-    secret = ctx.settings.telegram_secret
-    expected = secret.get_secret_value() if secret is not None else ""
-    if not expected:
-        raise HTTPException(
-            status_code=503,
-            detail="the Telegram intake is disabled: set CPDOPS_TELEGRAM_SECRET",
-        )
+    expected = configured_secret(ctx.settings.telegram_secret, "Telegram", "CPDOPS_TELEGRAM_SECRET")
     given = request.headers.get(TELEGRAM_HEADER, "")
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(
