@@ -28,7 +28,8 @@ from orchestrator.auth.tokens import is_active
 from orchestrator.context import AppContext, build_context, start_monitors
 from orchestrator.db.models import ApiToken
 from orchestrator.incidents.mail_listener import IntakeHandler, MailListener
-from orchestrator.scheduler import make_scheduler
+from orchestrator.leader import Leadership, replica_id
+from orchestrator.scheduler import lead, make_scheduler
 from orchestrator.settings import Settings, listen_address
 from orchestrator.webui import mount_webui
 
@@ -68,8 +69,24 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         if settings.run_monitors and context.monitors is None:
             start_monitors(context)
         scheduler = make_scheduler(context)
+        leadership: Leadership | None = None
         if settings.run_scheduler:
-            scheduler.start()
+            # Every replica runs the API; the leader alone runs the scheduler's jobs, the
+            # monitors and the rollouts (orchestrator/leader.py). A follower's scheduler is
+            # started paused, so the jobs it is given (scheduled rollouts) are stored.
+            context.executor.owner = replica_id()
+            leadership = Leadership(
+                context.engine,
+                context.executor.owner,
+                on_change=lambda leading: lead(scheduler, context, leading),
+                poll_s=settings.leader_poll_s,
+            )
+            context.leadership = leadership
+            context.executor.should_run = lambda: leadership is not None and leadership.leading
+            if leadership.postgres:
+                context.executor.dead_owners = leadership.dead
+            scheduler.start(paused=True)
+            leadership.start()
         app.state.ctx = context
         _warn_without_tokens(context)
         app.state.scheduler = scheduler
@@ -80,8 +97,12 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         finally:
             if listener is not None:
                 listener.stop()
+            if leadership is not None:
+                leadership.on_change = None
             if scheduler.running:
                 scheduler.shutdown(wait=True)
+            if leadership is not None:
+                leadership.stop()  # after the jobs: a rollout in progress stops first
             context.close()
 
     app = FastAPI(

@@ -30,6 +30,7 @@ from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import DockerHost
 from orchestrator.incidents.engine import IncidentEngine
 from orchestrator.incidents.evidence import HostEvidence
+from orchestrator.leader import Leadership
 from orchestrator.metrics import MetricsRegistry, StoreCollector, make_registry
 from orchestrator.monitor_history import flush
 from orchestrator.settings import Settings
@@ -54,6 +55,13 @@ class AppContext:
     # The monitors generated at the last sync (declared ones are read from the database).
     generated: list[MonitorSpec] = field(default_factory=list)
     monitor_lock: threading.Lock = field(default_factory=threading.Lock)
+    # `cpdops serve`: who leads among the replicas (None: a process that runs no scheduler).
+    leadership: Leadership | None = None
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process runs the once-only work (scheduler, monitors, rollouts)."""
+        return self.leadership is None or self.leadership.leading
 
     def close(self) -> None:
         if self.monitors is not None:
@@ -243,7 +251,7 @@ def apply_maintenance(ctx: AppContext, now: float | None = None) -> list[str]:
 def sync_monitors(ctx: AppContext) -> int:
     """Discover instances and (re)configure the monitors, generated and declared; returns how
     many there are."""
-    if ctx.monitors is None:
+    if ctx.monitors is None or not ctx.leading:
         return 0
     try:
         found = discover(ctx.hosts.hosts())
@@ -293,8 +301,8 @@ def apply_monitors(ctx: AppContext) -> int:
     """Give the engine the generated monitors of the last sync plus the declared ones (read
     now), without discovering again: what the API calls after declaring or deleting one.
     A declared monitor whose id a generated one has is left out (the generated one wins)."""
-    if ctx.monitors is None:
-        return 0
+    if ctx.monitors is None or not ctx.leading:
+        return 0  # a follower replica probes nothing (only the leader does)
     defaults = monitor_defaults(ctx)
     with ctx.monitor_lock:
         specs = list(ctx.generated)

@@ -103,7 +103,9 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
         resume_rollouts,
         "interval",
         args=[scheduler, ctx],
-        seconds=max(1.0, ctx.settings.rollout_lease_s / 3),
+        # a third of the lease, at most 2 s: a dead replica's rollout is taken over soon after
+        # it is seen gone (RolloutExecutor.dead_owners)
+        seconds=max(1.0, min(ctx.settings.rollout_lease_s / 3, 2.0)),
         next_run_time=datetime.now(UTC),
         id="resume-rollouts",
         jobstore="internal",
@@ -113,6 +115,26 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
 
 
 _OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+# Jobs run at once when a replica becomes the leader: take over rollouts, probe.
+_ON_ELECTION = ("resume-rollouts", "sync-monitors")
+
+
+def lead(scheduler: BackgroundScheduler, ctx: AppContext, leading: bool) -> None:
+    """Leadership changed (orchestrator/leader.py): run or stop the once-only work."""
+    if leading:
+        scheduler.resume()
+        now = datetime.now(UTC)
+        for job_id in _ON_ELECTION:
+            job = scheduler.get_job(job_id, jobstore="internal")
+            if job is not None:
+                job.modify(next_run_time=now)
+        return
+    scheduler.pause()
+    if ctx.monitors is not None:
+        with ctx.monitor_lock:
+            ctx.generated = []
+        ctx.monitors.set_monitors([])  # the new leader probes them
 
 
 def deliver_outbox(ctx: AppContext) -> outbox.DeliveryReport:

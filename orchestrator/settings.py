@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     rollout_lease_s: float = Field(
         default=15.0, description="seconds after which a dead runner's rollout may be taken over"
     )
+    leader_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="HA on PostgreSQL: how often a follower tries to take the leader lock "
+        "and the leader checks its connection",
+    )
     outbox_interval_s: float = Field(
         default=2.0, gt=0, description="how often `cpdops serve` sends the outbox's due messages"
     )

@@ -124,6 +124,7 @@ class RolloutExecutor:
         tick_s: float = 0.2,
         lease_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        owner: str | None = None,
     ) -> None:
         self._factory = factory
         self._hosts = hosts
@@ -137,7 +138,16 @@ class RolloutExecutor:
         self._tick = tick_s
         self._lease = lease_s
         self._clock = clock
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # HA (``cpdops serve`` on PostgreSQL, orchestrator/leader.py): ``should_run`` says
+        # whether this process may run rollouts now (it leads); ``dead_owners`` names, of the
+        # given owners, the replicas whose process is gone, so their rollouts are taken over
+        # without waiting for the lease (after ``dead_grace_s`` of absence: a replica that
+        # reconnects after a database blip is not declared dead).
+        self.should_run: Callable[[], bool] | None = None
+        self.dead_owners: Callable[[list[str]], set[str]] | None = None
+        self.dead_grace_s = 3.0
+        self._absent_since: dict[str, float] = {}
         self._worker = InstanceWorker(
             factory,
             hosts,
@@ -319,8 +329,17 @@ class RolloutExecutor:
             while True:
                 for iid in [i for i, (f, _) in futures.items() if f.done()]:
                     self._pop(futures, iid)
+                if self.should_run is not None and not self.should_run():
+                    raise ConflictError(
+                        f"rollout {rollout_id}: this replica no longer leads; "
+                        "the leader takes the rollout over"
+                    )
                 if time.monotonic() - renewed >= self._lease / 3:
-                    self._renew(rollout_id)
+                    if not self._renew(rollout_id):
+                        raise ConflictError(
+                            f"rollout {rollout_id}: the lease was lost (another process took "
+                            "the rollout over); this runner stops"
+                        )
                     renewed = time.monotonic()
                 view, actions, jobs = self._decide(rollout_id, strategy)
                 until: float | None = None
@@ -525,6 +544,7 @@ class RolloutExecutor:
     # --- lease ------------------------------------------------------------------------------
     def _acquire(self, rollout_id: int) -> None:
         now = datetime.now(UTC)
+        dead = self._dead_now()
         with session_scope(self._factory) as s:
             result = s.execute(
                 update(Rollout)
@@ -535,6 +555,7 @@ class RolloutExecutor:
                         Rollout.owner == self.owner,
                         Rollout.lease_until.is_(None),
                         Rollout.lease_until < now,
+                        Rollout.owner.in_(dead),
                     ),
                 )
                 .values(owner=self.owner, lease_until=now + timedelta(seconds=self._lease))
@@ -550,13 +571,15 @@ class RolloutExecutor:
                     f"{r.lease_until:%H:%M:%S}); use pause/resume/abort to steer it"
                 )
 
-    def _renew(self, rollout_id: int) -> None:
+    def _renew(self, rollout_id: int) -> bool:
+        """Extend the lease; False when this process no longer owns the rollout."""
         with session_scope(self._factory) as s:
-            s.execute(
+            result = s.execute(
                 update(Rollout)
                 .where(Rollout.id == rollout_id, Rollout.owner == self.owner)
                 .values(lease_until=datetime.now(UTC) + timedelta(seconds=self._lease))
             )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def _release(self, rollout_id: int) -> None:
         with session_scope(self._factory) as s:
@@ -580,17 +603,42 @@ class RolloutExecutor:
             self._worker.reconcile(job)
 
     def resumable(self) -> list[int]:
-        """Rollouts that should be running but whose runner's lease has lapsed."""
+        """Rollouts that should be running but whose runner's lease has lapsed, or whose
+        runner was a replica that is gone (``dead_owners``)."""
         now = datetime.now(UTC)
         with self._factory() as s:
+            if self.dead_owners is not None:
+                held = list(
+                    s.scalars(
+                        select(Rollout.owner)
+                        .where(Rollout.status.in_(decide.ACTIVE), Rollout.owner.is_not(None))
+                        .distinct()
+                    )
+                )
+                self._observe_owners([o for o in held if o and o != self.owner])
             return list(
                 s.scalars(
                     select(Rollout.id).where(
                         Rollout.status.in_(decide.ACTIVE),
-                        or_(Rollout.lease_until.is_(None), Rollout.lease_until < now),
+                        or_(
+                            Rollout.lease_until.is_(None),
+                            Rollout.lease_until < now,
+                            Rollout.owner.in_(self._dead_now()),
+                        ),
                     )
                 )
             )
+
+    def _observe_owners(self, owners: list[str]) -> None:
+        assert self.dead_owners is not None
+        dead = self.dead_owners(owners)
+        mono = time.monotonic()
+        self._absent_since = {o: self._absent_since.get(o, mono) for o in dead}
+
+    def _dead_now(self) -> list[str]:
+        """Owners seen gone for at least ``dead_grace_s``."""
+        mono = time.monotonic()
+        return sorted(o for o, t in self._absent_since.items() if mono - t >= self.dead_grace_s)
 
     # --- hooks --------------------------------------------------------------------------------
     def _crashpoint(self, name: str) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import docker
+import docker.constants
 import docker.errors
 import requests.exceptions
 from docker.tls import TLSConfig
@@ -124,6 +126,47 @@ ONEOFF_LOG_LINES = 1000
 ONEOFF_KILL_WAIT_S = 30
 
 
+def _tls_client(url: str, tls: TLSConfig, timeout: int) -> docker.DockerClient:
+    """A client for a TLS endpoint that ignores ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``:
+    requests lets those environment variables override a session's own CA (psf/requests#3829),
+    so with one set (as on many machines) the engine's CA given in the fleet file would be
+    ignored and every TLS host would fail verification. The API version is asked for once the
+    session no longer trusts the environment (docker-py would ask in its constructor)."""
+    client = docker.DockerClient(
+        base_url=url, tls=tls, timeout=timeout, version=docker.constants.MINIMUM_DOCKER_API_VERSION
+    )
+    client.api.trust_env = False
+    try:
+        client.api._version = client.api._retrieve_server_version()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _tls_reason(exc: BaseException) -> str | None:
+    """The TLS failure behind ``exc`` (an ssl error anywhere in its chain or arguments), as
+    OpenSSL words it, or None when ``exc`` is not a TLS failure."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen or not isinstance(item, BaseException):
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLError):
+            return str(item.reason or item.strerror or item).replace("_", " ").lower()
+        todo += [item.__cause__, item.__context__, *item.args]
+        reason = getattr(item, "reason", None)  # urllib3's MaxRetryError
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+    text = str(exc)
+    for marker in ("SSLError", "CERTIFICATE_VERIFY_FAILED", "certificate required"):
+        if marker in text:
+            return text.rsplit(":", 1)[-1].strip(" ')\"") or marker
+    return None
+
+
 class DockerHost:
     """One Docker Engine endpoint (``unix://``, ``tcp://`` with TLS, ``ssh://``)."""
 
@@ -166,12 +209,31 @@ class DockerHost:
                 # docker-py would leak the socket of the failed connect (a ResourceWarning)
                 raise HostUnreachable(f"host {self.name} ({self.url}): no socket at {path}")
             try:
-                self._client = docker.DockerClient(
-                    base_url=self.url, tls=tls, timeout=self._timeout, version="auto"
-                )
-            except docker.errors.DockerException as exc:
-                raise HostUnreachable(f"host {self.name} ({self.url}): {exc}") from exc
+                if tls:
+                    self._client = _tls_client(self.url, tls, self._timeout)
+                else:
+                    self._client = docker.DockerClient(
+                        base_url=self.url, tls=tls, timeout=self._timeout, version="auto"
+                    )
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise self._unreachable(exc) from exc
         return self._client
+
+    def _unreachable(self, exc: Exception) -> HostUnreachable:
+        reason = _tls_reason(exc)
+        if reason is not None:
+            if "verify failed" in reason:
+                who = "the engine's certificate is not signed by the CA in tls.ca"
+            elif any(
+                m in reason for m in ("bad certificate", "certificate required", "unknown ca")
+            ):
+                who = "the engine refused cpdops's client certificate (tls.cert/tls.key)"
+            else:
+                who = "check the host's tls ca/cert/key"
+            return HostUnreachable(
+                f"host {self.name} ({self.url}): TLS handshake failed: {who}: {reason}"
+            )
+        return HostUnreachable(f"host {self.name} ({self.url}): {exc}")
 
     def close(self) -> None:
         if self._client is not None:
@@ -182,6 +244,8 @@ class DockerHost:
         if isinstance(exc, docker.errors.ImageNotFound):
             return ImageNotFound(f"host {self.name}: {what}: {_explain(exc)}")
         if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            if _tls_reason(exc) is not None:
+                return self._unreachable(exc)
             return HostUnreachable(f"host {self.name} ({self.url}) does not answer: {what}")
         if isinstance(exc, docker.errors.APIError):
             return ContainerError(f"host {self.name}: {what}: {_explain(exc)}")

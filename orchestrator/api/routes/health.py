@@ -30,7 +30,12 @@ def healthz(ctx: CtxDep) -> Any:
             {"status": "degraded", "database": f"unavailable: {type(exc).__name__}"},
             status_code=503,
         )
-    return {"status": "ok", "database": "ok", "monitors": ctx.monitors is not None}
+    out: dict[str, Any] = {"status": "ok", "database": "ok", "monitors": ctx.monitors is not None}
+    if ctx.leadership is not None:  # which replica runs the scheduler, monitors and rollouts
+        out["replica"] = ctx.leadership.replica_id
+        out["leading"] = ctx.leadership.leading
+        out["leader"] = ctx.leadership.leader()
+    return out
 
 
 @router.get(

@@ -88,10 +88,12 @@ def create_rollout(
 ) -> RolloutDetail:
     scheduler = request.app.state.scheduler
     scheduled = body.schedule.at is not None or body.schedule.window
-    rollout_id = ctx.executor.create(body, actor=operator.actor, claim=not scheduled)
+    # A follower replica stores the rollout unowned: the leader starts it (resume-rollouts).
+    now = not scheduled and ctx.leading
+    rollout_id = ctx.executor.create(body, actor=operator.actor, claim=now)
     if scheduled:
         schedule_rollout(scheduler, rollout_id, first_start(ctx, rollout_id))
-    else:
+    elif now:
         run_rollout_now(scheduler, ctx, rollout_id)
     with ctx.factory() as session:
         return rollout_detail(session, rollout_id)
@@ -102,7 +104,7 @@ def _control_route(action: str, summary: str) -> None:
         rollout_id: RolloutId, request: Request, ctx: CtxDep, operator: OperatorDep
     ) -> RolloutDetail:
         ctx.executor.control(rollout_id, action, actor=operator.actor)
-        if rollout_id in ctx.executor.resumable():
+        if ctx.leading and rollout_id in ctx.executor.resumable():
             run_rollout_now(request.app.state.scheduler, ctx, rollout_id)
         with ctx.factory() as session:
             return rollout_detail(session, rollout_id)
