@@ -304,7 +304,7 @@ def run_rounds(
     containers = [handle.client.containers.get(p.tenant.container) for p in placed]
     alertnames = [f"TenantDownFor{hold_for:g}s", "TenantDownFor0s"]
     rows = []
-    token = make_token(settings, "operator", name="bench")
+    token = make_token(settings, "operator", name=f"bench-threshold-{threshold}")
     with (
         running_server(settings) as base,
         httpx.Client(base_url=base, timeout=30, headers=bearer(token)) as api,
