@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Iterator, Sequence
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
 from orchestrator.context import AppContext
@@ -22,5 +22,22 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+T = TypeVar("T")
+
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+# Optional paging of list routes: without ``limit`` the whole (filtered) list, as before.
+LimitQuery = Annotated[
+    int | None,
+    Query(ge=1, le=10_000, description="at most this many items (default: all)"),
+]
+OffsetQuery = Annotated[
+    int, Query(ge=0, le=1_000_000_000, description="skip this many items first")
+]
+
+
+def page(items: Sequence[T], limit: int | None, offset: int) -> list[T]:
+    """``items[offset : offset + limit]`` (all from ``offset`` when ``limit`` is None)."""
+    return list(items[offset : None if limit is None else offset + limit])

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from orchestrator.api.auth import ViewerDep
-from orchestrator.api.deps import CtxDep, SessionDep
+from orchestrator.api.deps import CtxDep, LimitQuery, OffsetQuery, SessionDep, page
 from orchestrator.api.schemas import HostOut, InstanceOut, InstancesOut, TenantOut
 from orchestrator.db.models import Host, Tenant
 from orchestrator.fleet.discovery import discover
@@ -15,11 +15,17 @@ router = APIRouter(prefix="/api/v1", tags=["fleet"])
 
 
 @router.get("/hosts", response_model=list[HostOut], summary="Docker hosts of the fleet")
-def list_hosts(session: SessionDep, _viewer: ViewerDep) -> list[HostOut]:
-    return [
+def list_hosts(
+    session: SessionDep,
+    _viewer: ViewerDep,
+    limit: LimitQuery = None,
+    offset: OffsetQuery = 0,
+) -> list[HostOut]:
+    hosts = [
         HostOut(name=h.name, url=h.url, labels=h.labels, tls=bool(h.tls))
         for h in session.scalars(select(Host).order_by(Host.name))
     ]
+    return page(hosts, limit, offset)
 
 
 @router.get("/tenants", response_model=list[TenantOut], summary="Registered tenants")
@@ -27,10 +33,18 @@ def list_tenants(
     session: SessionDep,
     _viewer: ViewerDep,
     ring: str | None = Query(default=None, description="filter by ring"),
+    host: str | None = Query(default=None, description="only the tenants placed on this host"),
+    limit: LimitQuery = None,
+    offset: OffsetQuery = 0,
 ) -> list[TenantOut]:
     stmt = select(Tenant).order_by(Tenant.slug)
     if ring:
         stmt = stmt.where(Tenant.ring == ring)
+    if host:
+        stmt = stmt.where(Tenant.host_name == host)
+    stmt = stmt.offset(offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
     return [
         TenantOut.model_validate(t, from_attributes=True).model_copy(
             update={"has_db": bool(t.db_dsn)}

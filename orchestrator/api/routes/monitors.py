@@ -12,7 +12,7 @@ from monitors.probe import public_target
 from monitors.state import MonitorStatus
 from orchestrator import declared_monitors
 from orchestrator.api.auth import AdminDep, ViewerDep
-from orchestrator.api.deps import CtxDep, SessionDep
+from orchestrator.api.deps import CtxDep, LimitQuery, OffsetQuery, SessionDep, page
 from orchestrator.api.schemas import (
     DeclaredMonitorOut,
     HistoryOut,
@@ -46,7 +46,14 @@ def list_monitors(
     ctx: CtxDep,
     session: SessionDep,
     _viewer: ViewerDep,
-    tenant: str | None = Query(default=None),
+    tenant: str | None = Query(default=None, description="only this tenant's monitors"),
+    host: str | None = Query(default=None, description="only the monitors of this host"),
+    kind: str | None = Query(default=None, description="http, tcp, sip, postgres or container"),
+    state: str | None = Query(
+        default=None, alias="status", description="up, down, pending or maintenance"
+    ),
+    limit: LimitQuery = None,
+    offset: OffsetQuery = 0,
 ) -> list[MonitorOut]:
     stored = {m.id: m for m in session.scalars(select(MonitorRecord))}
     declared = {d.id: d for d in session.scalars(select(DeclaredMonitor))}
@@ -96,8 +103,18 @@ def list_monitors(
             changed_at=stored_rec.changed_at if stored_rec else view.last_change_at,
             source=declared[spec.id].source if spec.id in declared else "generated",
         )
-    out = sorted(
-        (m for m in rows.values() if tenant is None or m.tenant == tenant), key=lambda m: m.id
+    wanted = {"tenant": tenant, "host": host, "kind": kind, "status": state}
+    out = page(
+        sorted(
+            (
+                m
+                for m in rows.values()
+                if all(v is None or getattr(m, k) == v for k, v in wanted.items())
+            ),
+            key=lambda m: m.id,
+        ),
+        limit,
+        offset,
     )
     up = uptimes(session, [m.id for m in out])
     return [m.model_copy(update={"uptime": up.get(m.id, {})}) for m in out]

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.api.auth import OperatorDep, ViewerDep
-from orchestrator.api.deps import CtxDep, SessionDep
+from orchestrator.api.deps import CtxDep, OffsetQuery, SessionDep
 from orchestrator.api.schemas import PlannedOut, PlanOut, RolloutDetail, RolloutOut
 from orchestrator.db.models import Incident, Rollout, RolloutInstance
 from orchestrator.errors import NotFoundError
@@ -34,8 +34,9 @@ def list_rollouts(
     _viewer: ViewerDep,
     status: str | None = Query(default=None, description="filter by status"),
     limit: int = Query(default=50, ge=1, le=500),
+    offset: OffsetQuery = 0,
 ) -> list[RolloutOut]:
-    stmt = select(Rollout).order_by(Rollout.id.desc()).limit(limit)
+    stmt = select(Rollout).order_by(Rollout.id.desc()).offset(offset).limit(limit)
     if status:
         stmt = stmt.where(Rollout.status == status)
     rows = list(session.scalars(stmt))
