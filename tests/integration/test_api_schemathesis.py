@@ -13,6 +13,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import BaseSchema
+from schemathesis.config import SchemathesisConfig
+from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from orchestrator.app import create_app
@@ -45,7 +47,19 @@ def _settings(db_url: str, docker_url: str = "unix:///nonexistent.sock") -> Sett
 
 # The document the server serves (building the app starts nothing; a test below checks that
 # the running server serves the same one).
-schema: BaseSchema = schemathesis.openapi.from_dict(create_app(_settings("sqlite://")).openapi())
+# A body over the API's size limit is refused with 413 before it is validated: a rejection too.
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "checks": {
+            "negative_data_rejection": {
+                "expected-statuses": [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]
+            }
+        }
+    }
+)
+schema: BaseSchema = schemathesis.openapi.from_dict(
+    create_app(_settings("sqlite://")).openapi(), config=CONFIG
+)
 
 
 @schemathesis.auth(refresh_interval=None)
