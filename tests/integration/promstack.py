@@ -31,7 +31,9 @@ ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
 START_DEADLINE_S = 60.0
 
 
-def binary(path: str, package: str) -> str:
+def binary(path: str, package: str, require_env: str = REQUIRE_ENV) -> str:
+    """``path``, installed from Debian ``package`` when missing (as root, its system service
+    never started); skipped without it, a failure when ``require_env`` is ``1``."""
     if not Path(path).exists() and os.geteuid() == 0 and shutil.which("apt-get"):
         # policy-rc.d 101: the package must not start its own system service
         guard = Path("/usr/sbin/policy-rc.d")
@@ -50,8 +52,8 @@ def binary(path: str, package: str) -> str:
                 guard.unlink(missing_ok=True)
     if not Path(path).exists():
         reason = f"{path} is not installed (Debian package {package})"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
+        if os.environ.get(require_env) == "1":
+            pytest.fail(f"{require_env}=1 but {reason}", pytrace=False)
         pytest.skip(reason)
     return path
 
@@ -102,12 +104,44 @@ class Service:
             proc.wait(timeout=15)
 
 
-class Alertmanager(Service):
+class AlertmanagerService(Service):
+    """``prometheus-alertmanager`` on 127.0.0.1, clustering off, state in ``workdir``: what
+    every test that runs a real Alertmanager shares."""
+
+    def __init__(self, binary_path: str, workdir: Path) -> None:
+        super().__init__("alertmanager", workdir)
+        self.binary = binary_path
+
+    def run(self, config: Path, *extra: str) -> None:
+        self._start(
+            [
+                self.binary,
+                f"--config.file={config}",
+                f"--storage.path={self.workdir / 'alertmanager-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+                *extra,
+            ]
+        )
+
+    def post_alerts(self, *alerts: dict[str, Any]) -> None:
+        r = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=10)
+        assert r.status_code == 200, r.text
+
+    def notifications(self, kind: str = "total") -> float:
+        """``alertmanager_notifications[_failed]_total{integration="webhook"}``."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        name = f"alertmanager_notifications{'_failed' if kind == 'failed' else ''}_total"
+        found = re.search(rf'^{name}\{{integration="webhook"\}} (\S+)$', text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+
+class Alertmanager(AlertmanagerService):
     """dashboards/alertmanager/alertmanager.yml with the intake URL and secret of this test,
     and 1 s grouping so that a test does not wait minutes."""
 
     def __init__(self, binary_path: str, workdir: Path, intake_url: str, secret: str) -> None:
-        super().__init__("alertmanager", workdir)
+        super().__init__(binary_path, workdir)
         config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
         config["route"].update(group_wait="1s", group_interval="1s", repeat_interval="1m")
         secret_file = workdir / "alertmanager-secret"
@@ -118,21 +152,7 @@ class Alertmanager(Service):
                 hook["http_config"]["authorization"]["credentials_file"] = str(secret_file)
         path = workdir / "alertmanager.yml"
         path.write_text(yaml.safe_dump(config))
-        self._start(
-            [
-                binary_path,
-                f"--config.file={path}",
-                f"--storage.path={workdir / 'alertmanager-data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
-            ]
-        )
-
-    def notifications(self, kind: str = "total") -> float:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        name = f"alertmanager_notifications{'_failed' if kind == 'failed' else ''}_total"
-        found = re.search(rf'^{name}\{{integration="webhook"\}} (\S+)$', text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
+        self.run(path)
 
 
 class Prometheus(Service):

@@ -9,22 +9,17 @@ Every process a test starts is stopped by a fixture, also when the test fails.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import pytest
 
 from orchestrator.settings import Settings
-from tests.integration.fleet import free_port
+from tests.integration.promstack import AlertmanagerService, binary
 from tests.integration.server import api_client
 
 SECRET = "am-shared-secret-for-tests"
@@ -168,34 +163,17 @@ def test_intake_mixed_body(db_url: str) -> None:
 # --------------------------------------------------------------------------- a real Alertmanager
 
 
-def unavailable(reason: str) -> NoReturn:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def alertmanager_bin() -> str:
-    if not Path(BINARY).exists() and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-             "prometheus-alertmanager"],
-            check=False, capture_output=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )  # fmt: skip
-    if not Path(BINARY).exists():
-        unavailable(f"{BINARY} is not installed (Debian package prometheus-alertmanager)")
-    return BINARY
+    return binary(BINARY, "prometheus-alertmanager", require_env=REQUIRE_ENV)
 
 
-class Alertmanager:
-    """``prometheus-alertmanager`` on 127.0.0.1:``port``, clustering off, state in ``workdir``."""
+class Alertmanager(AlertmanagerService):
+    """A real Alertmanager delivering to ``receiver_url`` with the intake's secret, grouped by
+    alert name and tenant, 1 s grouping and a 2 s repeat (repeated notifications on purpose)."""
 
     def __init__(self, binary: str, workdir: Path, receiver_url: str) -> None:
-        self.binary, self.workdir = binary, workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "alertmanager.log"
+        super().__init__(binary, workdir)
         self.config = workdir / "alertmanager.yml"
         self.config.write_text(
             f"""
@@ -215,63 +193,9 @@ receivers:
             credentials: {SECRET}
 """
         )
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        command = [
-            self.binary,
-            f"--config.file={self.config}",
-            f"--storage.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--cluster.listen-address=",
-            "--log.level=debug",
-        ]
-        with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + DEADLINE_S
-        while not self.ready():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"alertmanager did not come up:\n{self.tail()}")
-            time.sleep(0.1)
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def post_alerts(self, *alerts: dict[str, Any]) -> None:
-        r = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=10)
-        assert r.status_code == 200, r.text
-
-    def notifications(self, kind: str = "total") -> float:
-        """``alertmanager_notifications[_failed]_total{integration="webhook"}``."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        name = "alertmanager_notifications_total" if kind == "total" else (
-            "alertmanager_notifications_failed_total"
-        )  # fmt: skip
-        found = re.search(rf'^{name}\{{integration="webhook"\}} (\S+)$', text, re.MULTILINE)
-        return float(found.group(1)) if found else 0.0
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        self.run(self.config, "--log.level=debug")
 
 
 def iso(at: datetime) -> str:
