@@ -100,6 +100,8 @@ start_postgres() {
   fi
   su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='cpdops'\"" | grep -q 1 \
     || su postgres -c "psql -qc \"CREATE ROLE cpdops LOGIN CREATEDB PASSWORD 'cpdops'\""
+  # the tests' DROP DATABASE … WITH (FORCE) must be able to end an autovacuum worker there
+  su postgres -c "psql -qc \"GRANT pg_signal_backend TO cpdops\"" >/dev/null 2>&1
   su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='cpdops'\"" | grep -q 1 \
     || su postgres -c "createdb -O cpdops cpdops"
   export CPDOPS_TEST_PG_URL="postgresql+psycopg2://cpdops:cpdops@127.0.0.1:5432/cpdops"

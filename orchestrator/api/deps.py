@@ -28,6 +28,10 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+# Free text in a query filter: PostgreSQL refuses NUL in text, so it is a 422 here, not a 500.
+NO_NUL = r"^[^\x00]*$"
+
+
 # Optional paging of list routes: without ``limit`` the whole (filtered) list, as before.
 LimitQuery = Annotated[
     int | None,

@@ -16,6 +16,23 @@ from orchestrator.db.session import session_scope
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def _text(value: str, limit: int) -> str:
+    """``value`` as PostgreSQL can store it: NUL shown as ``\\x00`` (a text column refuses
+    NUL, and an entry must not be lost because a request path held one), cut at ``limit``."""
+    return value.replace("\x00", "\\x00")[:limit]
+
+
+def _clean(value: Any) -> Any:
+    """``value`` (a JSON detail) with NUL replaced in every string, keys included."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 def cli_actor() -> str:
     try:
         return f"cli:{getpass.getuser()}"[:100]
@@ -28,7 +45,12 @@ def record_cli(
 ) -> None:
     """An entry for a change the CLI makes in the database directly (in its transaction)."""
     session.add(
-        AuditEntry(actor=cli_actor(), action=action[:64], target=target[:255], detail=detail or {})
+        AuditEntry(
+            actor=_text(cli_actor(), 100),
+            action=_text(action, 64),
+            target=_text(target, 255),
+            detail=_clean(detail or {}),
+        )
     )
 
 
@@ -54,16 +76,16 @@ def record_request(
     with session_scope(factory) as s:
         s.add(
             AuditEntry(
-                actor=actor[:100],
+                actor=_text(actor, 100),
                 action="http",
-                target=path[:255],
-                detail=detail or {},
+                target=_text(path, 255),
+                detail=_clean(detail or {}),
                 role=role,
                 token_id=token_id,
-                method=method[:8],
-                route=route[:255] if route else None,
+                method=_text(method, 8),
+                route=_text(route, 255) if route else None,
                 status=status,
-                client=client[:64] if client else None,
+                client=_text(client, 64) if client else None,
             )
         )
 

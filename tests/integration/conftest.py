@@ -36,6 +36,7 @@ from tests.integration.dockerd import (
     docker_unavailable_reason,
     remove_test_containers,
 )
+from tests.pgdb import drop_database
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +135,5 @@ def tenant_db() -> Iterator[TenantDb]:
     try:
         yield TenantDb(name=name, url=url)
     finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_database(engine, name)
         engine.dispose()

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.integration.fleet import free_port
+from tests.pgdb import drop_database
 
 CPDOPS = str(Path(sys.executable).parent / "cpdops")
 
@@ -39,8 +40,7 @@ def pg_database(prefix: str = "cpdops_ha") -> Iterator[str]:
     try:
         yield make_url(admin).set(database=name).render_as_string(hide_password=False)
     finally:
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_database(engine, name)
         engine.dispose()
 
 

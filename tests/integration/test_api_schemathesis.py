@@ -5,6 +5,8 @@ malformed input is refused, and a request without the token is refused (401)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +25,9 @@ from orchestrator.db.models import Tenant
 from orchestrator.db.session import session_scope
 from orchestrator.incidents.tickets import create_ticket
 from orchestrator.settings import Settings
+from tests.conftest import PG_ENV
 from tests.integration.dockerd import DockerdHandle
+from tests.integration.ha import pg_database
 from tests.integration.server import make_token, running_server
 
 pytestmark = pytest.mark.docker
@@ -79,8 +83,17 @@ class FreshAdminToken:
 def served(
     tmp_path_factory: pytest.TempPathFactory, docker_hosts: list[DockerdHandle]
 ) -> Iterator[str]:
-    db = tmp_path_factory.mktemp("schemathesis") / "cpdops.db"
-    cfg = _settings(f"sqlite:///{db}", docker_hosts[0].url)
+    """On the production database, PostgreSQL, when there is one (CI: always): it refuses
+    what SQLite stores (NUL in text), so SQLite alone hid 500s."""
+    with contextlib.ExitStack() as stack:
+        if os.environ.get(PG_ENV) or os.environ.get("CPDOPS_REQUIRE_POSTGRES") == "1":
+            db_url = stack.enter_context(pg_database("cpdops_schemathesis"))
+        else:
+            db_url = f"sqlite:///{tmp_path_factory.mktemp('schemathesis') / 'cpdops.db'}"
+        yield from _serve(_settings(db_url, docker_hosts[0].url))
+
+
+def _serve(cfg: Settings) -> Iterator[str]:
     ctx = build_context(cfg)
     try:
         with session_scope(ctx.factory) as s:

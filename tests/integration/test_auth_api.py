@@ -339,6 +339,48 @@ def test_audit_filters_and_pagination(api: Api) -> None:
             assert admin.get("/api/v1/audit", params=bad).status_code == 422, bad
 
 
+def test_a_nul_in_the_path_is_audited_not_lost(api: Api) -> None:
+    """PostgreSQL's text refuses NUL: the entry keeps it as ``\\x00`` instead of vanishing."""
+    with api.client("viewer") as viewer:
+        assert viewer.post("/api/v1/rollouts/a%00b/pause").status_code == 403
+    with api.client("operator") as op:
+        assert op.post("/api/v1/incidents/x%00y/comments", json={"body": "hi"}).status_code in (
+            404,
+            422,
+        )
+    with api.client("admin") as admin:
+        targets = {e["target"]: e for e in _audit(admin, action="http")}
+        assert targets["/api/v1/rollouts/a\\x00b/pause"]["status"] == 403
+        assert "/api/v1/incidents/x\\x00y/comments" in targets
+        assert admin.get("/api/v1/audit", params={"target": "a\x00"}).status_code == 422
+        assert admin.get("/api/v1/audit", params={"actor": "a\x00"}).status_code == 422
+
+
+def test_a_nul_anywhere_in_a_url_is_never_a_5xx(api: Api) -> None:
+    """Each route with NUL in every path parameter, and each GET with NUL in every string query
+    parameter its OpenAPI lists: a 4xx (PostgreSQL would raise on it in a query)."""
+    with api.client("admin") as admin:
+        spec = admin.get("/openapi.json").json()
+        answers: dict[tuple[str, str], int] = {}
+        for path, ops in spec["paths"].items():
+            for method, op in ops.items():
+                url = re.sub(r"\{[^}]+\}", "a%00b", path)
+                params = {
+                    p["name"]: "a\x00b"
+                    for p in op.get("parameters", [])
+                    if p["in"] == "query" and "string" in json.dumps(p["schema"])
+                }
+                if "{" in path:
+                    answers[(method, url)] = admin.request(method.upper(), url).status_code
+                if params:
+                    res = admin.request(
+                        method.upper(), path if "{" not in path else url, params=params
+                    )
+                    answers[(method, f"{path}?{sorted(params)}")] = res.status_code
+    assert answers and len([k for k in answers if "?" in k[1]]) >= 5
+    assert {k: v for k, v in answers.items() if v >= 500} == {}
+
+
 def test_oversized_bodies_are_413(api: Api) -> None:
     big = b"{" + b" " * (1024 * 1024) + b"}"
     with api.client("admin") as admin:

@@ -20,12 +20,14 @@ from typing import Any, TypeVar
 
 import psycopg2  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from monitors.engine import MonitorEngine, MonitorView
 from monitors.probe import MonitorSpec, ProbeResult, timeout_reason
 from monitors.probes.postgres import PostgresProbe
 from tests.conftest import PG_ENV, _pg_admin_url
+from tests.pgdb import drop_database
 
 pytestmark = pytest.mark.postgres
 DEADLINE_S = 30.0
@@ -56,10 +58,9 @@ def pg_db() -> Iterator[tuple[str, str]]:
     try:
         yield libpq_url(admin, name), name
     finally:
-        with closing(psycopg2.connect(libpq_url(admin))) as conn:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+        drop_database(engine, name)
+        engine.dispose()
 
 
 def spec_for(dsn: str, monitor: str = "pg", **options: Any) -> MonitorSpec:

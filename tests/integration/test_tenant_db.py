@@ -23,6 +23,7 @@ from orchestrator.fleet.runtime import DockerHost
 from rollouts import dbsafety
 from tests.integration.conftest import TenantDb
 from tests.integration.dockerd import DockerdHandle, published_port, run_test_container
+from tests.pgdb import drop_database
 
 SERVER_PATH = Path(orchestrator.demo.__file__).parent / "standin" / "server.py"
 MIGRATE = ["python3", "/app/server.py", "migrate"]
@@ -214,13 +215,12 @@ def test_instance_creates_the_v1_schema_and_reports_db_ok(
 def test_health_fails_when_the_database_goes_away(
     docker_hosts: list[DockerdHandle], standin_images: dict[str, str], tenant_db: TenantDb
 ) -> None:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine
 
     _container, url = start_instance(docker_hosts[2], standin_images["1"], tenant_db)
     wait_health(url, want_status=200)
     engine = create_engine(tenant_db.url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{tenant_db.name}" WITH (FORCE)'))
+    drop_database(engine, tenant_db.name)
     engine.dispose()
 
     body = wait_health(url, want_status=500)

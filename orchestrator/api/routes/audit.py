@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BeforeValidator
 
 from orchestrator.api.auth import AdminDep
-from orchestrator.api.deps import SessionDep
+from orchestrator.api.deps import NO_NUL, SessionDep
 from orchestrator.api.schemas import AuditOut
 from orchestrator.auth.audit import query
 
@@ -43,10 +43,12 @@ def get_audit(
     session: SessionDep,
     _admin: AdminDep,
     actor: Annotated[
-        str | None, Query(max_length=100, description="exactly, e.g. token:ci or cli:root")
+        str | None,
+        Query(max_length=100, pattern=NO_NUL, description="exactly, e.g. token:ci or cli:root"),
     ] = None,
     action: Annotated[
-        str | None, Query(max_length=64, description="prefix, e.g. http or rollout.")
+        str | None,
+        Query(max_length=64, pattern=NO_NUL, description="prefix, e.g. http or rollout."),
     ] = None,
     method: Annotated[
         str | None, Query(pattern=r"^[A-Za-z]{1,8}$", description="HTTP method")
@@ -54,7 +56,8 @@ def get_audit(
     status: Annotated[int | None, Query(ge=100, le=599, description="response status")] = None,
     token_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     target: Annotated[
-        str | None, Query(max_length=255, description="prefix of the path or object")
+        str | None,
+        Query(max_length=255, pattern=NO_NUL, description="prefix of the path or object"),
     ] = None,
     since: Annotated[IsoTime | None, Query(description="at or after (ISO 8601)")] = None,
     until: Annotated[IsoTime | None, Query(description="before (ISO 8601)")] = None,

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from orchestrator.api.auth import ViewerDep
-from orchestrator.api.deps import CtxDep, LimitQuery, OffsetQuery, SessionDep, page
+from orchestrator.api.deps import NO_NUL, CtxDep, LimitQuery, OffsetQuery, SessionDep, page
 from orchestrator.api.schemas import HostOut, InstanceOut, InstancesOut, TenantOut
 from orchestrator.db.models import Host, Tenant
 from orchestrator.fleet.discovery import discover
@@ -32,8 +32,15 @@ def list_hosts(
 def list_tenants(
     session: SessionDep,
     _viewer: ViewerDep,
-    ring: str | None = Query(default=None, description="filter by ring"),
-    host: str | None = Query(default=None, description="only the tenants placed on this host"),
+    ring: str | None = Query(
+        default=None, max_length=255, pattern=NO_NUL, description="filter by ring"
+    ),
+    host: str | None = Query(
+        default=None,
+        max_length=255,
+        pattern=NO_NUL,
+        description="only the tenants placed on this host",
+    ),
     limit: LimitQuery = None,
     offset: OffsetQuery = 0,
 ) -> list[TenantOut]:
@@ -61,8 +68,12 @@ def list_tenants(
 def list_instances(
     ctx: CtxDep,
     _viewer: ViewerDep,
-    tenant: str | None = Query(default=None, description="only this tenant"),
-    host: str | None = Query(default=None, description="only this host"),
+    tenant: str | None = Query(
+        default=None, max_length=255, pattern=NO_NUL, description="only this tenant"
+    ),
+    host: str | None = Query(
+        default=None, max_length=255, pattern=NO_NUL, description="only this host"
+    ),
 ) -> InstancesOut:
     found = discover(ctx.hosts.hosts())
     items = [

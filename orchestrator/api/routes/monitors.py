@@ -12,7 +12,7 @@ from monitors.probe import public_target
 from monitors.state import MonitorStatus
 from orchestrator import declared_monitors
 from orchestrator.api.auth import AdminDep, ViewerDep
-from orchestrator.api.deps import CtxDep, LimitQuery, OffsetQuery, SessionDep, page
+from orchestrator.api.deps import NO_NUL, CtxDep, LimitQuery, OffsetQuery, SessionDep, page
 from orchestrator.api.schemas import (
     DeclaredMonitorOut,
     HistoryOut,
@@ -29,7 +29,15 @@ from orchestrator.monitor_history import WINDOWS, combined_uptime, history, upti
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["monitors"])
 Window = Literal["1h", "24h", "7d", "30d"]
-MonitorId = Annotated[str, Path(description="the monitor id, e.g. acme/portal (slashes allowed)")]
+MonitorId = Annotated[
+    str,
+    Path(
+        max_length=255,
+        pattern=NO_NUL,
+        description="the monitor id, e.g. acme/portal (slashes allowed)",
+    ),
+]
+TenantSlug = Annotated[str, Path(max_length=255, pattern=NO_NUL, description="the tenant's slug")]
 
 
 @router.get(
@@ -46,11 +54,24 @@ def list_monitors(
     ctx: CtxDep,
     session: SessionDep,
     _viewer: ViewerDep,
-    tenant: str | None = Query(default=None, description="only this tenant's monitors"),
-    host: str | None = Query(default=None, description="only the monitors of this host"),
-    kind: str | None = Query(default=None, description="http, tcp, sip, postgres or container"),
+    tenant: str | None = Query(
+        default=None, max_length=255, pattern=NO_NUL, description="only this tenant's monitors"
+    ),
+    host: str | None = Query(
+        default=None, max_length=255, pattern=NO_NUL, description="only the monitors of this host"
+    ),
+    kind: str | None = Query(
+        default=None,
+        max_length=255,
+        pattern=NO_NUL,
+        description="http, tcp, sip, postgres or container",
+    ),
     state: str | None = Query(
-        default=None, alias="status", description="up, down, pending or maintenance"
+        default=None,
+        alias="status",
+        max_length=255,
+        pattern=NO_NUL,
+        description="up, down, pending or maintenance",
     ),
     limit: LimitQuery = None,
     offset: OffsetQuery = 0,
@@ -250,7 +271,7 @@ def delete_monitor(
     summary="A tenant's uptime over all its monitors (maintenance excluded)",
     responses={404: {"description": "no monitors for this tenant"}},
 )
-def tenant_uptime(slug: str, session: SessionDep, _viewer: ViewerDep) -> TenantUptimeOut:
+def tenant_uptime(slug: TenantSlug, session: SessionDep, _viewer: ViewerDep) -> TenantUptimeOut:
     ids = list(session.scalars(select(MonitorRecord.id).where(MonitorRecord.tenant == slug)))
     if not ids:
         raise NotFoundError(f"no monitors for tenant {slug!r}")

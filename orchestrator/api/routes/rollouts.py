@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.api.auth import OperatorDep, ViewerDep
-from orchestrator.api.deps import CtxDep, OffsetQuery, SessionDep
+from orchestrator.api.deps import NO_NUL, CtxDep, OffsetQuery, SessionDep
 from orchestrator.api.schemas import PlannedOut, PlanOut, RolloutDetail, RolloutOut
 from orchestrator.db.models import Incident, Rollout, RolloutInstance
 from orchestrator.errors import NotFoundError
@@ -32,7 +32,9 @@ def _incident_numbers(session: Session, ids: list[int]) -> dict[int, str]:
 def list_rollouts(
     session: SessionDep,
     _viewer: ViewerDep,
-    status: str | None = Query(default=None, description="filter by status"),
+    status: str | None = Query(
+        default=None, max_length=255, pattern=NO_NUL, description="filter by status"
+    ),
     limit: int = Query(default=50, ge=1, le=500),
     offset: OffsetQuery = 0,
 ) -> list[RolloutOut]:
