@@ -40,6 +40,16 @@ from tests.pgdb import drop_database
 
 
 @pytest.fixture(scope="session")
+def docker_fleet(docker_hosts: list[DockerdHandle]) -> DockerdFleet:
+    """The fleet behind ``docker_hosts``: for tests that stop and start a daemon
+    (``docker_fleet.daemon_down("d2")``)."""
+    return _FLEET[0]
+
+
+_FLEET: list[DockerdFleet] = []
+
+
+@pytest.fixture(scope="session")
 def docker_hosts() -> Iterator[list[DockerdHandle]]:
     reason = docker_unavailable_reason()
     if reason is not None:
@@ -50,9 +60,11 @@ def docker_hosts() -> Iterator[list[DockerdHandle]]:
     had_docker0 = docker0.exists()
     fleet = DockerdFleet()
     handles = fleet.start()
+    _FLEET[:] = [fleet]
     try:
         yield handles
     finally:
+        _FLEET.clear()
         fleet.stop()
     # The machine's own engine must be left as it was (a test daemon once deleted docker0).
     assert docker0.exists() == had_docker0, "the test daemons removed the host's docker0 bridge"

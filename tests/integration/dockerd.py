@@ -401,6 +401,65 @@ class DockerdFleet:
             self._lock = None
         atexit.unregister(self.stop)
 
+    def stop_daemon(self, name: str) -> None:
+        """Stop one daemon as an administrator would (SIGTERM; its containers stop with it,
+        nothing is removed); ``start_daemon`` brings it back. A fault for chaos tests."""
+        running = self._find(name)
+        with contextlib.suppress(ProcessLookupError):
+            running.process.send_signal(signal.SIGTERM)
+        try:
+            running.process.wait(timeout=STOP_TIMEOUT_S * 3)
+        except subprocess.TimeoutExpired:
+            running.process.kill()
+            running.process.wait(timeout=10)
+        running.log.close()
+        kill_leftovers(running.layout)
+        if running.client is not None:
+            running.client.close()  # its pooled sockets are dead; the next call opens new ones
+
+    def start_daemon(self, name: str) -> DockerdHandle:
+        """Start a daemon stopped by ``stop_daemon`` again on the same socket and data root
+        (containers with a restart policy start again); its log is appended to."""
+        old = self._find(name)
+        layout = old.layout
+        layout.socket.unlink(missing_ok=True)
+        log = layout.log_path.open("ab")
+        try:
+            process = subprocess.Popen(
+                layout.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.close()
+            raise DockerdError(f"cannot start dockerd {layout.name}: {exc}") from exc
+        running = _Running(layout, process, log)
+        self._running[self._running.index(old)] = running
+        fresh = self._wait_ready(running)
+        if old.client is None:
+            return fresh
+        fresh.client.close()  # the tests' handles keep the client they were given
+        running.client = old.client
+        return DockerdHandle(name=fresh.name, url=fresh.url, client=old.client)
+
+    @contextlib.contextmanager
+    def daemon_down(self, name: str) -> Iterator[None]:
+        """``name`` stopped for the block, and always started again after it."""
+        self.stop_daemon(name)
+        try:
+            yield
+        finally:
+            if self._find(name).process.poll() is not None:
+                self.start_daemon(name)
+
+    def _find(self, name: str) -> _Running:
+        for running in self._running:
+            if running.layout.name == name:
+                return running
+        raise DockerdError(f"no test daemon {name!r} is running in this session")
+
     def _take_session_lock(self) -> None:
         RUN_ROOT.mkdir(parents=True, exist_ok=True)
         lock = (RUN_ROOT / "session.lock").open("a+")
