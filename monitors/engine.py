@@ -17,6 +17,7 @@ slowing the probes, and an exception from it is logged and forgotten.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
 import threading
@@ -35,7 +36,23 @@ from monitors.state import Hold, MonitorState, MonitorStatus, apply_hold, effect
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_CONCURRENCY = 500
+# Upper bounds (seconds) of the probe lateness histogram: how late a check started.
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Lateness:
+    """How late the checks started against their fixed-rate schedule (first start + k ×
+    interval; the first check against the end of its initial offset), waiting for a slot of the
+    concurrency semaphore included: ``counts[i]`` checks were at most ``buckets[i]`` late
+    (cumulative, as Prometheus buckets are), ``count`` checks in all (the ``+Inf`` bucket),
+    ``sum_s`` their lateness added up. Counted since the engine was made."""
+
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    sum_s: float
 
 
 @dataclass(frozen=True)
@@ -135,6 +152,9 @@ class MonitorEngine:
         self._oneshots: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._drained = True
+        self._late_counts = [0] * len(LATENESS_BUCKETS)  # per bucket, not cumulative
+        self._late_count = 0
+        self._late_sum = 0.0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -236,6 +256,17 @@ class MonitorEngine:
         if spec.kind not in self._factories:
             raise ValueError(f"unknown probe kind {spec.kind!r}")
         return self._call(lambda: self._run_once(spec))
+
+    def lateness(self) -> Lateness:
+        """The probe lateness histogram so far (see :class:`Lateness`)."""
+        with self._lock:
+            per_bucket = list(self._late_counts)
+            count, total = self._late_count, self._late_sum
+        cumulative, running = [], 0
+        for n in per_bucket:
+            running += n
+            cumulative.append(running)
+        return Lateness(LATENESS_BUCKETS, tuple(cumulative), count, total)
 
     def snapshot(self) -> list[MonitorView]:
         """Every configured monitor, in the order it was added. Never waits for the loop."""
@@ -379,7 +410,7 @@ class MonitorEngine:
         due = self._clock()
         while True:
             try:
-                result = await self._check(spec)
+                result = await self._check(spec, due)
                 self._record(mon, spec, result)
             except Exception:  # a bug must not end this monitor's schedule
                 logger.exception(
@@ -393,12 +424,14 @@ class MonitorEngine:
             due = max(due, now)  # fell behind (slow target): skip missed runs, never burst
             await asyncio.sleep(due - now)
 
-    async def _check(self, spec: MonitorSpec) -> ProbeResult:
+    async def _check(self, spec: MonitorSpec, due: float | None = None) -> ProbeResult:
         probe = self._probe(spec.kind)
         assert self._semaphore is not None
         async with self._semaphore:
             at = datetime.now(UTC)
             started = self._clock()
+            if due is not None:
+                self._note_lateness(max(0.0, started - due))
             try:
                 async with asyncio.timeout(spec.timeout_s):
                     return await probe.check(spec)
@@ -415,6 +448,14 @@ class MonitorEngine:
                 )
                 reason = f"probe error: {type(exc).__name__}: {exc}"
             return ProbeResult.failure(reason, duration_s=self._clock() - started, at=at)
+
+    def _note_lateness(self, late_s: float) -> None:
+        index = bisect.bisect_left(LATENESS_BUCKETS, late_s)
+        with self._lock:
+            if index < len(self._late_counts):
+                self._late_counts[index] += 1
+            self._late_count += 1
+            self._late_sum += late_s
 
     async def _run_once(self, spec: MonitorSpec) -> ProbeResult:
         self._ensure_open()

@@ -28,12 +28,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Protocol, cast
+from typing import Protocol, cast, runtime_checkable
 
-from prometheus_client import CollectorRegistry, utils
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest, utils
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from monitors.engine import MonitorView
+from monitors.engine import Lateness, MonitorView
 from monitors.probe import MetricSample, MonitorSpec
 
 LABELS = ("monitor", "tenant", "kind", "host")
@@ -50,6 +50,20 @@ class SnapshotSource(Protocol):
     """What the collector needs from the engine (a ``MonitorEngine`` fits)."""
 
     def snapshot(self) -> list[MonitorView]: ...
+
+
+@runtime_checkable
+class LatenessSource(Protocol):
+    """An engine that also counts how late its checks start (a ``MonitorEngine`` does)."""
+
+    def lateness(self) -> Lateness: ...
+
+
+LATENESS = "monitor_probe_lateness_seconds"
+LATENESS_HELP = (
+    "How late checks started against their fixed-rate schedule "
+    "(waiting for a concurrency slot included)"
+)
 
 
 class MonitorCollector:
@@ -85,6 +99,17 @@ class MonitorCollector:
                 http_status.add_metric(labels, float(result.status_code or 0))
         yield from (success, duration, http_status, status)
         yield from _samples(views).families()
+        yield from self._lateness()
+
+    def _lateness(self) -> Iterator[HistogramMetricFamily]:
+        """``monitor_probe_lateness_seconds``, when the engine counts it."""
+        if not isinstance(self._engine, LatenessSource):
+            return
+        late = self._engine.lateness()
+        family = HistogramMetricFamily(LATENESS, LATENESS_HELP)
+        buckets = [(_go_float(b), float(n)) for b, n in zip(late.buckets, late.counts, strict=True)]
+        family.add_metric([], [*buckets, ("+Inf", float(late.count))], late.sum_s)
+        yield family
 
     def exposition(self) -> str:
         """What ``generate_latest`` writes for :meth:`collect`'s families, written directly."""
@@ -120,7 +145,19 @@ class MonitorCollector:
             out.append(_header(family.name, family.documentation))
             out.extend(lines)
         out.extend(_samples(views).text())
+        # one family of a few lines: prometheus_client's own writer costs nothing here
+        out.append(generate_latest(_Families(list(self._lateness()))).decode())
         return "".join(out)
+
+
+class _Families:
+    """A fixed list of families, as a collector ``generate_latest`` can write."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
 
 
 def _samples(views: Iterable[MonitorView]) -> _SampleFamilies:

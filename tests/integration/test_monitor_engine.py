@@ -276,6 +276,7 @@ def test_metrics_have_the_documented_names_and_labels(
     samples = {
         (s.name, s.labels["monitor"]): s
         for family in text_string_to_metric_families(text)
+        if family.name != "monitor_probe_lateness_seconds"  # engine-wide, no monitor label
         for s in family.samples
     }
     expected = {
@@ -304,6 +305,44 @@ def test_metrics_have_the_documented_names_and_labels(
     for name in ("probe_success", "probe_duration_seconds", "probe_http_status_code"):
         assert f"# TYPE {name} gauge" in text
     assert "# TYPE monitor_status gauge" in text
+
+
+def test_lateness_counts_every_check_and_the_wait_for_a_slot(
+    recorder: Recorder, server: HealthServer, hanging_url: str
+) -> None:
+    # One slot: while "stuck" holds it for its 0.6 s timeout, "web" (due every 0.2 s) waits,
+    # so some check of the first round starts more than 0.25 s after it was due.
+    engine = MonitorEngine(recorder, jitter=False, max_concurrency=1)
+    engine.start()
+    try:
+        assert engine.lateness().count == 0
+        engine.set_monitors([spec("stuck", hanging_url, timeout_s=0.6), spec("web", server.url)])
+        wait_until("3 checks of web", lambda: view(engine, "web").probe_count >= 3)
+        wait_until("a timed-out check", lambda: view(engine, "stuck").probe_count >= 1)
+        late = engine.lateness()
+        finished = sum(v.probe_count for v in engine.snapshot())
+        assert finished <= late.count <= finished + 2  # + the checks holding/awaiting the slot
+        assert list(late.counts) == sorted(late.counts) and late.counts[-1] <= late.count
+        at_most_quarter = late.counts[late.buckets.index(0.25)]
+        assert late.count - at_most_quarter >= 1, late
+        assert late.sum_s > 0.25
+
+        registry = CollectorRegistry()
+        register(registry, engine)
+        text = generate_latest(registry).decode()
+        (family,) = [
+            f
+            for f in text_string_to_metric_families(text)
+            if f.name == "monitor_probe_lateness_seconds"
+        ]
+        assert family.type == "histogram"
+        values = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+        now = engine.lateness()
+        assert values[("monitor_probe_lateness_seconds_bucket", "+Inf")] >= late.count
+        assert values[("monitor_probe_lateness_seconds_count", None)] <= now.count
+        assert values[("monitor_probe_lateness_seconds_bucket", "0.25")] >= at_most_quarter
+    finally:
+        engine.stop()
 
 
 def test_suppression_is_maintenance_and_never_down(
