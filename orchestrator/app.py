@@ -20,6 +20,7 @@ from orchestrator.api.routes import (
     incidents,
     intake,
     monitors,
+    outbox,
     postgres,
     rollouts,
     tokens,
@@ -112,7 +113,18 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, fleet, rollouts, incidents, intake, monitors, postgres, tokens, audit):
+    for module in (
+        health,
+        fleet,
+        rollouts,
+        incidents,
+        intake,
+        monitors,
+        postgres,
+        tokens,
+        audit,
+        outbox,
+    ):
         app.include_router(module.router)
     mount_webui(app)
     secure(app)

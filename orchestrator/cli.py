@@ -143,6 +143,7 @@ from orchestrator.cli_audit import audit  # noqa: E402
 from orchestrator.cli_fleet import fleet  # noqa: E402
 from orchestrator.cli_incidents import incidents  # noqa: E402
 from orchestrator.cli_monitors import monitors  # noqa: E402
+from orchestrator.cli_outbox import outbox  # noqa: E402
 from orchestrator.cli_rollout import rollout  # noqa: E402
 from orchestrator.cli_token import token  # noqa: E402
 from orchestrator.demo.cli import demo  # noqa: E402
@@ -151,6 +152,7 @@ main.add_command(audit)
 main.add_command(fleet)
 main.add_command(incidents)
 main.add_command(monitors)
+main.add_command(outbox)
 main.add_command(rollout)
 main.add_command(demo)
 main.add_command(token)

@@ -139,7 +139,15 @@ def lead(scheduler: BackgroundScheduler, ctx: AppContext, leading: bool) -> None
 
 def deliver_outbox(ctx: AppContext) -> outbox.DeliveryReport:
     """Send the due notifications of the outbox (retries included)."""
-    return outbox.deliver_due(ctx.factory, datetime.now(UTC), owner=_OWNER)
+    settings = ctx.settings
+    return outbox.deliver_due(
+        ctx.factory,
+        datetime.now(UTC),
+        owner=_OWNER,
+        max_attempts=settings.outbox_max_attempts,
+        retry_for_s=settings.outbox_retry_for_s,
+        backoff_cap_s=settings.outbox_backoff_cap_s,
+    )
 
 
 def run_rollout_now(scheduler: BackgroundScheduler, ctx: AppContext, rollout_id: int) -> None:

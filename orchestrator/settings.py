@@ -60,6 +60,26 @@ class Settings(BaseSettings):
     outbox_interval_s: float = Field(
         default=2.0, gt=0, description="how often `cpdops serve` sends the outbox's due messages"
     )
+    outbox_backoff_cap_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="the longest wait between two tries of a failing notification (the back-off "
+        "is 5 s doubling up to this): a receiver back after an outage gets its notifications "
+        "within it",
+    )
+    outbox_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="a notification that keeps failing is dead after this many attempts "
+        "once it has also been retried for outbox_retry_for_s",
+    )
+    outbox_retry_for_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="how long a notification that keeps failing is retried at least (since it "
+        "was enqueued) before it is dead; a permanent rejection is dead at once",
+    )
     test_crash_at: str | None = Field(
         default=None,
         description="TEST HOOK: SIGKILL the process at this rollout step point (crash tests)",

@@ -357,3 +357,25 @@ class AuditOut(ORM):
     route: str | None = Field(description="the route template, e.g. /api/v1/rollouts/{id}")
     status: int | None = Field(description="the response status code")
     client: str | None = Field(description="the client's address")
+
+
+class OutboxOut(ORM):
+    """One notification of the outbox (the payload itself is not shown)."""
+
+    id: int
+    dedup_key: str = Field(description="<channel>:<recipient>:<ticket number>:<event id>[.<part>]")
+    created_at: datetime = Field(description="when it was enqueued (with the ticket change)")
+    channel: str = Field(description="email, telegram, webhook or otrs")
+    recipient: str = Field(description="the address, the tenant (webhook) or `ticket` (otrs)")
+    tenant: str | None
+    incident_number: str
+    kind: str | None = Field(default=None, description="created, status or solution")
+    state: str = Field(description="pending, sent or dead")
+    attempts: int = Field(description="failed or running tries since enqueued or requeued")
+    next_attempt_at: datetime = Field(description="due then (while a worker holds it: its lease)")
+    claimed_by: str | None = Field(description="the worker holding it now, if any")
+    last_error: str | None = Field(
+        description="why the last try failed (`permanent: …` for a rejection, "
+        "`deferred: …` when held back)"
+    )
+    sent_at: datetime | None

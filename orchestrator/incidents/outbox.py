@@ -8,9 +8,13 @@
   ``<channel>:<recipient>:<ticket number>:<event id>[.<part>]`` makes a second enqueue a no-op.
 * ``deliver_due`` claims due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a conditional
   UPDATE on SQLite), sends each through the channel's notifier and marks it ``sent``; a
-  failure schedules a retry with exponential back-off (``backoff``), and after
-  ``max_attempts`` the row is ``dead``. A claim is a lease: a row held by a process that died
-  is due again when the lease ends.
+  failure schedules a retry with exponential back-off (``backoff``: 5 s doubling, at most
+  ``backoff_cap_s``, 30 s by default, so a receiver that comes back gets its mail within the
+  cap), and a row that has failed ``max_attempts`` times and for ``retry_for_s`` since it was
+  enqueued is ``dead``. A notifier raising :class:`Permanent` (an HTTP 4xx rejection, an SMTP
+  5xx) makes the row ``dead`` at once: trying again cannot help. A claim is a lease: a row held
+  by a process that died is due again when the lease ends. ``requeue`` makes a dead (or
+  pending) row due now with a fresh count (the operator's redelivery).
 * A row goes out only after the earlier rows of its channel, recipient and ticket (so a
   ticket's updates never overtake its creation), and not sooner than ``CHANNEL_PACE_S`` after
   the last one to the same recipient. A row held back by either, or by a notifier raising
@@ -42,8 +46,15 @@ log = logging.getLogger(__name__)
 # Timeline kinds that tell the customer something.
 NOTIFY_KINDS = ("created", "status", "solution")
 BACKOFF_BASE_S = 5.0
-BACKOFF_CAP_S = 3600.0
+# The longest wait between two tries: a receiver back after an outage of any length gets its
+# notifications within this (+ jitter, + the worker's interval). CPDOPS_OUTBOX_BACKOFF_CAP_S.
+BACKOFF_CAP_S = 30.0
+BACKOFF_JITTER = 0.1
+# A failing row is dead after this many attempts **and** this long since it was enqueued
+# (CPDOPS_OUTBOX_MAX_ATTEMPTS, CPDOPS_OUTBOX_RETRY_FOR_S): with the 30 s cap, 10 attempts alone
+# would be over in under 4 minutes.
 MAX_ATTEMPTS = 10
+RETRY_FOR_S = 3600.0
 LEASE_S = 60.0
 
 
@@ -55,7 +66,7 @@ def backoff(
     *,
     base: float = BACKOFF_BASE_S,
     cap: float = BACKOFF_CAP_S,
-    jitter: float = 0.1,
+    jitter: float = BACKOFF_JITTER,
     rand: Callable[[], float] = random.random,
 ) -> float:
     """Seconds before the next try after ``attempts`` failed ones: ``base · 2^(attempts-1)``,
@@ -244,10 +255,16 @@ class Notification:
 
 
 class OutboundNotifier(Protocol):
-    """A channel's sender; raise on failure (the outbox retries), raise :class:`Deferred` to
-    be tried again later without counting an attempt, return when delivered."""
+    """A channel's sender; raise on failure (the outbox retries), raise :class:`Permanent`
+    when retrying cannot help (the row is dead at once), raise :class:`Deferred` to be tried
+    again later without counting an attempt, return when delivered."""
 
     def send(self, notification: Notification) -> None: ...
+
+
+class Permanent(Exception):
+    """The receiver refused this message for good (an HTTP 4xx other than 408/429, an SMTP 5xx,
+    Telegram's 400/403): the row is ``dead`` at once with the reason, not retried."""
 
 
 class Deferred(Exception):
@@ -437,6 +454,8 @@ def deliver_due(
     lease_s: float = LEASE_S,
     batch: int = 50,
     max_attempts: int = MAX_ATTEMPTS,
+    retry_for_s: float = RETRY_FOR_S,
+    backoff_cap_s: float = BACKOFF_CAP_S,
     rand: Callable[[], float] = random.random,
 ) -> DeliveryReport:
     """Send the rows due at ``now``; each outcome is committed as soon as it is known."""
@@ -447,6 +466,7 @@ def deliver_due(
     hold: dict[tuple[str, str], datetime] = {}
     for note in _claim(factory, now, owner, lease_s, batch):
         error: str | None = None
+        permanent = False
         deferred: Deferred | None = None
         try:
             with factory() as s:
@@ -457,6 +477,9 @@ def deliver_due(
             notifier.send(note)
         except Deferred as exc:
             deferred = exc
+        except Permanent as exc:  # refused for good: dead now, the reason kept
+            permanent = True
+            error = f"permanent: {type(exc).__name__}: {exc}"[:2000]
         except Exception as exc:  # any failure of the channel: retry later
             error = f"{type(exc).__name__}: {exc}"[:2000]
         key = (note.channel, note.recipient)
@@ -490,13 +513,40 @@ def deliver_due(
                     row.channel,
                     row.incident_number,
                 )
-            elif row.attempts >= max_attempts:
+            elif permanent or (
+                row.attempts >= max_attempts
+                and (now - row.created_at).total_seconds() >= retry_for_s
+            ):
                 row.state, row.last_error = "dead", error
                 report.dead.append(row.id)
                 log.error("outbox dead id=%s after %s attempts: %s", row.id, row.attempts, error)
             else:
                 row.last_error = error
-                row.next_attempt_at = now + timedelta(seconds=backoff(row.attempts, rand=rand))
+                delay = backoff(row.attempts, cap=backoff_cap_s, rand=rand)
+                row.next_attempt_at = now + timedelta(seconds=delay)
                 report.retried.append(row.id)
                 log.warning("outbox retry id=%s attempt=%s: %s", row.id, row.attempts, error)
     return report
+
+
+# --------------------------------------------------------------------------- operator
+
+
+REQUEUE_STATES = ("dead", "pending")
+
+
+def requeue(session: Session, row: OutboxMessage, now: datetime | None = None) -> bool:
+    """Make a ``dead`` or ``pending`` row due now with its attempts counted afresh (the
+    operator's redelivery, ``cpdops outbox requeue``); the last error stays until the next
+    try. False for a ``sent`` row: requeueing it would send it twice. A row a worker holds
+    right now keeps its lease (the worker's outcome stands)."""
+    if row.state not in REQUEUE_STATES:
+        return False
+    now = now or datetime.now(UTC)
+    row.state, row.attempts = "pending", 0
+    if row.claimed_by is None:
+        row.next_attempt_at = now
+    log.warning(
+        "outbox requeued id=%s channel=%s number=%s", row.id, row.channel, row.incident_number
+    )
+    return True

@@ -70,6 +70,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/tokens"): "admin",
     ("DELETE", "/api/v1/tokens/{token_id}"): "admin",
     ("GET", "/api/v1/audit"): "admin",
+    ("GET", "/api/v1/outbox"): "admin",
+    ("POST", "/api/v1/outbox/{outbox_id}/requeue"): "admin",
 }
 RANK = {"viewer": 1, "operator": 2, "admin": 3}
 TELEGRAM_SECRET = "tg-intake-secret"
@@ -83,6 +85,7 @@ PATH_VALUES = {
     "monitor_id": "acme/nothing",
     "slug": "acme",
     "token_id": "999999",
+    "outbox_id": "999999",
 }
 CREDENTIALS = ("none", "malformed", "viewer", "operator", "admin", "revoked", "expired")
 

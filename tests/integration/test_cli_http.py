@@ -396,3 +396,76 @@ def test_rollouts_through_the_api_with_progress(
     finally:
         for h in hosts:
             remove_test_containers(h.client)
+
+
+def test_outbox_ls_and_requeue_through_the_api(
+    server: str, settings: Settings, base_env: dict[str, str]
+) -> None:
+    from datetime import UTC, datetime
+
+    from orchestrator.db.models import AuditEntry, OutboxMessage
+
+    now = datetime.now(UTC)
+    ctx = build_context(settings)
+    try:
+        with session_scope(ctx.factory) as s:
+            for n, (state, error) in enumerate(
+                [
+                    ("dead", "permanent: WebhookRejected: HTTP 410"),
+                    ("sent", None),
+                    ("dead", "ConnectionRefusedError: [Errno 111] Connection refused"),
+                    ("pending", "deferred: paced"),
+                ],
+                1,
+            ):
+                s.add(
+                    OutboxMessage(
+                        dedup_key=f"webhook:acme:2026120101000017:{n}",
+                        created_at=now,
+                        channel="webhook",
+                        recipient="acme",
+                        tenant="acme",
+                        incident_number="2026120101000017",
+                        payload={"kind": "status", "event_id": n},
+                        state=state,
+                        attempts=10 if state == "dead" else 1,
+                        next_attempt_at=now,
+                        last_error=error,
+                        sent_at=now if state == "sent" else None,
+                    )
+                )
+    finally:
+        ctx.close()
+    admin = with_token(base_env, server, make_token(settings, "admin", name="root"))
+    viewer = with_token(base_env, server, make_token(settings, "viewer", name="eyes"))
+
+    dead = ok(admin, "outbox", "ls", "--status", "dead")
+    assert [(r["id"], r["state"], r["kind"], r["attempts"]) for r in dead] == [
+        (1, "dead", "status", 10),
+        (3, "dead", "status", 10),
+    ]
+    assert dead[0]["last_error"] == "permanent: WebhookRejected: HTTP 410"
+    assert len(ok(admin, "outbox", "ls")) == 4
+    table = run(admin, "outbox", "ls", "--status", "dead")
+    assert table.returncode == 0 and "HTTP 410" in table.stdout and "ID" in table.stdout
+
+    assert "403" in refused(viewer, "outbox", "requeue", "1")
+    assert "--dead" in refused(admin, "outbox", "requeue")
+    assert "not both" in refused(admin, "outbox", "requeue", "1", "--dead")
+    err = refused(admin, "outbox", "requeue", "1", "2", "999")
+    assert "not requeued 2" in err and "is sent" in err and "not requeued 999" in err
+    assert "2 of 3 not requeued" in err
+    states = {r["id"]: (r["state"], r["attempts"]) for r in ok(admin, "outbox", "ls")}
+    assert states == {1: ("pending", 0), 2: ("sent", 1), 3: ("dead", 10), 4: ("pending", 1)}
+
+    res = run(admin, "outbox", "requeue", "--dead")
+    assert res.returncode == 0 and "requeued 1 notification" in res.stdout, res.stderr
+    assert ok(admin, "outbox", "ls", "--status", "dead") == []
+    ctx = build_context(settings)
+    try:
+        with ctx.factory() as s:
+            audited = s.query(AuditEntry).filter(AuditEntry.action == "outbox.requeue").all()
+            assert sorted(a.target for a in audited) == ["outbox/1", "outbox/3"]
+            assert {a.actor for a in audited} == {"token:root"}
+    finally:
+        ctx.close()

@@ -417,6 +417,35 @@ def test_webhook_down_for_a_while_then_everything_exactly_once(
     assert set(fake.events) == {r.dedup_key for r in rows}
 
 
+def test_webhook_4xx_is_dead_at_once_and_the_ticket_waits_no_more(
+    store: sessionmaker[Session], receiver: HttpServer
+) -> None:
+    """A 422 (the receiver refuses the body) is dead at the first try with the reason; the
+    ticket's next row is then not held behind it; a 408 and a 429 stay retried."""
+    _only(store, "webhook")
+    fake = receiver.service
+    assert isinstance(fake, FakeReceiver)
+    fake.answers = [Reply(422, {"error": "unknown tenant"}), Reply(408), Reply(429)]
+    with session_scope(store) as s:
+        inc = _ticket(s, "t0")
+        _ticket(s, "t1")
+    report = outbox.deliver_due(store, _at(0))
+    created_t0, created_t1 = _rows(store)
+    assert report.dead == [created_t0.id] and report.retried == [created_t1.id]
+    assert (created_t0.state, created_t0.attempts) == ("dead", 1)
+    assert (
+        created_t0.last_error == 'permanent: WebhookRejected: HTTP 422: {"error": "unknown tenant"}'
+    )
+    with session_scope(store) as s:
+        change_status(s, s.get_one(Incident, inc.id), "open", author="eng")
+    report = outbox.deliver_due(store, _at(60))  # t1's create: 429 (retried); t0's status: sent
+    assert len(report.sent) == 1 and report.retried == [created_t1.id] and not report.dead
+    _drain(store, 3600)
+    assert {r.state for r in _rows(store)} == {"sent", "dead"}
+    assert [r.id for r in _rows(store) if r.state == "dead"] == [created_t0.id]
+    assert fake.problems == []
+
+
 # --------------------------------------------------------------------------- Znuny
 
 

@@ -41,6 +41,15 @@ class Collector:
     """aiosmtpd handler: keeps every accepted message, parsed."""
 
     messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)  # address → its 5xx/4xx RCPT reply
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = message_from_bytes(envelope.original_content, policy=policy.default)
@@ -269,12 +278,55 @@ def test_dead_after_max_attempts(store: sessionmaker[Session], smtp: SmtpServer)
     smtp.stop()
     with session_scope(store) as s:
         _ticket(s, "t1")
-    outbox.deliver_due(store, _later(1), max_attempts=2)
-    report = outbox.deliver_due(store, _later(10), max_attempts=2)
+    outbox.deliver_due(store, _later(1), max_attempts=2, retry_for_s=0)
+    report = outbox.deliver_due(store, _later(10), max_attempts=2, retry_for_s=0)
     assert len(report.dead) == 2
     assert {(r.state, r.attempts) for r in _rows(store)} == {("dead", 2)}
     smtp.start()
     assert outbox.deliver_due(store, _later(100)).sent == []
+
+
+def test_failing_row_lives_for_retry_for_s_beyond_max_attempts(
+    store: sessionmaker[Session], smtp: SmtpServer
+) -> None:
+    smtp.stop()
+    with session_scope(store) as s:
+        _ticket(s, "t1")
+    start = datetime.now(UTC)
+    for n in range(1, 5):  # 4 attempts ≥ max_attempts, but only 160 s of the 1 h retry_for_s
+        report = outbox.deliver_due(store, start + timedelta(seconds=40 * n), max_attempts=2)
+        assert len(report.retried) == 2 and not report.dead
+    assert {(r.state, r.attempts) for r in _rows(store)} == {("pending", 4)}
+    cap = start + timedelta(seconds=160 + 33)
+    assert all(r.next_attempt_at <= cap for r in _rows(store)), "back-off ≤ 30 s (+10 %)"
+    report = outbox.deliver_due(store, start + timedelta(seconds=3700), max_attempts=2)
+    assert len(report.dead) == 2, "past retry_for_s and max_attempts: dead"
+
+
+def test_smtp_5xx_rejection_is_dead_at_once_and_requeue_sends_it(
+    store: sessionmaker[Session], smtp: SmtpServer
+) -> None:
+    smtp.collector.refuse["admin@t1.example"] = "550 5.1.1 <admin@t1.example>: no such user"
+    smtp.collector.refuse["ops@t1.example"] = "450 4.2.1 mailbox busy, try later"
+    with session_scope(store) as s:
+        _ticket(s, "t1")
+    report = outbox.deliver_due(store, _later(0))
+    rows = {r.recipient: r for r in _rows(store)}
+    dead, busy = rows["admin@t1.example"], rows["ops@t1.example"]
+    assert report.dead == [dead.id] and report.retried == [busy.id]
+    assert (dead.state, dead.attempts) == ("dead", 1)
+    assert dead.last_error == (
+        "permanent: SmtpRejected: admin@t1.example: 550 5.1.1 <admin@t1.example>: no such user"
+    )
+    assert busy.state == "pending" and "450" in (busy.last_error or "")
+    smtp.collector.refuse.clear()  # the mailbox exists now; the operator requeues the dead one
+    with session_scope(store) as s:
+        assert outbox.requeue(s, s.get_one(OutboxMessage, dead.id), _later(1))
+    report = outbox.deliver_due(store, _later(60))
+    assert sorted(report.sent) == sorted([dead.id, busy.id])
+    assert smtp.collector.per_recipient() == {"admin@t1.example": 1, "ops@t1.example": 1}
+    with session_scope(store) as s:  # a sent one is not requeued: it would arrive twice
+        assert not outbox.requeue(s, s.get_one(OutboxMessage, dead.id))
 
 
 def test_enqueue_twice_one_row_and_rollback_none(store: sessionmaker[Session]) -> None:

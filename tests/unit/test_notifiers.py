@@ -366,3 +366,44 @@ def test_dedup_key_of_parts() -> None:
     assert outbox.dedup_key("telegram", "1001", "N", 5, 2) == "telegram:1001:N:5.2"
     long = outbox.dedup_key("telegram", "x" * 400, "N", 5, 3)
     assert len(long) == 255 and long.endswith(".3")
+
+
+def test_permanent_rejections_are_permanent() -> None:
+    """4xx other than 408/429 (webhook), 400/403 (Telegram), 5xx (SMTP): dead at once."""
+    import smtplib
+
+    from orchestrator.incidents.notifiers import smtp
+    from orchestrator.incidents.outbox import Permanent
+
+    for status in (400, 401, 403, 404, 410, 413, 422):
+        with pytest.raises(webhook.WebhookRejected, match=f"HTTP {status}"):
+            webhook.parse_answer(Answer(status, b"nope"))
+    for status in (408, 429, 500, 502, 503, 302):
+        with pytest.raises(webhook.WebhookError) as info:
+            webhook.parse_answer(Answer(status, b""))
+        assert not isinstance(info.value, Permanent), status
+    for code in (400, 403):
+        body = f'{{"ok":false,"error_code":{code},"description":"Forbidden: bot was blocked"}}'
+        with pytest.raises(telegram.TelegramRejected, match=f"error {code}"):
+            telegram.parse_answer(Answer(code, body.encode()))
+    for code in (401, 500):
+        with pytest.raises(telegram.TelegramError) as tg:
+            telegram.parse_answer(Answer(code, f'{{"ok":false,"error_code":{code}}}'.encode()))
+        assert not isinstance(tg.value, Permanent), code
+
+    refused = smtplib.SMTPRecipientsRefused({"a@b.example": (550, b"5.1.1 no such user")})
+    rejected = smtp.permanent_rejection(refused)
+    assert isinstance(rejected, Permanent)
+    assert str(rejected) == "a@b.example: 550 5.1.1 no such user"
+    assert (
+        smtp.permanent_rejection(
+            smtplib.SMTPRecipientsRefused({"a@b.example": (450, b"mailbox busy")})
+        )
+        is None
+    )
+    assert str(smtp.permanent_rejection(smtplib.SMTPDataError(554, b"spam"))) == "554 spam"
+    assert smtp.permanent_rejection(smtplib.SMTPDataError(451, b"later")) is None
+    assert smtp.permanent_rejection(smtplib.SMTPServerDisconnected("gone")) is None
+    assert smtp.permanent_rejection(smtplib.SMTPAuthenticationError(535, b"bad login")) is None
+    sender = smtplib.SMTPSenderRefused(553, b"not yours", "support@cpd.example.ru")
+    assert str(smtp.permanent_rejection(sender)) == "553 not yours"

@@ -18,13 +18,13 @@ from orchestrator.incidents.outbox import Notification, backoff, dedup_key, rend
         (1, 0.5, 5.0),
         (2, 0.5, 10.0),
         (3, 0.5, 20.0),
-        (4, 0.5, 40.0),
-        (10, 0.5, 2560.0),
-        (11, 0.5, 3600.0),  # capped
-        (500, 0.5, 3600.0),  # no overflow
+        (3, 1.0, 22.0),
+        (4, 0.5, 30.0),  # capped at 30 s: a receiver back after an outage waits at most that
+        (10, 0.5, 30.0),
+        (500, 0.5, 30.0),  # no overflow
         (1, 0.0, 4.5),  # -10 % jitter
         (1, 1.0, 5.5),  # +10 % jitter
-        (20, 1.0, 3960.0),  # jitter applies to the cap too
+        (20, 1.0, 33.0),  # jitter applies to the cap too
     ],
 )
 def test_backoff(attempts: int, rand: float, expected: float) -> None:
@@ -33,6 +33,7 @@ def test_backoff(attempts: int, rand: float, expected: float) -> None:
 
 def test_backoff_without_jitter_and_other_base() -> None:
     assert [backoff(n, base=1, cap=8, jitter=0) for n in range(1, 6)] == [1, 2, 4, 8, 8]
+    assert backoff(11, cap=3600, jitter=0) == 3600.0  # a larger cap, configured
 
 
 def test_dedup_key() -> None:

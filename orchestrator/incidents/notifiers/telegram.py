@@ -15,8 +15,11 @@ message.
 * **Rate.** The outbox paces a chat at one message per second (``outbox.CHANNEL_PACE_S``); a
   ``429`` answer's ``parameters.retry_after`` defers the row (and the chat) that long without
   counting an attempt.
-* **Answers.** Only ``{"ok": true}`` is delivered; ``{"ok": false, ...}`` (any HTTP status)
-  and anything that is not Telegram's JSON is a failure, retried.
+* **Answers.** Only ``{"ok": true}`` is delivered. ``{"ok": false, "error_code": 400}`` (a
+  chat that does not exist, a bad request) and ``403`` (the bot was blocked or removed) are
+  permanent: the row is ``dead`` at once with Telegram's description. Any other
+  ``{"ok": false, ...}`` (401 a wrong token, 5xx …) and anything that is not Telegram's JSON
+  is a failure, retried.
 * **The token** is in the request path only: it is never in a log, in ``last_error`` or in an
   exception (:func:`_redact` scrubs the messages besides).
 """
@@ -32,7 +35,7 @@ from typing import Any
 
 from orchestrator.fleet.fleetfile import resolve_secret
 from orchestrator.incidents.notifiers.http import Answer, Unreachable, request
-from orchestrator.incidents.outbox import Deferred, Notification, render
+from orchestrator.incidents.outbox import Deferred, Notification, Permanent, render
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,13 @@ _INT_CHAT = re.compile(r"-?\d+")
 
 class TelegramError(Exception):
     """A message Telegram did not take (or could not be asked to take)."""
+
+
+class TelegramRejected(TelegramError, Permanent):
+    """Telegram refused the message for good (400, 403): not retried."""
+
+
+PERMANENT_CODES = frozenset({400, 403})
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -141,7 +151,8 @@ def parse_answer(answer: Answer) -> None:
     retry_after = parameters.get("retry_after") if parameters else None
     if code == 429 and isinstance(retry_after, int | float) and retry_after >= 0:
         raise Deferred(f"Telegram 429, retry after {retry_after} s", float(retry_after))
-    raise TelegramError(f"Telegram error {code}: {description}".rstrip(": "))
+    error = TelegramRejected if code in PERMANENT_CODES else TelegramError
+    raise error(f"Telegram error {code}: {description}".rstrip(": "))
 
 
 def _redact(text: str, token: str) -> str:
@@ -184,7 +195,8 @@ class TelegramSender:
         except Deferred:
             raise
         except (Unreachable, TelegramError) as exc:
-            raise TelegramError(_redact(str(exc), token)) from None
+            error = type(exc) if isinstance(exc, TelegramError) else TelegramError
+            raise error(_redact(str(exc), token)) from None
         log.info(
             "telegram sent number=%s chat=%s part=%s/%s",
             payload.get("number"),

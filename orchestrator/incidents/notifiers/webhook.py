@@ -14,8 +14,11 @@ a secret, ``X-Cpdops-Signature: sha256=<hex HMAC-SHA256 of the raw body, keyed w
 secret>``. The signature covers the body, which holds the dedup key: a replayed request is
 authentic but the receiver's idempotency check makes it harmless.
 
-Any 2xx is delivered; anything else is retried — a ``429``/``503`` with a ``Retry-After`` of
-seconds is deferred that long without counting an attempt.
+Any 2xx is delivered. A ``4xx`` other than ``408``/``429`` is the receiver refusing this
+request for good (a wrong path, signature or body): the row is ``dead`` at once with the status
+in ``last_error`` (``cpdops outbox requeue`` sends it again once the receiver is fixed).
+Anything else (3xx, 408, 429, 5xx, no answer) is retried — a ``429``/``503`` with a
+``Retry-After`` of seconds is deferred that long without counting an attempt.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 from orchestrator.fleet.fleetfile import resolve_secret
 from orchestrator.incidents.notifiers.http import Answer, request
-from orchestrator.incidents.outbox import Deferred, Notification
+from orchestrator.incidents.outbox import Deferred, Notification, Permanent
 
 SIGNATURE_HEADER = "X-Cpdops-Signature"
 TIMESTAMP_HEADER = "X-Cpdops-Timestamp"
@@ -54,6 +57,13 @@ _FIELDS = (
 
 class WebhookError(Exception):
     """The receiver did not answer 2xx."""
+
+
+class WebhookRejected(WebhookError, Permanent):
+    """A 4xx other than 408/429: not retried."""
+
+
+RETRIED_4XX = frozenset({408, 429})
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -101,6 +111,8 @@ def parse_answer(answer: Answer) -> None:
         delay = min(float(retry_after), MAX_RETRY_AFTER_S)
         raise Deferred(f"webhook HTTP {answer.status}, retry after {delay:g} s", delay)
     excerpt = answer.body[:200].decode("utf-8", "replace").strip()
+    if 400 <= answer.status < 500 and answer.status not in RETRIED_4XX:
+        raise WebhookRejected(f"HTTP {answer.status}" + (f": {excerpt}" if excerpt else ""))
     raise WebhookError(f"HTTP {answer.status}" + (f": {excerpt}" if excerpt else ""))
 
 
