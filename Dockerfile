@@ -29,7 +29,7 @@ ENV PYTHONPATH=/opt/cpdops/src:/opt/cpdops/deps \
 RUN python3 -c "import sys; want = open('/opt/cpdops/deps/.python-version').read().strip(); \
 have = '%d.%d' % sys.version_info[:2]; \
 sys.exit(0 if have == want else f'base python3 is {have}, build/image-deps was made by {want}')" \
- && python3 -c "import orchestrator.app, psycopg2, uvicorn" \
+ && python3 -c "import orchestrator.app, psycopg2, uvicorn, paramiko" \
  && chmod 0755 /usr/local/bin/cpdops \
  && (getent passwd cpdops >/dev/null || useradd --system --uid 10001 --home-dir /var/lib/cpdops cpdops) \
  && mkdir -p /var/lib/cpdops/backups && chown -R cpdops /var/lib/cpdops

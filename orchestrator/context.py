@@ -180,7 +180,9 @@ def monitors_for(
             )
         host = (hosts or {}).get(inst.host)
         if host is not None:
-            options = {"tls": host.tls} if host.tls else {}
+            options: dict[str, Any] = {"tls": host.tls} if host.tls else {}
+            if host.ssh:
+                options["ssh"] = host.ssh
             specs.append(
                 MonitorSpec(
                     id=f"{base}/container",

@@ -36,7 +36,7 @@ from orchestrator.errors import DockerError
 from orchestrator.fleet.runtime import DockerHost
 
 HEALTH_OUTPUT_CHARS = 200
-OPTION_KEYS = ("docker_url", "container", "tls", "max_restarts")
+OPTION_KEYS = ("docker_url", "container", "tls", "ssh", "max_restarts")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class ContainerOptions:
     container: str
     tls: Mapping[str, Any] | None = None
     max_restarts: int = 0
+    ssh: Mapping[str, Any] | None = None  # an ssh:// host's identity_file, known_hosts, …
 
     @classmethod
     def from_spec(cls, spec: MonitorSpec) -> ContainerOptions:
@@ -68,7 +69,10 @@ class ContainerOptions:
         tls = options.get("tls")
         if tls is not None and not isinstance(tls, Mapping):
             raise ValueError("option 'tls' must be a mapping (ca, cert, key, verify)")
-        return cls(url, ref, tls, max_restarts)
+        ssh = options.get("ssh")
+        if ssh is not None and not isinstance(ssh, Mapping):
+            raise ValueError("option 'ssh' must be a mapping (identity_file, known_hosts, …)")
+        return cls(url, ref, tls, max_restarts, ssh)
 
 
 def validate(spec: MonitorSpec) -> None:
@@ -303,14 +307,15 @@ class ContainerProbe:
 
     def _host(self, spec: MonitorSpec, opts: ContainerOptions) -> DockerHost:
         timeout = max(1, math.ceil(spec.timeout_s))
-        tls = json.dumps(dict(opts.tls), sort_keys=True) if opts.tls else ""
-        key = (spec.host, opts.docker_url, tls, timeout)
+        access = json.dumps([dict(opts.tls or {}), dict(opts.ssh or {})], sort_keys=True)
+        key = (spec.host, opts.docker_url, access, timeout)
         host = self._hosts.get(key)
         if host is None:
             host = self._hosts[key] = DockerHost(
                 spec.host,
                 opts.docker_url,
                 tls=dict(opts.tls) if opts.tls else None,
+                ssh=dict(opts.ssh) if opts.ssh else None,
                 timeout=timeout,
             )
         return host

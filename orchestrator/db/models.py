@@ -53,6 +53,7 @@ class Host(Base):
     url: Mapped[str] = mapped_column(String(500))
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     tls: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    ssh: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

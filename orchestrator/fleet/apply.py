@@ -66,7 +66,8 @@ def apply_fleet(
     report = ApplyReport()
     for h in fleet.hosts:
         tls = h.tls.model_dump() if h.tls is not None else None
-        values: dict[str, Any] = {"url": h.url, "labels": dict(h.labels), "tls": tls}
+        ssh = h.ssh.model_dump() if h.ssh is not None else None
+        values: dict[str, Any] = {"url": h.url, "labels": dict(h.labels), "tls": tls, "ssh": ssh}
         _upsert(session, report, Host, "name", h.name, values, "host")
     for t in fleet.tenants:
         window = t.maintenance_window.model_dump() if t.maintenance_window else None

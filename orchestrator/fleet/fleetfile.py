@@ -435,6 +435,19 @@ class TlsConfig(_Spec):
         return self
 
 
+class SshConfig(_Spec):
+    """How cpdops logs in to an ``ssh://`` Docker host (paths on the orchestrator's machine).
+
+    The host key is checked strictly: it must be in ``known_hosts`` (else in the system files
+    ``~/.ssh/known_hosts``, ``/etc/ssh/ssh_known_hosts``); an unknown or changed key is refused.
+    ``insecure_accept_new_host_key`` trusts a key seen for the first time (never a changed one).
+    """
+
+    identity_file: Text | None = None
+    known_hosts: Text | None = None
+    insecure_accept_new_host_key: Annotated[bool, Field(strict=True)] = False
+
+
 class HostSpec(_Spec):
     """A Docker Engine endpoint."""
 
@@ -442,6 +455,17 @@ class HostSpec(_Spec):
     url: Annotated[str, AfterValidator(_check_docker_url)]
     labels: Labels = Field(default_factory=dict)
     tls: TlsConfig | None = None
+    ssh: SshConfig | None = None
+
+    @field_validator("ssh")
+    @classmethod
+    def _ssh_only_for_ssh(cls, ssh: SshConfig | None, info: ValidationInfo) -> SshConfig | None:
+        url = info.data.get("url")
+        if ssh is not None and isinstance(url, str) and not url.startswith("ssh://"):
+            raise ValueError(
+                f"ssh applies to ssh:// URLs only; this host is {url.split(':')[0]}://"
+            )
+        return ssh
 
     @field_validator("tls")
     @classmethod

@@ -32,22 +32,22 @@ class HostRegistry:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[str, DockerHost]] = {}
 
-    def _rows(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+    def _rows(self) -> list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]]:
         with self._factory() as session:
             rows = session.scalars(select(Host).order_by(Host.name)).all()
-            result = [(h.name, h.url, h.tls) for h in rows]
-        return result or [(LOCAL_HOST, self._local_url, None)]
+            result = [(h.name, h.url, h.tls, h.ssh) for h in rows]
+        return result or [(LOCAL_HOST, self._local_url, None, None)]
 
     def hosts(self) -> list[DockerHost]:
         result = []
         with self._lock:
-            for name, url, tls in self._rows():
-                key = json.dumps([url, tls], sort_keys=True)
+            for name, url, tls, ssh in self._rows():
+                key = json.dumps([url, tls, ssh], sort_keys=True)
                 cached = self._cache.get(name)
                 if cached is None or cached[0] != key:
                     if cached is not None:
                         cached[1].close()
-                    cached = (key, DockerHost(name, url, tls=tls, pull=self._pull))
+                    cached = (key, DockerHost(name, url, tls=tls, ssh=ssh, pull=self._pull))
                     self._cache[name] = cached
                 result.append(cached[1])
         return result

@@ -18,10 +18,13 @@ from typing import Any
 import docker
 import docker.constants
 import docker.errors
+import paramiko
 import requests.exceptions
+import urllib3.exceptions
 from docker.tls import TLSConfig
 
 from orchestrator.errors import ContainerError, DockerError, HostUnreachable, ImageNotFound
+from orchestrator.fleet.sshconn import SshRefused, ssh_client
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,15 @@ class OneOffResult:
     timed_out: bool = False
 
 
+# What a Docker SDK call can raise about the engine or the way to it (paramiko: a channel of
+# an SSH connection that died between two requests).
+ENGINE_ERRORS = (
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+    paramiko.SSHException,
+    urllib3.exceptions.HTTPError,  # e.g. no free SSH channel within the timeout
+)
+
 ONEOFF_LOG_LINES = 1000
 ONEOFF_KILL_WAIT_S = 30
 
@@ -176,6 +188,7 @@ class DockerHost:
         url: str,
         *,
         tls: dict[str, Any] | None = None,
+        ssh: dict[str, Any] | None = None,
         timeout: int = 60,
         pull: bool = True,
     ) -> None:
@@ -183,6 +196,7 @@ class DockerHost:
         self.url = url
         self.pull = pull
         self._tls = tls
+        self._ssh = ssh
         self._timeout = timeout
         self._client: docker.DockerClient | None = None
 
@@ -192,6 +206,11 @@ class DockerHost:
     @property
     def tls(self) -> dict[str, Any] | None:
         return self._tls
+
+    @property
+    def ssh(self) -> dict[str, Any] | None:
+        """The fleet file's ``ssh`` options of an ``ssh://`` host (paths, no key material)."""
+        return self._ssh
 
     @property
     def client(self) -> docker.DockerClient:
@@ -211,15 +230,26 @@ class DockerHost:
             try:
                 if tls:
                     self._client = _tls_client(self.url, tls, self._timeout)
+                elif self.url.startswith("ssh://"):
+                    self._client = ssh_client(
+                        self.url,
+                        self._ssh,
+                        timeout=self._timeout,
+                        version=docker.constants.MINIMUM_DOCKER_API_VERSION,
+                    )
                 else:
                     self._client = docker.DockerClient(
                         base_url=self.url, tls=tls, timeout=self._timeout, version="auto"
                     )
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            except SshRefused as exc:
+                raise self._unreachable(exc) from None  # the message says it all
+            except ENGINE_ERRORS as exc:
                 raise self._unreachable(exc) from exc
         return self._client
 
     def _unreachable(self, exc: Exception) -> HostUnreachable:
+        if isinstance(exc, SshRefused | paramiko.SSHException):
+            return HostUnreachable(f"host {self.name} ({self.url}): {exc}")
         reason = _tls_reason(exc)
         if reason is not None:
             if "verify failed" in reason:
@@ -243,6 +273,10 @@ class DockerHost:
     def _fail(self, what: str, exc: Exception) -> DockerError:
         if isinstance(exc, docker.errors.ImageNotFound):
             return ImageNotFound(f"host {self.name}: {what}: {_explain(exc)}")
+        if isinstance(exc, SshRefused):
+            return self._unreachable(exc)
+        if isinstance(exc, paramiko.SSHException):
+            return HostUnreachable(f"host {self.name} ({self.url}): SSH: {exc}: {what}")
         if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
             if _tls_reason(exc) is not None:
                 return self._unreachable(exc)
@@ -255,7 +289,7 @@ class DockerHost:
     def ping(self) -> None:
         try:
             self.client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail("ping", exc) from exc
 
     # --- images -------------------------------------------------------------------------------
@@ -265,14 +299,14 @@ class DockerHost:
             attrs = self.client.api.inspect_image(ref)
         except docker.errors.ImageNotFound as exc:
             raise ImageNotFound(f"image {ref} is not present on host {self.name}") from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"inspect image {ref}", exc) from exc
         return dict((attrs.get("Config") or {}).get("Labels") or {})
 
     def image_config(self, ref: str) -> dict[str, Any]:
         try:
             attrs = self.client.api.inspect_image(ref)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"inspect image {ref}", exc) from exc
         return dict(attrs.get("Config") or {})
 
@@ -288,7 +322,7 @@ class DockerHost:
                 ) from None
         try:
             self.client.images.pull(ref)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise ImageNotFound(
                 f"image {ref} is not present on host {self.name} and cannot be pulled: "
                 f"{_explain(exc)}"
@@ -302,7 +336,7 @@ class DockerHost:
             containers = self.client.containers.list(
                 all=True, filters={"label": TENANT_LABEL}, ignore_removed=True
             )
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail("list containers", exc) from exc
         return [_info(c.attrs) for c in containers]
 
@@ -311,7 +345,7 @@ class DockerHost:
             return dict(self.client.api.inspect_container(ref))
         except docker.errors.NotFound as exc:
             raise ContainerError(f"host {self.name}: no container {ref}") from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"inspect {ref}", exc) from exc
 
     def inspect_or_none(self, ref: str) -> dict[str, Any] | None:
@@ -320,7 +354,7 @@ class DockerHost:
             return dict(self.client.api.inspect_container(ref))
         except docker.errors.NotFound:
             return None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"inspect {ref}", exc) from exc
 
     def stats(self, ref: str) -> dict[str, Any]:
@@ -332,7 +366,7 @@ class DockerHost:
                 return dict(self.client.api.stats(ref, stream=False, one_shot=True))
             except docker.errors.InvalidVersion:  # engine API < 1.41: the slower two-sample form
                 return dict(self.client.api.stats(ref, stream=False))
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"stats {ref}", exc) from exc
 
     def find(self, ref: str) -> ContainerInfo | None:
@@ -340,7 +374,7 @@ class DockerHost:
             return _info(self.client.api.inspect_container(ref))
         except docker.errors.NotFound:
             return None
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"inspect {ref}", exc) from exc
 
     def stop(self, ref: str, timeout: int = 10) -> None:
@@ -356,7 +390,7 @@ class DockerHost:
             if exc.status_code == 409:  # not running
                 return
             raise self._fail(f"kill {ref}", exc) from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"kill {ref}", exc) from exc
 
     def start(self, ref: str) -> None:
@@ -370,13 +404,13 @@ class DockerHost:
             self.client.api.remove_container(ref, force=force, v=False)
         except docker.errors.NotFound:
             return
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"remove {ref}", exc) from exc
 
     def logs(self, ref: str, tail: int = 50) -> str:
         try:
             raw = self.client.api.logs(ref, tail=tail, stdout=True, stderr=True)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"logs {ref}", exc) from exc
         return bytes(raw).decode("utf-8", "replace")
 
@@ -399,7 +433,7 @@ class DockerHost:
             created = self.client.api.create_container_from_config(body, name=name)
         except docker.errors.ImageNotFound as exc:
             raise ImageNotFound(f"image {image} is not present on host {self.name}") from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"create {name} from {image}", exc) from exc
         new_id = str(created["Id"])
         for net, endpoint in extra_networks.items():
@@ -419,7 +453,7 @@ class DockerHost:
             container = self.client.containers.run(detach=True, **kwargs)
         except docker.errors.ImageNotFound as exc:
             raise ImageNotFound(f"host {self.name}: {_explain(exc)}") from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"run {kwargs.get('name', '')}", exc) from exc
         return str(container.id)
 
@@ -455,7 +489,7 @@ class DockerHost:
             created = self.client.api.create_container_from_config(body, name=name)
         except docker.errors.ImageNotFound as exc:
             raise ImageNotFound(f"image {image} is not present on host {self.name}") from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"create one-off {name} from {image}", exc) from exc
         container_id = str(created["Id"])
         try:
@@ -500,7 +534,7 @@ class DockerHost:
             # docker-py's wait gives up with ReadTimeout (over a unix socket: ConnectionError)
             if time.monotonic() < deadline - 0.5:
                 raise self._fail(f"wait for one-off {name}", exc) from exc
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"wait for one-off {name}", exc) from exc
         log.warning(
             "one-off container did not finish in %.0fs; killing it host=%s name=%s",
@@ -512,7 +546,7 @@ class DockerHost:
             self.client.api.kill(container_id)
         except docker.errors.APIError:
             pass  # it stopped meanwhile
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(f"kill one-off {name}", exc) from exc
         result = self._call(
             f"wait for one-off {name}",
@@ -525,7 +559,7 @@ class DockerHost:
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        except ENGINE_ERRORS as exc:
             raise self._fail(what, exc) from exc
 
 

@@ -106,11 +106,16 @@ class HostEvidence:
         base = self._hosts.get(name)
         with self._lock:
             short = self._clients.get(name)
-            if short is None or short.url != base.url or short.tls != base.tls:
+            if short is None or (short.url, short.tls, short.ssh) != (base.url, base.tls, base.ssh):
                 if short is not None:
                     short.close()
                 short = DockerHost(
-                    base.name, base.url, tls=base.tls, timeout=self._timeout_s, pull=False
+                    base.name,
+                    base.url,
+                    tls=base.tls,
+                    ssh=base.ssh,
+                    timeout=self._timeout_s,
+                    pull=False,
                 )
                 self._clients[name] = short
             return short

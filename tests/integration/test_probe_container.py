@@ -182,6 +182,7 @@ def spec(target: str, name: str = "m", host: str = "d1", **options: Any) -> Moni
         ("#app", {}, "target must be"),
         ("unix:///x.sock#app", {"max_restarts": -1}, "max_restarts"),
         ("unix:///x.sock#app", {"restarts": 1}, "unknown option"),
+        ("ssh://root@h#app", {"ssh": "/id_ed25519"}, "option 'ssh' must be a mapping"),
     ],
 )
 def test_bad_configuration(target: str, options: dict[str, Any], message: str) -> None:
@@ -194,6 +195,9 @@ def test_options_win_over_the_target() -> None:
         spec("display-name", docker_url="tcp://10.0.0.5:2376", container="acme-app")
     )
     assert (opts.docker_url, opts.container) == ("tcp://10.0.0.5:2376", "acme-app")
+    ssh = {"identity_file": "/k/id", "known_hosts": "/k/known_hosts"}
+    opts = ContainerOptions.from_spec(spec("ssh://root@h#acme-app", ssh=ssh))
+    assert (opts.docker_url, opts.container, opts.ssh) == ("ssh://root@h", "acme-app", ssh)
 
 
 # ------------------------------------------------------------------ against real daemons

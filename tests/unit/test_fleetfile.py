@@ -29,6 +29,7 @@ from orchestrator.fleet.fleetfile import (
     MonitorsSection,
     OtrsNotifier,
     SmtpNotifier,
+    SshConfig,
     TelegramNotifier,
     TenantSpec,
     TlsConfig,
@@ -332,6 +333,28 @@ ERROR_CASES = [
         "tls applies to tcp:// URLs only",
     ),
     (
+        "ssh on a tcp host",
+        "version: 1\nhosts:\n  - name: h\n    url: tcp://h:2376\n    ssh: {known_hosts: /k}\n",
+        "hosts[0].ssh",
+        5,
+        "ssh applies to ssh:// URLs only; this host is tcp://",
+    ),
+    (
+        "unknown ssh option",
+        "version: 1\nhosts:\n  - name: h\n    url: ssh://h\n    ssh: {StrictHostKeyChecking: no}\n",
+        "hosts[0].ssh.StrictHostKeyChecking",
+        5,
+        "unknown key",
+    ),
+    (
+        "accept-new is a boolean, not a string",
+        "version: 1\nhosts:\n  - name: h\n    url: ssh://h\n"
+        "    ssh: {insecure_accept_new_host_key: 'yes'}\n",
+        "hosts[0].ssh.insecure_accept_new_host_key",
+        5,
+        "valid boolean",
+    ),
+    (
         "bad host name",
         "version: 1\nhosts:\n  - name: Host_A\n    url: unix:///s\n",
         "hosts[0].name",
@@ -535,6 +558,7 @@ def test_recursive_alias_and_alias_bombs_are_refused() -> None:
 ALL_MODELS: list[type[BaseModel]] = [
     FleetFile,
     HostSpec,
+    SshConfig,
     TlsConfig,
     TenantSpec,
     Contact,
@@ -722,3 +746,19 @@ def test_the_example_in_the_docs_parses() -> None:
 
     assert [t.slug for t in fleet.tenants] == ["acme", "romashka"]
     assert fleet.tenants[1].ring == "general"
+
+
+def test_ssh_host_options_parse_and_default_to_strict() -> None:
+    text = (
+        "version: 1\nhosts:\n"
+        "  - name: a\n    url: ssh://cpdops@a.internal:2222\n"
+        "    ssh: {identity_file: /k/id, known_hosts: /k/known_hosts}\n"
+        "  - name: b\n    url: ssh://b.internal\n"
+    )
+    a, b = parse_fleet_text(text).hosts
+    assert a.ssh is not None and a.ssh.model_dump() == {
+        "identity_file": "/k/id",
+        "known_hosts": "/k/known_hosts",
+        "insecure_accept_new_host_key": False,
+    }
+    assert b.ssh is None
