@@ -34,6 +34,19 @@ def classify(error: BaseException | None, *, host_answers: bool) -> Kind:
     return STEP_FAILURE
 
 
+# Exit codes of a container stopped from outside: a clean exit on SIGTERM (0), the shell
+# convention for death by SIGTERM (143) or SIGKILL after the stop timeout (137).
+STOPPED_EXIT_CODES = frozenset({0, 128 + 15, 128 + 9})
+
+
+def may_be_daemon_stop(exit_code: int | None) -> bool:
+    """Whether a container that exited under the gate may have been stopped by its daemon
+    shutting down: a stopping daemon stops its containers first (``docker stop``'s way) and
+    answers its API until they are down. Only then is the host watched a little longer
+    before the gate counts as failed; a crash (any other exit code) fails it at once."""
+    return exit_code is None or exit_code in STOPPED_EXIT_CODES
+
+
 @dataclass(frozen=True)
 class Retry:
     after_s: float

@@ -175,11 +175,18 @@ class InstanceWorker:
             raise HostLost(job.host, str(exc), touched=False, step="start") from exc
 
     def _check_host(
-        self, host: DockerHost, error: BaseException | None, *, step: str, step_id: int
+        self,
+        host: DockerHost,
+        error: BaseException | None,
+        *,
+        step: str,
+        step_id: int,
+        answers: bool | None = None,
     ) -> None:
         """Raise HostLost (closing the step as ``interrupted``) when a failed step is the
         host's fault; return when it is the step's own failure."""
-        answers = not isinstance(error, HostUnreachable) and self._answers(host)
+        if answers is None:
+            answers = not isinstance(error, HostUnreachable) and self._answers(host)
         if faults.classify(error, host_answers=answers) == faults.STEP_FAILURE:
             return
         text = str(error) if error is not None else f"host {host.name} does not answer"
@@ -193,6 +200,15 @@ class InstanceWorker:
         except DockerError:
             return False
         return True
+
+    def _answers_throughout(self, host: DockerHost, seconds: float) -> bool:
+        """Whether the host keeps answering pings for ``seconds`` (False at the first miss)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if not self._answers(host):
+                return False
+            time.sleep(faults.FIRST_PING_S)
+        return self._answers(host)
 
     def _wait_host(self, job: InstanceJob, lost: HostLost) -> str | None:
         """Wait for the host to answer: None once it does, the pause reason when it has not
@@ -499,7 +515,19 @@ class InstanceWorker:
             self._check_host(host, exc, step="gate", step_id=step)
             raise
         if not result.ok:
-            self._check_host(host, None, step="gate", step_id=step)
+            answers = self._answers(host)
+            if answers and result.reason.startswith("stopped:"):  # the container exited
+                try:
+                    attrs = host.inspect_or_none(new_id)
+                except DockerError:
+                    answers = False
+                else:
+                    code = ((attrs or {}).get("State") or {}).get("ExitCode")
+                    if faults.may_be_daemon_stop(code):
+                        # a daemon shutting down stops its containers (up to their stop
+                        # timeout) before its API goes away
+                        answers = self._answers_throughout(host, self._stop_timeout + 2.0)
+            self._check_host(host, None, step="gate", step_id=step, answers=answers)
         return result
 
     def _gate_and_settle(self, job: InstanceJob, host: DockerHost, new_id: str) -> None:

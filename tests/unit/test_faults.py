@@ -67,3 +67,10 @@ def test_pause_reason_shows_local_time_of_day() -> None:
 def test_space_reason_names_the_tenant() -> None:
     message = "not enough free space for the backup: need ~64.1 MB, have 1.0 MB in /b/rollout-1"
     assert faults.space_pause_reason("acme", message) == f"tenant acme: {message}"
+
+
+@pytest.mark.parametrize(
+    ("code", "maybe"), [(0, True), (143, True), (137, True), (None, True), (1, False), (2, False)]
+)
+def test_an_exit_like_a_stop_may_be_the_daemon_stopping(code: int | None, maybe: bool) -> None:
+    assert faults.may_be_daemon_stop(code) is maybe
