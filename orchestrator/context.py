@@ -95,6 +95,7 @@ def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
         backup_dir=Path(settings.backup_dir),
         crash_at=settings.test_crash_at,
         lease_s=settings.rollout_lease_s,
+        host_wait_s=settings.host_wait_s,
     )
     registry.register(StoreCollector(factory))
     return AppContext(settings, engine, factory, hosts, registry, incidents, executor)

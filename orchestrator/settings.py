@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     gate_deadline_s: float = Field(default=60.0, description="time allowed for the gate to pass")
     gate_interval_s: float = 0.5
     stop_timeout_s: int = 10
+    host_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="how long a rollout step waits for a Docker host that stopped answering "
+        "(pinged about every second) before the rollout pauses",
+    )
     demo_base_port: int = Field(
         default=18080, description="`cpdops demo up` publishes tenant N on 127.0.0.1:<this+N>"
     )

@@ -353,6 +353,32 @@ def database_size(dsn: str) -> int:
 # --- backup -------------------------------------------------------------------------------------
 
 
+def ensure_space(
+    dsn: str,
+    dest_dir: Path,
+    *,
+    space_factor: float = DEFAULT_SPACE_FACTOR,
+    reserve_bytes: int = SPACE_RESERVE_BYTES,
+) -> int:
+    """The database's size when a backup of it fits in ``dest_dir`` (made if missing);
+    NotEnoughSpace (``SpaceCheck.message``) when it does not, BackupError when the directory
+    or the database cannot be read. Writes nothing but the directory: a rollout asks this
+    before an instance's step touches anything, and ``backup`` asks it again."""
+    try:
+        dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        free = shutil.disk_usage(dest_dir).free
+    except OSError as exc:
+        raise BackupError(f"backup directory {dest_dir}: {exc}") from exc
+    try:
+        size = database_size(dsn)
+    except OperationFailed as exc:
+        raise BackupError(f"cannot back up {redact_dsn(dsn)}: {exc}") from exc
+    space = check_space(size, free, factor=space_factor, reserve_bytes=reserve_bytes)
+    if not space.ok:
+        raise NotEnoughSpace(space.message(dest_dir))
+    return size
+
+
 def backup(
     dsn: str,
     dest_dir: Path,
@@ -367,18 +393,7 @@ def backup(
     bare, password = split_dsn(dsn)
     where = redact_dsn(dsn)
     bindir = client_bin_dir()
-    try:
-        dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        free = shutil.disk_usage(dest_dir).free
-    except OSError as exc:
-        raise BackupError(f"backup directory {dest_dir}: {exc}") from exc
-    try:
-        size = database_size(dsn)
-    except OperationFailed as exc:
-        raise BackupError(f"cannot back up {where}: {exc}") from exc
-    space = check_space(size, free, factor=space_factor, reserve_bytes=reserve_bytes)
-    if not space.ok:
-        raise NotEnoughSpace(space.message(dest_dir))
+    size = ensure_space(dsn, dest_dir, space_factor=space_factor, reserve_bytes=reserve_bytes)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     safe_label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("._") or "db"
     final = dest_dir / f"{safe_label}-{stamp}-{uuid.uuid4().hex[:6]}.dump"

@@ -31,7 +31,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import AuditEntry, Rollout, RolloutInstance, Tenant
 from orchestrator.db.session import session_scope
-from orchestrator.errors import ConflictError, DockerError, ImageNotFound, InputError
+from orchestrator.errors import (
+    ConflictError,
+    DockerError,
+    HostUnreachable,
+    ImageNotFound,
+    InputError,
+)
 from orchestrator.fleet.discovery import discover
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import VERSION_LABEL, DockerHost
@@ -125,6 +131,7 @@ class RolloutExecutor:
         lease_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         owner: str | None = None,
+        host_wait_s: float = 300.0,
     ) -> None:
         self._factory = factory
         self._hosts = hosts
@@ -156,6 +163,8 @@ class RolloutExecutor:
             crashpoint=self._crashpoint,
             report=self._report,
             rollback_seconds=self._metrics.rollback_seconds,
+            pause=self._pause_for_fault,
+            host_wait_s=host_wait_s,
         )
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"unknown crash point {crash_at!r}; expected one of {CRASH_POINTS}")
@@ -310,7 +319,11 @@ class RolloutExecutor:
             log.info("rollout running rollout=%s image=%s owner=%s", rollout_id, image, self.owner)
             self.reconcile(rollout_id)
             for name in hosts:  # pre-pull on every target host before the first wave
-                self._hosts.get(name).ensure_image(image)
+                try:
+                    self._hosts.get(name).ensure_image(image)
+                except HostUnreachable as exc:  # its instances wait for it (or pause) in turn
+                    log.warning("pre-pull skipped rollout=%s host=%s: %s", rollout_id, name, exc)
+                    continue
                 self._worker.prepulled.add((name, image))
             return self._loop(rollout_id, strategy)
         finally:
@@ -464,6 +477,8 @@ class RolloutExecutor:
             r.progress = progress
             if r.control in ("pause", "resume", "approve"):
                 r.control = None
+            if action.status == "running":
+                r.error = None  # e.g. the host or disk fault it was paused on
             if action.status == "rolling_back" and r.control == "rollback":
                 progress["manual_rollback"] = True
             image = r.image
@@ -480,6 +495,18 @@ class RolloutExecutor:
             and view.control != "rollback"
         ):
             self._report_rollout(rollout_id, image, action.reason)
+
+    def _pause_for_fault(self, rollout_id: int, reason: str) -> None:
+        """An instance met a fault of the environment (host unreachable past
+        CPDOPS_HOST_WAIT_S, backup disk full): pause with the reason; ``resume`` goes on."""
+        with session_scope(self._factory) as s:
+            r = s.get_one(Rollout, rollout_id)
+            if r.status in ("running", "awaiting_approval", "waiting_window", "paused"):
+                r.status = "paused"
+            r.progress = {**(r.progress or {}), "reason": reason}
+            r.error = reason
+        log.warning("rollout paused rollout=%s reason=%s", rollout_id, reason)
+        self._notify(rollout_id)
 
     def _progress_update(
         self, rollout_id: int, fn: Callable[[dict[str, Any]], dict[str, Any]]
@@ -600,7 +627,17 @@ class RolloutExecutor:
                 if i.state in (decide.UPDATING, decide.REVERTING)
             ]
         for job in jobs:
-            self._worker.reconcile(job)
+            try:
+                self._worker.reconcile(job)
+            except HostUnreachable as exc:  # reconciled when its update runs again
+                log.warning(
+                    "reconcile deferred rollout=%s tenant=%s host=%s: %s",
+                    rollout_id,
+                    job.tenant,
+                    job.host,
+                    exc,
+                )
+                self._worker.mark_unreached(job, str(exc))
 
     def resumable(self) -> list[int]:
         """Rollouts that should be running but whose runner's lease has lapsed, or whose

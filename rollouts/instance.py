@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,13 +21,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import Rollout, RolloutInstance, Tenant
-from orchestrator.errors import CpdopsError, DockerError
+from orchestrator.errors import CpdopsError, DockerError, HostUnreachable
 from orchestrator.fleet.discovery import KEPT_MARKER
 from orchestrator.fleet.fleetfile import resolve_secret
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import PREVIOUS_IMAGE_LABEL, ROLLOUT_LABEL, DockerHost
 from orchestrator.incidents.evidence import LOG_LINES, container_state, log_excerpt
-from rollouts import dbsafety, decide
+from rollouts import dbsafety, decide, faults
 from rollouts.gates import GateResult, http_gate
 from rollouts.journal import Journal
 
@@ -42,6 +43,17 @@ REVERT_MARKER = "--cpdops-revert-"
 FAILED_MARKER = "--cpdops-failed-"
 # The gate asks Docker whether the container died at most this often (HTTP polls are faster).
 CRASH_CHECK_S = 1.0
+
+
+class HostLost(Exception):
+    """A step stopped because its host's Docker daemon does not answer (``faults.classify``):
+    not a failure of the update. ``touched``: the step may have changed containers already,
+    so the instance is reconciled with what Docker reports once the host answers again."""
+
+    def __init__(self, host: str, error: str, *, touched: bool, step: str) -> None:
+        super().__init__(error)
+        self.host, self.error, self.touched, self.step = host, error, touched, step
+        self.since = datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,8 @@ class InstanceWorker:
         crashpoint: Callable[[str], None],
         report: Callable[[RolloutFailure], None],
         rollback_seconds: Histogram,
+        pause: Callable[[int, str], None] | None = None,
+        host_wait_s: float = 300.0,
     ) -> None:
         self._factory = factory
         self._hosts = hosts
@@ -119,18 +133,208 @@ class InstanceWorker:
         self._crashpoint = crashpoint
         self._report_fn = report
         self._rollback_seconds = rollback_seconds
+        self._pause_fn = pause
+        self.host_wait_s = host_wait_s
         # (host, image) pairs the executor has just made sure of (pre-pull before wave 1).
         self.prepulled: set[tuple[str, str]] = set()
 
     # --- forward ------------------------------------------------------------------------------
     def update(self, job: InstanceJob) -> None:
+        """Update one instance. A host that does not answer (before the step, or in the middle
+        of it) is waited for, pinged about every second, for up to ``host_wait_s``; then the
+        instance is reconciled with what Docker reports (if the step had touched it) and the
+        step is done again. A host still silent after that pauses the rollout; so does a
+        backup directory without room for the backup (before anything is touched)."""
+        lost = self._interrupted(job)
+        while True:
+            try:
+                if lost is not None and lost.touched:
+                    resynced = self._resync(job)
+                    if resynced is None:
+                        return  # updated after all, or failed/error: the journal says which
+                    job, lost = resynced, None
+                self._ready(job)
+                self._update_once(job)
+                return
+            except HostLost as exc:
+                lost = exc
+            except HostUnreachable as exc:  # a call outside the classified points (e.g. a sweep)
+                lost = HostLost(job.host, str(exc), touched=True, step="reconcile")
+            reason = self._wait_host(job, lost)
+            if reason is not None:
+                # Paused first: a pending instance of a running rollout would be started again.
+                self._pause(job, reason)
+                self._journal.set_instance(job.instance_id, state=decide.PENDING, error=reason)
+                return
+
+    def _ready(self, job: InstanceJob) -> None:
+        """Do not start a step on a host that does not answer a ping."""
+        try:
+            self._hosts.get(job.host).ping()
+        except DockerError as exc:
+            raise HostLost(job.host, str(exc), touched=False, step="start") from exc
+
+    def _check_host(
+        self,
+        host: DockerHost,
+        error: BaseException | None,
+        *,
+        step: str,
+        step_id: int,
+        answers: bool | None = None,
+    ) -> None:
+        """Raise HostLost (closing the step as ``interrupted``) when a failed step is the
+        host's fault; return when it is the step's own failure."""
+        if answers is None:
+            answers = not isinstance(error, HostUnreachable) and self._answers(host)
+        if faults.classify(error, host_answers=answers) == faults.STEP_FAILURE:
+            return
+        text = str(error) if error is not None else f"host {host.name} does not answer"
+        self._journal.end(step_id, "interrupted", error=text)
+        raise HostLost(host.name, text, touched=step != "pull", step=step)
+
+    @staticmethod
+    def _answers(host: DockerHost) -> bool:
+        try:
+            host.ping()
+        except DockerError:
+            return False
+        return True
+
+    def _answers_throughout(self, host: DockerHost, seconds: float) -> bool:
+        """Whether the host keeps answering pings for ``seconds`` (False at the first miss)."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if not self._answers(host):
+                return False
+            time.sleep(faults.FIRST_PING_S)
+        return self._answers(host)
+
+    def _wait_host(self, job: InstanceJob, lost: HostLost) -> str | None:
+        """Wait for the host to answer: None once it does, the pause reason when it has not
+        answered in ``host_wait_s``."""
         j, host = self._journal, self._hosts.get(job.host)
+        started = time.monotonic()
+        step = j.begin(
+            job.instance_id,
+            "wait",
+            host=job.host,
+            error=lost.error,
+            since=lost.since.isoformat(),
+            interrupted=lost.step,
+            touched=lost.touched,
+        )
+        log.warning(
+            "host unreachable, waiting rollout=%s tenant=%s host=%s step=%s: %s",
+            job.rollout_id,
+            job.tenant,
+            job.host,
+            lost.step,
+            lost.error,
+        )
+        attempt = 0
+        while True:
+            decision = faults.wait_decision(
+                waited_s=time.monotonic() - started,
+                limit_s=self.host_wait_s,
+                attempt=attempt,
+                host=job.host,
+                since=lost.since,
+                error=lost.error,
+            )
+            if isinstance(decision, faults.Pause):
+                j.end(
+                    step,
+                    "timeout",
+                    waited_s=round(time.monotonic() - started, 3),
+                    pings=attempt,
+                    reason=decision.reason,
+                )
+                return decision.reason
+            time.sleep(decision.after_s)
+            attempt += 1
+            if self._answers(host):
+                j.end(step, "ok", waited_s=round(time.monotonic() - started, 3), pings=attempt)
+                log.info("host answers again rollout=%s host=%s", job.rollout_id, job.host)
+                return None
+
+    def _interrupted(self, job: InstanceJob) -> HostLost | None:
+        """The host fault an earlier run of this instance paused on (its last journal step is
+        a ``wait`` that timed out), so the instance is reconciled before the step."""
+        last = self._journal.last(job.instance_id)
+        if last is None or last[0] != "wait" or last[1] != "timeout":
+            return None
+        detail = last[2]
+        return HostLost(
+            job.host,
+            str(detail.get("error") or ""),
+            touched=bool(detail.get("touched", True)),
+            step=str(detail.get("interrupted") or "reconcile"),
+        )
+
+    def _resync(self, job: InstanceJob) -> InstanceJob | None:
+        """Reconcile after a host fault: the job to redo the step with (the instance back on
+        its previous container, still ``updating`` so its slot stays taken), or None when the
+        instance ended (verified updated, or error)."""
+        self.reconcile(job, after_host_fault=True)
+        with self._factory() as s:
+            row = s.get_one(RolloutInstance, job.instance_id)
+            fresh = InstanceJob.from_rows(s.get_one(Rollout, job.rollout_id), row)
+        return fresh if fresh.state == decide.UPDATING else None
+
+    def mark_unreached(self, job: InstanceJob, error: str) -> None:
+        """A busy instance whose host did not answer when this process took the rollout over:
+        pending, to be reconciled (``_interrupted``) when its update runs again."""
+        step = self._journal.begin(
+            job.instance_id,
+            "wait",
+            host=job.host,
+            error=error,
+            since=datetime.now(UTC).isoformat(),
+            interrupted="reconcile",
+            touched=True,
+        )
+        self._journal.end(step, "timeout", waited_s=0, pings=0)
+        self._journal.set_instance(job.instance_id, state=decide.PENDING, error=error)
+
+    def _pause(self, job: InstanceJob, reason: str) -> None:
+        log.warning("rollout paused rollout=%s tenant=%s: %s", job.rollout_id, job.tenant, reason)
+        if self._pause_fn is not None:
+            self._pause_fn(job.rollout_id, reason)
+
+    def _refuse_space(self, job: InstanceJob, step: int, exc: dbsafety.NotEnoughSpace) -> None:
+        """A full backup disk is the operator's to fix: the instance stays pending, untouched,
+        and the rollout pauses (``resume`` once space is freed)."""
+        reason = faults.space_pause_reason(job.tenant, str(exc))
+        self._pause(job, reason)  # first: a pending instance of a running rollout is started
+        self._journal.end(
+            step,
+            "refused",
+            error=str(exc),
+            instance=(job.instance_id, {"state": decide.PENDING, "error": reason}),
+        )
+
+    def _update_once(self, job: InstanceJob) -> None:
+        j, host = self._journal, self._hosts.get(job.host)
+        dsn = self._tenant_dsn(job.tenant) if (job.backup or job.migrate) else None
+        backup_dir = self._backup_dir / f"rollout-{job.rollout_id}"
+        if dsn is not None and job.backup:
+            step = j.begin(job.instance_id, "space", dir=str(backup_dir))
+            try:
+                size = dbsafety.ensure_space(dsn, backup_dir)
+            except dbsafety.NotEnoughSpace as exc:
+                return self._refuse_space(job, step, exc)
+            except CpdopsError as exc:
+                j.end(step, "failed", error=str(exc))
+                return self._fail(job, f"backup refused: {exc}", {"step": "backup"})
+            j.end(step, "ok", db_bytes=size)
         step = j.begin(job.instance_id, "pull", image=job.image)
         try:
             if (job.host, job.image) not in self.prepulled:
                 host.ensure_image(job.image)
             old = host.inspect(job.name)
         except DockerError as exc:
+            self._check_host(host, exc, step="pull", step_id=step)
             j.end(step, "failed", error=str(exc))
             return self._fail(job, str(exc), {"step": "pull"})
         old_id = str(old["Id"])
@@ -145,13 +349,12 @@ class InstanceWorker:
         job = _replace(job, old_container_id=old_id)
         order = choose_order(job.order, old)
 
-        dsn = self._tenant_dsn(job.tenant) if (job.backup or job.migrate) else None
         if dsn is not None and job.backup:
             step = j.begin(job.instance_id, "backup")
             try:
-                backup = dbsafety.backup(
-                    dsn, self._backup_dir / f"rollout-{job.rollout_id}", label=job.tenant
-                )
+                backup = dbsafety.backup(dsn, backup_dir, label=job.tenant)
+            except dbsafety.NotEnoughSpace as exc:  # the space went since the check
+                return self._refuse_space(job, step, exc)
             except CpdopsError as exc:
                 j.end(step, "failed", error=str(exc))
                 return self._fail(job, f"backup refused: {exc}", {"step": "backup"})
@@ -185,7 +388,11 @@ class InstanceWorker:
                 )
             except DockerError as exc:
                 ok, detail = False, {"error": str(exc)}
+                error: BaseException | None = exc
+            else:
+                error = None
             if not ok:
+                self._check_host(host, error, step="migrate", step_id=step)
                 j.end(step, "failed", **detail)
                 self._restore(job, None, "migration failed", final=decide.FAILED)
                 return self._report(job, "migration failed", {"step": "migrate", **detail})
@@ -203,6 +410,7 @@ class InstanceWorker:
             host.start(new_id)
             self._crashpoint("after_start_new")
         except DockerError as exc:
+            self._check_host(host, exc, step="replace", step_id=step)
             j.end(step, "failed", error=str(exc), new_container=new_id)
             self._restore(job, new_id, str(exc), final=decide.FAILED)
             return self._report(job, str(exc), {"step": "replace"})
@@ -220,13 +428,14 @@ class InstanceWorker:
             host.start(new_id)
             self._crashpoint("after_start_new")
         except DockerError as exc:
+            self._check_host(host, exc, step="replace", step_id=step)
             j.end(step, "failed", error=str(exc), new_container=new_id)
             if new_id is not None:
                 host.remove(new_id, force=True)
             return self._fail(job, str(exc), {"step": "replace"})
         j.end(step, "ok", new_container=new_id)
         step = j.begin(job.instance_id, "gate", expect_version=job.target_version)
-        result = self._gate(job, host, new_id)
+        result = self._checked_gate(job, host, new_id, step)
         if not result.ok:
             j.end(step, "failed", **_evidence(result))
             self._gate_failed(job, host, new_id, result)
@@ -239,6 +448,7 @@ class InstanceWorker:
             host.rename(job.old_container_id, job.kept_name)
             host.rename(new_id, job.name)
         except DockerError as exc:
+            self._check_host(host, exc, step="promote", step_id=step)
             j.end(step, "failed", error=str(exc))
             self._restore(job, new_id, str(exc), final=decide.FAILED)
             return self._report(job, str(exc), {"step": "promote"})
@@ -294,10 +504,36 @@ class InstanceWorker:
             should_stop=crashed,
         )
 
+    def _checked_gate(
+        self, job: InstanceJob, host: DockerHost, new_id: str, step: int
+    ) -> GateResult:
+        """The gate of a new container; HostLost instead of a failed gate when the daemon
+        stopped answering meanwhile (its containers stopped with it: not the version's fault)."""
+        try:
+            result = self._gate(job, host, new_id)
+        except DockerError as exc:
+            self._check_host(host, exc, step="gate", step_id=step)
+            raise
+        if not result.ok:
+            answers = self._answers(host)
+            if answers and result.reason.startswith("stopped:"):  # the container exited
+                try:
+                    attrs = host.inspect_or_none(new_id)
+                except DockerError:
+                    answers = False
+                else:
+                    code = ((attrs or {}).get("State") or {}).get("ExitCode")
+                    if faults.may_be_daemon_stop(code):
+                        # a daemon shutting down stops its containers (up to their stop
+                        # timeout) before its API goes away
+                        answers = self._answers_throughout(host, self._stop_timeout + 2.0)
+            self._check_host(host, None, step="gate", step_id=step, answers=answers)
+        return result
+
     def _gate_and_settle(self, job: InstanceJob, host: DockerHost, new_id: str) -> None:
         j = self._journal
         step = j.begin(job.instance_id, "gate", expect_version=job.target_version)
-        result = self._gate(job, host, new_id)
+        result = self._checked_gate(job, host, new_id, step)
         if result.ok:
             j.end(
                 step,
@@ -407,13 +643,24 @@ class InstanceWorker:
         except DockerError as exc:
             log.error("could not put the updated container back tenant=%s: %s", job.tenant, exc)
 
-    def _restore(self, job: InstanceJob, new_id: str | None, reason: str, *, final: str) -> None:
+    def _restore(
+        self,
+        job: InstanceJob,
+        new_id: str | None,
+        reason: str,
+        *,
+        final: str,
+        step_name: str = "rollback",
+    ) -> None:
         """Put the kept container back: kill the new one (it is removed once the kept one
-        answers, off the critical path), restore the DB if migrated, restart the kept one."""
+        answers, off the critical path), restore the DB if migrated, restart the kept one.
+
+        ``step_name="undo"`` (after a host fault, the step is done again): a daemon that stops
+        answering meanwhile raises HostLost instead of leaving the instance in error."""
         started = time.monotonic()
         j, host = self._journal, self._hosts.get(job.host)
         old_id = job.old_container_id
-        step = j.begin(job.instance_id, "rollback", new_container=new_id, reason=reason)
+        step = j.begin(job.instance_id, step_name, new_container=new_id, reason=reason)
         doomed: list[str] = []  # killed new containers, removed at the end
         try:
             temp = host.find(f"{job.name}{NEW_MARKER}r{job.rollout_id}")
@@ -451,6 +698,9 @@ class InstanceWorker:
                 self._remove_all(host, doomed)
                 doomed = []
         except (DockerError, CpdopsError) as exc:
+            if step_name == "undo" and isinstance(exc, HostUnreachable):
+                j.end(step, "interrupted", error=str(exc))
+                raise HostLost(host.name, str(exc), touched=True, step="undo") from exc
             j.end(
                 step,
                 "failed",
@@ -515,25 +765,43 @@ class InstanceWorker:
         self._remove_all(host, [c.id for c in host.list_managed() if c.name.startswith(prefix)])
 
     # --- crash recovery -----------------------------------------------------------------------
-    def reconcile(self, job: InstanceJob) -> None:
+    def reconcile(self, job: InstanceJob, *, after_host_fault: bool = False) -> None:
         """Finish or undo what a dead process left: the instance ends updated, or pending
-        again on its previous container (the rollout then retries it), never in between."""
+        again on its previous container (the rollout then retries it), never in between.
+
+        ``after_host_fault``: the daemon stopped (and its containers with it) in the middle
+        of the step and answers again; a new container already in place is started again
+        (restart policies do it too) and gated, anything else is undone (step ``undo``, not
+        a rollback: the update has not failed) so the step is done again."""
         host = self._hosts.get(job.host)
         j = self._journal
-        step = j.begin(job.instance_id, "reconcile", state=job.state)
-        self._sweep_failed(job, host)
-        if job.state == decide.REVERTING:
-            j.end(step, "ok", action="revert again")
-            return self.revert(job)
-        kept = host.find(job.kept_name)
-        current = host.find(job.name)
+        step = j.begin(
+            job.instance_id,
+            "reconcile",
+            state=job.state,
+            **({"after": "host unreachable"} if after_host_fault else {}),
+        )
+        try:
+            self._sweep_failed(job, host)
+            if job.state == decide.REVERTING:
+                j.end(step, "ok", action="revert again")
+                return self.revert(job)
+            kept = host.find(job.kept_name)
+            current = host.find(job.name)
+        except HostUnreachable as exc:
+            j.end(step, "interrupted", error=str(exc))
+            raise
         new_here = current is not None and current.labels.get(ROLLOUT_LABEL) == str(job.rollout_id)
+        if kept is not None and new_here and current is not None and after_host_fault:
+            if not current.running:
+                host.start(current.id)
+            current = host.find(current.id) or current
         if kept is not None and new_here and current is not None and current.running:
             job = _replace(job, old_container_id=kept.id)
             result = self._gate(job, host, current.id)
             if result.ok:
                 j.end(step, "ok", action="new container verified")
-                j.set_instance(job.instance_id, state=decide.UPDATED)
+                j.set_instance(job.instance_id, state=decide.UPDATED, error=None)
                 return
         old_id = (
             kept.id
@@ -548,7 +816,16 @@ class InstanceWorker:
             return
         job = _replace(job, old_container_id=old_id)
         new_id = current.id if current is not None and current.id != old_id else None
-        self._restore(job, new_id, "recovered after a crash", final=decide.PENDING)
+        if after_host_fault:  # the step is done again by the same worker: still updating
+            self._restore(
+                job,
+                new_id,
+                "host was unreachable mid-step",
+                final=decide.UPDATING,
+                step_name="undo",
+            )
+        else:
+            self._restore(job, new_id, "recovered after a crash", final=decide.PENDING)
         host.remove(f"{job.name}{MIGRATE_MARKER}r{job.rollout_id}", force=True)
         j.end(step, "ok", action="restored previous container; will retry")
 

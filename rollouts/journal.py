@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import RolloutInstance, RolloutStep
@@ -57,6 +57,17 @@ class Journal:
             )
             if instance is not None:
                 _set(s, instance[0], instance[1])
+
+    def last(self, instance_id: int) -> tuple[str, str, dict[str, Any]] | None:
+        """The instance's latest step: (step, state, detail), or None."""
+        with self._factory() as s:
+            row = s.scalars(
+                select(RolloutStep)
+                .where(RolloutStep.instance_id == instance_id)
+                .order_by(RolloutStep.id.desc())
+                .limit(1)
+            ).first()
+            return (row.step, row.state, dict(row.detail or {})) if row is not None else None
 
     def set_instance(self, instance_id: int, **fields: Any) -> None:
         with session_scope(self._factory) as s:

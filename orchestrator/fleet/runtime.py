@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -179,6 +180,29 @@ def _tls_reason(exc: BaseException) -> str | None:
     return None
 
 
+def _close_failed_unix_connects() -> None:
+    """docker-py's unix-socket connection leaks its socket when the connect fails (a daemon
+    stopped or restarting: a ResourceWarning per call). Close it; idempotent."""
+    from docker.transport import unixconn
+
+    cls: Any = unixconn.UnixHTTPConnection
+    if getattr(cls, "_cpdops_closes_failed", False):
+        return
+
+    def connect(self: Any) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_socket)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    cls.connect = connect
+    cls._cpdops_closes_failed = True
+
+
 class DockerHost:
     """One Docker Engine endpoint (``unix://``, ``tcp://`` with TLS, ``ssh://``)."""
 
@@ -227,6 +251,7 @@ class DockerHost:
             if self.url.startswith("unix://") and not os.path.exists(path):
                 # docker-py would leak the socket of the failed connect (a ResourceWarning)
                 raise HostUnreachable(f"host {self.name} ({self.url}): no socket at {path}")
+            _close_failed_unix_connects()
             try:
                 if tls:
                     self._client = _tls_client(self.url, tls, self._timeout)

@@ -1,0 +1,80 @@
+"""Pure decisions about faults of the environment during a rollout (issue #8).
+
+A rollout must not mistake a broken environment for a bad update: a Docker daemon that does
+not answer (stopped, restarting, its socket gone) or a backup disk that is full says nothing
+about the new version. ``classify`` tells a host fault from a step failure; ``wait_decision``
+says whether to ping the host again or to pause the rollout; the reasons are worded here so
+the API, the CLI and the journal say the same thing. The acting code is ``rollouts.instance``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from orchestrator.errors import HostUnreachable
+
+Kind = Literal["host", "step"]
+HOST_FAULT: Kind = "host"
+STEP_FAILURE: Kind = "step"
+# How often a host that stopped answering is pinged while a step waits for it.
+PING_INTERVAL_S = 1.0
+FIRST_PING_S = 0.25
+
+
+def classify(error: BaseException | None, *, host_answers: bool) -> Kind:
+    """A failed step is the host's fault when the daemon did not answer the call
+    (``HostUnreachable``) or does not answer a ping right after the step failed (a daemon
+    shutting down stops its containers first: the step sees a container exit, or an API error,
+    an instant before the socket goes away). Anything else — image not found, a container that
+    exits or fails its gate while its daemon answers — is a failure of the step."""
+    if isinstance(error, HostUnreachable) or not host_answers:
+        return HOST_FAULT
+    return STEP_FAILURE
+
+
+# Exit codes of a container stopped from outside: a clean exit on SIGTERM (0), the shell
+# convention for death by SIGTERM (143) or SIGKILL after the stop timeout (137).
+STOPPED_EXIT_CODES = frozenset({0, 128 + 15, 128 + 9})
+
+
+def may_be_daemon_stop(exit_code: int | None) -> bool:
+    """Whether a container that exited under the gate may have been stopped by its daemon
+    shutting down: a stopping daemon stops its containers first (``docker stop``'s way) and
+    answers its API until they are down. Only then is the host watched a little longer
+    before the gate counts as failed; a crash (any other exit code) fails it at once."""
+    return exit_code is None or exit_code in STOPPED_EXIT_CODES
+
+
+@dataclass(frozen=True)
+class Retry:
+    after_s: float
+
+
+@dataclass(frozen=True)
+class Pause:
+    reason: str
+
+
+def wait_decision(
+    *, waited_s: float, limit_s: float, attempt: int, host: str, since: datetime, error: str
+) -> Retry | Pause:
+    """After ``attempt`` failed pings (0: the step just failed), ``waited_s`` into the wait:
+    ping again after a short back-off (FIRST_PING_S doubling to PING_INTERVAL_S), or pause
+    once ``limit_s`` (CPDOPS_HOST_WAIT_S) has passed without an answer."""
+    if waited_s >= limit_s:
+        return Pause(host_pause_reason(host, since, error))
+    delay = min(PING_INTERVAL_S, FIRST_PING_S * (2**attempt))
+    return Retry(after_s=max(0.0, min(delay, limit_s - waited_s)))
+
+
+def host_pause_reason(host: str, since: datetime, error: str) -> str:
+    return (
+        f"host {host} unreachable since {since.astimezone():%H:%M:%S} ({error}); "
+        "resume when it is back"
+    )
+
+
+def space_pause_reason(tenant: str, message: str) -> str:
+    return f"tenant {tenant}: {message}"

@@ -1,0 +1,290 @@
+"""Issue #8: a rollout never mistakes a broken environment for a bad update.
+
+Real test daemons stopped and started again in the middle of a step (``docker_fleet``), and
+a backup directory on a real 1 MB tmpfs; the rollout waits, pauses, resumes — it never
+fails or rolls back because of them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.context import AppContext
+from orchestrator.db.models import Rollout, RolloutInstance
+from rollouts.spec import GateSpec, RolloutRequest, Strategy
+from tests.integration.dockerd import DockerdFleet, remove_test_containers
+from tests.integration.fleet import Placed, make_context, place_tenants, wait_for, wait_health
+from tests.integration.test_rollout_engine import _leftovers, _managed_count, _versions
+
+pytestmark = pytest.mark.docker
+
+# A gate long enough (20 passes × 0.25 s) that the test sees it start and stops the daemon
+# while it runs; the wait is on the journal, not on time.
+LONG_GATE = GateSpec(passes=20, deadline_s=60, interval_s=0.25)
+ONE_BY_ONE = Strategy(waves=["100%"], parallelism=1)
+
+
+class Runner:
+    """``executor.run`` in a thread (it blocks while the rollout is paused)."""
+
+    def __init__(self, ctx: AppContext, rollout_id: int) -> None:
+        self.result: list[str] = []
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(ctx, rollout_id), daemon=True)
+        self._thread.start()
+
+    def _run(self, ctx: AppContext, rollout_id: int) -> None:
+        try:
+            self.result.append(ctx.executor.run(rollout_id))
+        except BaseException as exc:  # reported by join
+            self.errors.append(exc)
+
+    def join(self, timeout: float = 180) -> str:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the rollout did not end"
+        assert not self.errors, self.errors
+        return self.result[0]
+
+
+def _rollout(ctx: AppContext, rollout_id: int) -> Rollout:
+    with ctx.factory() as s:
+        r = s.get_one(Rollout, rollout_id)
+        for i in r.instances:  # loaded while the session is open
+            list(i.steps)
+        s.expunge_all()
+        return r
+
+
+def _steps(ctx: AppContext, instance_id: int) -> list[tuple[str, str]]:
+    with ctx.factory() as s:
+        return [(st.step, st.state) for st in s.get_one(RolloutInstance, instance_id).steps]
+
+
+def _state(ctx: AppContext, instance_id: int) -> str:
+    with ctx.factory() as s:
+        return s.get_one(RolloutInstance, instance_id).state
+
+
+def _step_started(ctx: AppContext, instance_id: int, step: str) -> Callable[[], bool]:
+    return lambda: any(name == step for name, _ in _steps(ctx, instance_id))
+
+
+def _status(ctx: AppContext, rollout_id: int, status: str) -> Callable[[], bool]:
+    return lambda: _rollout(ctx, rollout_id).status == status
+
+
+def _container_ids(docker_hosts: list[Any]) -> dict[str, str]:
+    return {
+        c.name: c.id
+        for h in docker_hosts
+        for c in h.client.containers.list(all=True, filters={"label": "smartcpd.tenant"})
+    }
+
+
+@pytest.fixture
+def spread(
+    tmp_path: Path, docker_hosts: list[Any], standin_images: dict[str, str]
+) -> Iterator[tuple[AppContext, list[Placed]]]:
+    """Six v1 tenants, two per daemon d1..d3; CPDOPS_HOST_WAIT_S 300 (the default)."""
+    ctx = make_context(tmp_path)
+    try:
+        placed = place_tenants(
+            ctx, docker_hosts, [(f"f{n}", n % 3) for n in range(6)], standin_images["1"]
+        )
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        yield ctx, placed
+    finally:
+        ctx.close()
+        for h in docker_hosts:
+            remove_test_containers(h.client)
+
+
+def _second_on(ctx: AppContext, rollout_id: int, host: str) -> RolloutInstance:
+    """An instance on ``host`` with at least one instance before it in the rollout."""
+    ordered = sorted(_rollout(ctx, rollout_id).instances, key=lambda i: i.position)
+    return next(i for i in ordered[1:] if i.host == host)
+
+
+def test_dockerd_restarted_mid_gate_the_rollout_waits_and_goes_on(
+    spread: tuple[AppContext, list[Placed]],
+    docker_fleet: DockerdFleet,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    ctx, placed = spread
+    rollout_id = ctx.executor.create(
+        RolloutRequest(image=standin_images["2"], gate=LONG_GATE, strategy=ONE_BY_ONE)
+    )
+    target = _second_on(ctx, rollout_id, "d2")
+    runner = Runner(ctx, rollout_id)
+    wait_for(_step_started(ctx, target.id, "gate"), timeout=120, what="the d2 instance's gate")
+    before_down = {i.id: i.state for i in _rollout(ctx, rollout_id).instances}
+    done_before = [iid for iid, state in before_down.items() if state == "updated"]
+    assert done_before, "instances were updated before the d2 one"
+    ids_done = {
+        name: cid
+        for name, cid in _container_ids(docker_hosts).items()
+        if name
+        in {i.container_name for i in _rollout(ctx, rollout_id).instances if i.id in done_before}
+    }
+    with docker_fleet.daemon_down("d2"):
+        wait_for(_step_started(ctx, target.id, "wait"), timeout=30, what="the wait step")
+        time.sleep(5)  # the daemon stays down a while: the scenario, not an assertion
+        assert _rollout(ctx, rollout_id).status == "running"
+    assert runner.join() == "succeeded"
+
+    r = _rollout(ctx, rollout_id)
+    assert {i.state for i in r.instances} == {"updated"}
+    assert r.error is None
+    assert set(_versions(placed).values()) == {"2"}
+    assert _managed_count(docker_hosts) == 6, "one container per tenant"
+    assert _leftovers(docker_hosts) == []
+    steps = _steps(ctx, target.id)
+    assert ("gate", "interrupted") in steps
+    assert ("wait", "ok") in steps
+    assert not any(name == "rollback" for name, _ in steps), steps
+    assert steps[-1] == ("gate", "ok") or steps[-1] == ("reconcile", "ok"), steps
+    for i in r.instances:  # nobody rolled back; the ones done before were not touched again
+        names = [name for name, _ in _steps(ctx, i.id)]
+        assert "rollback" not in names
+        if i.id in done_before:
+            assert names == ["pull", "replace", "gate"]
+    after = _container_ids(docker_hosts)
+    assert {n: after[n] for n in ids_done} == ids_done
+
+
+def test_host_down_past_the_wait_pauses_then_resume_finishes(
+    tmp_path: Path,
+    docker_fleet: DockerdFleet,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    ctx = make_context(tmp_path, host_wait_s=3)
+    try:
+        placed = place_tenants(
+            ctx, docker_hosts, [(f"g{n}", n % 3) for n in range(4)], standin_images["1"]
+        )
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        rollout_id = ctx.executor.create(
+            RolloutRequest(image=standin_images["2"], gate=LONG_GATE, strategy=ONE_BY_ONE)
+        )
+        target = _second_on(ctx, rollout_id, "d2")
+        runner = Runner(ctx, rollout_id)
+        wait_for(_step_started(ctx, target.id, "gate"), timeout=120, what="the d2 gate")
+        with docker_fleet.daemon_down("d2"):
+            wait_for(
+                lambda: (
+                    _status(ctx, rollout_id, "paused")()
+                    and _steps(ctx, target.id)[-1] == ("wait", "timeout")
+                    and ctx.factory().get_one(RolloutInstance, target.id).state != "updating"
+                ),
+                timeout=60,
+                what="the pause",
+            )
+            r = _rollout(ctx, rollout_id)
+            assert r.error is not None
+            assert r.error.startswith("host d2 unreachable since "), r.error
+            assert r.error.endswith("; resume when it is back"), r.error
+            assert r.progress["reason"] == r.error
+            inst = next(i for i in r.instances if i.id == target.id)
+            assert inst.state == "pending" and inst.error == r.error
+            assert {i.state for i in r.instances if i.position > target.position} == {"pending"}
+            assert _steps(ctx, target.id)[-1] == ("wait", "timeout")
+            # shown by `cpdops rollout status` too
+            shown = subprocess.run(
+                [str(Path(sys.executable).parent / "cpdops"), "rollout", "status", str(rollout_id)],
+                env={**os.environ, "CPDOPS_DATABASE_URL": ctx.settings.database_url},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert "host d2 unreachable since" in shown.stdout, shown.stdout + shown.stderr
+        ctx.executor.control(rollout_id, "resume")
+        assert runner.join() == "succeeded"
+        r = _rollout(ctx, rollout_id)
+        assert {i.state for i in r.instances} == {"updated"} and r.error is None
+        assert set(_versions(placed).values()) == {"2"}
+        assert _managed_count(docker_hosts) == 4
+        assert _leftovers(docker_hosts) == []
+        names = [name for name, _ in _steps(ctx, target.id)]
+        assert "rollback" not in names and "reconcile" in names
+    finally:
+        ctx.close()
+        for h in docker_hosts:
+            remove_test_containers(h.client)
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MB tmpfs."""
+    where = tmp_path / "backups"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.postgres
+def test_full_backup_disk_pauses_before_touching_then_resume_runs_it(
+    tmp_path: Path,
+    tiny_dir: Path,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+    tenant_db: Any,
+) -> None:
+    handle = docker_hosts[0]
+    ctx = make_context(tmp_path, backup_dir=str(tiny_dir))
+    try:
+        placed = place_tenants(
+            ctx,
+            [handle],
+            [("acme", 0)],
+            standin_images["1"],
+            env={"acme": {"SMARTCPD_DB_DSN": tenant_db.container_dsn(handle)}},
+            extra_yaml={"acme": f'db_dsn: "{tenant_db.host_dsn}"'},
+        )
+        wait_health(placed[0].tenant.health_url, version="1")
+        old = handle.client.containers.get("smartcpd-acme")
+        rollout_id = ctx.executor.create(
+            RolloutRequest(
+                image=standin_images["2"], gate=GateSpec(passes=2, deadline_s=20, interval_s=0.2)
+            )
+        )
+        runner = Runner(ctx, rollout_id)
+        wait_for(_status(ctx, rollout_id, "paused"), timeout=60, what="the pause")
+        r = _rollout(ctx, rollout_id)
+        assert r.error is not None
+        assert r.error.startswith("tenant acme: not enough free space for the backup: need ~")
+        assert f"MB in {tiny_dir / f'rollout-{rollout_id}'}" in r.error, r.error
+        (inst,) = r.instances
+        assert inst.state == "pending"
+        assert _steps(ctx, inst.id) == [("space", "refused")], "nothing was touched"
+        now = handle.client.containers.get("smartcpd-acme")
+        assert (now.id, now.status) == (old.id, "running")
+        assert wait_health(placed[0].tenant.health_url, version="1")["version"] == "1"
+
+        subprocess.run(["mount", "-o", "remount,size=200m", str(tiny_dir)], check=True)
+        ctx.executor.control(rollout_id, "resume")
+        assert runner.join() == "succeeded"
+        assert wait_health(placed[0].tenant.health_url, version="2")["version"] == "2"
+        assert list((tiny_dir / f"rollout-{rollout_id}").glob("acme-*.dump")), "backup made"
+        names = [name for name, _ in _steps(ctx, inst.id)]
+        assert names == ["space", "space", "pull", "backup", "replace", "gate"]
+        assert _leftovers(docker_hosts) == []
+    finally:
+        ctx.close()
+        remove_test_containers(handle.client)
