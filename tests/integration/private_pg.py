@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -21,7 +23,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.fleet import free_port
+
+def stable_port() -> int:
+    """A free port below the ephemeral range. While the server is down its clients keep
+    connecting to the port; were it ephemeral, one of them could be given it as its own local
+    port (a TCP self-connect) and hold it, so that the server could not start again."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def postgres_bin() -> Path | None:
@@ -57,7 +75,13 @@ class PrivatePostgres:
 
     def _ctl(self, *args: str, timeout: float = 60) -> None:
         cmd = _as_postgres([str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log)])
-        subprocess.run([*cmd, *args], check=True, timeout=timeout, capture_output=True)
+        done = subprocess.run([*cmd, *args], timeout=timeout, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(
+                f"pg_ctl {' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}"
+                f"\n{tail}"
+            )
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
@@ -104,7 +128,7 @@ def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
         [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]
     )
     subprocess.run(initdb, check=True, timeout=120, capture_output=True)
-    pg = PrivatePostgres(binaries, data, free_port(), base / "server.log")
+    pg = PrivatePostgres(binaries, data, stable_port(), base / "server.log")
     try:
         pg.start()
         pg.psql("CREATE DATABASE cpdops")
