@@ -68,6 +68,7 @@ def test_database_restart_loses_no_monitor_change(
     with private_postgres(tmp_path) as pg:
         ctx = make_context(tmp_path, pg.url)
         replicas: Replicas | None = None
+        api: httpx.Client | None = None
         try:
             placed = place_tenants(
                 ctx, docker_hosts[:2], [("pga", 0), ("pgb", 1)], standin_images["1"]
@@ -232,6 +233,8 @@ def test_database_restart_loses_no_monitor_change(
             assert "audit entry not written (state database unavailable" in log
             assert '" 500' not in log, a.log_tail(80)  # no request answered 500
         finally:
+            if api is not None:
+                api.close()
             if replicas is not None:
                 replicas.stop()
             for h in docker_hosts:
