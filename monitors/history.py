@@ -47,6 +47,26 @@ class MinuteAggregator:
             b.duration_sum += result.duration_s
             b.duration_max = max(b.duration_max, result.duration_s)
 
+    def restore(self, rows: list[tuple[str, int, Bucket]]) -> None:
+        """Put drained rows back (their write failed: the database is down), merged with
+        what was added meanwhile, so the next flush writes them."""
+        with self._lock:
+            for monitor_id, minute, old in rows:
+                b = self._buckets.get((monitor_id, minute))
+                if b is None:
+                    self._buckets[(monitor_id, minute)] = old
+                    continue
+                b.checks += old.checks
+                b.failures += old.failures
+                b.maintenance += old.maintenance
+                b.duration_sum += old.duration_sum
+                b.duration_max = max(b.duration_max, old.duration_max)
+
+    def pending(self) -> int:
+        """Buckets not flushed yet."""
+        with self._lock:
+            return len(self._buckets)
+
     def drain(self) -> list[tuple[str, int, Bucket]]:
         with self._lock:
             items, self._buckets = self._buckets, {}

@@ -30,7 +30,7 @@ from orchestrator.context import AppContext, build_context, start_monitors
 from orchestrator.db.models import ApiToken
 from orchestrator.incidents.mail_listener import IntakeHandler, MailListener
 from orchestrator.leader import Leadership, replica_id
-from orchestrator.scheduler import lead, make_scheduler
+from orchestrator.scheduler import follow, lead, make_scheduler
 from orchestrator.settings import Settings, listen_address
 from orchestrator.webui import mount_webui
 
@@ -47,7 +47,8 @@ tokens and configuration and read the audit log; each operation names its role. 
 
 Errors are JSON `{"detail": …}`: 400 bad input, 401 missing/invalid/expired/revoked token,
 403 role too low, 404 unknown object, 409 conflict, 413 body too large, 422 malformed
-request, 502/503 when a Docker host fails or does not answer.
+request, 502/503 when a Docker host fails or does not answer, 503 with `Retry-After` while the
+state database is unavailable (it restarted; answers come back by themselves once it is up).
 """
 
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
                 context.engine,
                 context.executor.owner,
                 on_change=lambda leading: lead(scheduler, context, leading),
+                on_follow=lambda: follow(context),
                 poll_s=settings.leader_poll_s,
             )
             context.leadership = leadership
@@ -99,7 +101,7 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
             if listener is not None:
                 listener.stop()
             if leadership is not None:
-                leadership.on_change = None
+                leadership.on_change = leadership.on_follow = None
             if scheduler.running:
                 scheduler.shutdown(wait=True)
             if leadership is not None:

@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitors.engine import MonitorEngine, StateChange
+from monitors.engine import MonitorEngine
 from monitors.history import MinuteAggregator
 from monitors.metrics import MonitorCollector
 from monitors.probe import MonitorSpec
 from monitors.probes import PROBES
 from monitors.probes.postgres import connection_params, server_label
 from orchestrator import declared_monitors
+from orchestrator.change_writer import ChangeWriter
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.models import ConfigItem, MonitorRecord, Tenant
 from orchestrator.db.session import make_engine, make_session_factory, session_scope
@@ -51,6 +53,8 @@ class AppContext:
     executor: RolloutExecutor
     monitors: MonitorEngine | None = None
     history: MinuteAggregator | None = None
+    # The monitors' state changes on their way to the database (kept while it is down).
+    changes: ChangeWriter | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # The monitors generated at the last sync (declared ones are read from the database).
     generated: list[MonitorSpec] = field(default_factory=list)
@@ -66,8 +70,13 @@ class AppContext:
     def close(self) -> None:
         if self.monitors is not None:
             self.monitors.stop()
+        if self.changes is not None:
+            self.changes.stop()
         if self.history is not None:
-            flush(self.factory, self.history)
+            try:
+                flush(self.factory, self.history)
+            except SQLAlchemyError as exc:
+                log.error("monitor history of the last seconds not written: %s", exc)
         self.incidents.close()
         self.hosts.close()
         self.engine.dispose()
@@ -102,13 +111,17 @@ def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
 
 
 def start_monitors(ctx: AppContext) -> MonitorEngine:
-    """Start the monitor engine; its state changes feed the incident engine."""
-
-    def on_change(change: StateChange) -> None:
-        ctx.incidents.on_monitor_change(change)
-
+    """Start the monitor engine; its state changes feed the incident engine, through the
+    change writer's queue (kept and retried while the database is unavailable)."""
+    writer = ChangeWriter(
+        ctx.incidents.on_monitor_change,
+        capacity=ctx.settings.monitor_change_queue,
+        registry=ctx.registry,
+    )
+    writer.start()
+    ctx.changes = writer
     ctx.history = MinuteAggregator()
-    engine = MonitorEngine(on_change, on_result=ctx.history.add)
+    engine = MonitorEngine(writer.submit, on_result=ctx.history.add)
     ctx.registry.register(MonitorCollector(engine))
     engine.start()
     ctx.monitors = engine

@@ -52,7 +52,12 @@ def app_name(replica_id: str) -> str:
 
 class Leadership:
     """Elects one leader among the replicas; calls ``on_change(leading)`` on every change
-    (from its own thread). ``poll_s`` bounds how long a follower waits after the leader died."""
+    (from its own thread). ``poll_s`` bounds how long a follower waits after the leader died.
+
+    ``on_follow()`` is called when this follower sees the lock held by another session — another
+    replica leads — once per such period. Stepping down because the database connection failed
+    is not that: nobody may lead (the database restarted), so a replica keeps its monitors
+    probing until ``on_follow`` (docs/scaling.md, "Faults")."""
 
     def __init__(
         self,
@@ -60,10 +65,13 @@ class Leadership:
         replica_id: str,
         *,
         on_change: Callable[[bool], None] | None = None,
+        on_follow: Callable[[], None] | None = None,
         poll_s: float = 1.0,
     ) -> None:
         self.replica_id = replica_id
         self.on_change = on_change
+        self.on_follow = on_follow
+        self._other_leads = False
         self._poll = poll_s
         self._postgres = engine.dialect.name == "postgresql"
         self._queries = engine  # the pooled engine, for leader() and dead()
@@ -122,6 +130,7 @@ class Leadership:
         """One election round: keep (leader) or try to take (follower) the lock."""
         with self._lock:
             was = self._leading
+            other_was = self._other_leads
             try:
                 if self._conn is None:
                     assert self._engine is not None
@@ -142,7 +151,12 @@ class Leadership:
                     log.warning("leader election: database unavailable: %s", exc)
                 self._close()
                 now = False
+                self._other_leads = False
+            else:
+                # the lock query answered and we do not hold it: another session does
+                self._other_leads = not now
             self._leading = now
+            other_now = self._other_leads
         if now != was:
             log.info("replica %s is now %s", self.replica_id, "LEADER" if now else "a follower")
             if self.on_change is not None:
@@ -150,6 +164,13 @@ class Leadership:
                     self.on_change(now)
                 except Exception:
                     log.exception("leadership change handler failed")
+        if other_now and not other_was:
+            log.info("replica %s follows: another replica leads", self.replica_id)
+            if self.on_follow is not None:
+                try:
+                    self.on_follow()
+                except Exception:
+                    log.exception("follow handler failed")
         return now
 
     def _close(self) -> None:

@@ -5,21 +5,26 @@ Everything is registered into a :class:`MetricsRegistry` made per app, never the
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import Incident, IncidentEvent, Rollout, RolloutInstance
+from orchestrator.db.outage import database_unavailable, describe
 from orchestrator.incidents.tickets import ACTIVE, TYPES
 
 # Ticket created → its first «Решение предоставлено»: minutes to days.
+log = logging.getLogger(__name__)
+
 SOLUTION_BUCKETS = (
     60.0,
     300.0,
@@ -53,6 +58,31 @@ class StoreCollector(Collector):
             "Instances of active or recent rollouts by state",
             labels=["rollout", "state"],
         )
+        up = GaugeMetricFamily(
+            "cpdops_state_database_up",
+            "1 when the state database answered this scrape, 0 when it was unavailable (then "
+            "the incident and rollout families are left out; the monitors' are not)",
+        )
+        try:
+            counts, rows, solved = self._read()
+        except SQLAlchemyError as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning("metrics: state database unavailable: %s", describe(exc))
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        for t in TYPES:
+            open_by_type.add_metric([t], float(counts.get(t, 0)))
+        for rollout_id, state, n in rows:
+            per_state.add_metric([str(rollout_id), state], float(n))
+        yield open_by_type
+        yield per_state
+        yield _solution_histogram((i, t, c, a) for i, t, c, a in solved)
+
+    def _read(self) -> tuple[dict[str, int], list[Any], list[Any]]:
         with self._factory() as s:
             counts = dict(
                 s.execute(
@@ -76,13 +106,7 @@ class StoreCollector(Collector):
                 )
                 .order_by(IncidentEvent.at)
             ).all()
-        for t in TYPES:
-            open_by_type.add_metric([t], float(counts.get(t, 0)))
-        for rollout_id, state, n in rows:
-            per_state.add_metric([str(rollout_id), state], float(n))
-        yield open_by_type
-        yield per_state
-        yield _solution_histogram((i, t, c, a) for i, t, c, a in solved)
+        return counts, list(rows), list(solved)
 
 
 def _solution_histogram(

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitors.history import MinuteAggregator, uptime
+from monitors.history import Bucket, MinuteAggregator, uptime
 from orchestrator.db.models import MonitorMinute
 from orchestrator.db.session import session_scope
 
@@ -18,10 +18,23 @@ WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
 def flush(factory: sessionmaker[Session], aggregator: MinuteAggregator) -> int:
-    """Write the buckets gathered since the last flush (additive upsert); rows written."""
+    """Write the buckets gathered since the last flush (additive upsert); rows written.
+
+    When the write fails (the database is down) the rows go back into the aggregator and the
+    error is raised: the next flush writes them, so the checks of an outage are kept. Only an
+    ambiguous commit (the connection lost during COMMIT) can count one flush twice."""
     rows = aggregator.drain()
     if not rows:
         return 0
+    try:
+        _write(factory, rows)
+    except BaseException:
+        aggregator.restore(rows)
+        raise
+    return len(rows)
+
+
+def _write(factory: sessionmaker[Session], rows: list[tuple[str, int, Bucket]]) -> None:
     with session_scope(factory) as s:
         dialect = s.get_bind().dialect.name
         ins = (
@@ -54,7 +67,6 @@ def flush(factory: sessionmaker[Session], aggregator: MinuteAggregator) -> int:
                     },
                 )
             )
-    return len(rows)
 
 
 def uptimes(

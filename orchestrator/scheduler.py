@@ -130,11 +130,19 @@ def lead(scheduler: BackgroundScheduler, ctx: AppContext, leading: bool) -> None
             if job is not None:
                 job.modify(next_run_time=now)
         return
+    # Stepped down: the once-only jobs stop. The monitors keep probing — stepping down mostly
+    # means the database connection failed (a restart), when nobody else can lead either, and
+    # their state changes wait in the change writer's queue — until another replica is known
+    # to lead (``follow``). Re-elected, ``sync-monitors`` runs at once and keeps their state.
     scheduler.pause()
+
+
+def follow(ctx: AppContext) -> None:
+    """Another replica leads (orchestrator/leader.py): it probes the monitors, this one stops."""
     if ctx.monitors is not None:
         with ctx.monitor_lock:
             ctx.generated = []
-        ctx.monitors.set_monitors([])  # the new leader probes them
+        ctx.monitors.set_monitors([])
 
 
 def deliver_outbox(ctx: AppContext) -> outbox.DeliveryReport:

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     monitor_timeout_s: float = 5.0
     monitor_failure_threshold: int = 2
     monitor_recovery_threshold: int = 1
+    monitor_change_queue: int = Field(
+        default=10_000,
+        ge=1,
+        description="monitor state changes kept in memory while the state database is down "
+        "(the oldest is dropped when full)",
+    )
     discovery_interval_s: float = 30.0
     recovery_check_interval_s: float = Field(
         default=10.0,

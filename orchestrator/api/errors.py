@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from fastapi import FastAPI, Request
@@ -10,8 +11,11 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.db.outage import RETRY_AFTER_S, database_unavailable, describe
 from orchestrator.errors import (
     ConflictError,
     CpdopsError,
@@ -21,6 +25,8 @@ from orchestrator.errors import (
     NotFoundError,
     TooLarge,
 )
+
+log = logging.getLogger(__name__)
 
 
 def status_for(exc: CpdopsError) -> int:
@@ -79,6 +85,20 @@ def install(app: FastAPI) -> None:
                 exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
         return await http_exception_handler(request, exc)
 
+    async def database_error(_request: Request, exc: Exception) -> Response:
+        # The state database is down or unreachable (a restart): 503 with Retry-After, not a
+        # 500; the pool's pre-ping replaces the dead connections once it is back.
+        if not database_unavailable(exc):
+            raise exc  # a real bug: the server's 500
+        log.warning("state database unavailable: %s", describe(exc))
+        return JSONResponse(
+            {"detail": f"the state database is unavailable: {describe(exc)}"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    app.add_exception_handler(DBAPIError, database_error)
+    app.add_exception_handler(PoolTimeout, database_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(CpdopsError, handle)
     app.add_exception_handler(RequestValidationError, invalid)

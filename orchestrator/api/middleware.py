@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.api.auth import STATE_PRINCIPAL, STATE_REFUSED
 from orchestrator.auth.audit import record_request, should_record
 from orchestrator.auth.tokens import Principal
+from orchestrator.db.outage import database_unavailable, describe
 
 log = logging.getLogger(__name__)
 
@@ -113,25 +114,35 @@ class Audit:
             refused: dict[str, Any] = state.get(STATE_REFUSED) or {}
             route = scope.get("route")
             client = scope.get("client")
+            entry: dict[str, Any] = {
+                "actor": principal.actor
+                if principal
+                else f"token:{refused['name']}"
+                if refused.get("name")
+                else "anonymous",
+                "role": principal.role.name if principal else None,
+                "token_id": principal.token_id if principal else refused.get("token_id"),
+                "method": method,
+                "route": getattr(route, "path_format", None) or getattr(route, "path", None),
+                "path": scope["path"],
+                "status": status,
+                "client": client[0] if client else None,
+            }
             try:
-                await run_in_threadpool(
-                    record_request,
-                    ctx.factory,
-                    actor=principal.actor
-                    if principal
-                    else f"token:{refused['name']}"
-                    if refused.get("name")
-                    else "anonymous",
-                    role=principal.role.name if principal else None,
-                    token_id=principal.token_id if principal else refused.get("token_id"),
-                    method=method,
-                    route=getattr(route, "path_format", None) or getattr(route, "path", None),
-                    path=scope["path"],
-                    status=status,
-                    client=client[0] if client else None,
-                )
-            except Exception:
-                log.exception("audit entry not written method=%s path=%s", method, scope["path"])
+                await run_in_threadpool(record_request, ctx.factory, **entry)
+            except Exception as exc:
+                # Never turns the response into a 500. The entry is not lost without a trace:
+                # the log line carries all of it (the state database may be down: 503).
+                if database_unavailable(exc):
+                    log.error(
+                        "audit entry not written (state database unavailable: %s) entry=%s",
+                        describe(exc),
+                        json.dumps(entry, default=str),
+                    )
+                else:
+                    log.exception(
+                        "audit entry not written entry=%s", json.dumps(entry, default=str)
+                    )
 
         async def send_audited(message: Message) -> None:
             if message["type"] == "http.response.start":

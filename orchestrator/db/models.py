@@ -315,6 +315,25 @@ class MonitorRecord(Base):
     down_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class MonitorChange(Base):
+    """One status change of a monitor, at the time it happened (``at``, from the engine; not
+    when it was written: during a database outage changes wait in memory and are written when
+    it is back, ``orchestrator.change_writer``). Unique per monitor and ``at``: a change
+    written again after an ambiguous commit is recognised and not applied twice."""
+
+    __tablename__ = "monitor_changes"
+    __table_args__ = (UniqueConstraint("monitor_id", "at", name="uq_monitor_changes_monitor_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    monitor_id: Mapped[str] = mapped_column(String(255))
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    old: Mapped[int] = mapped_column(Integer)
+    new: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    written_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class AlertRecord(Base):
     """An Alertmanager alert's last known state, one row per fingerprint (as ``MonitorRecord``
     is for a monitor): written when a delivery changes it, never by a repeat (the same

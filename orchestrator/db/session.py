@@ -9,13 +9,22 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+CONNECT_TIMEOUT_S = 5  # psycopg2 (libpq) connect_timeout, whole seconds
+POOL_TIMEOUT_S = 10  # waiting for a free pooled connection (sqlalchemy.exc.TimeoutError)
+
 
 def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
+        # A dropped connection (the database restarted) is noticed before use and replaced;
+        # while the database is down a request fails after CONNECT_TIMEOUT_S (then 503,
+        # orchestrator/api/errors.py) instead of hanging on the TCP connect.
         kwargs["pool_pre_ping"] = True
+        kwargs["pool_timeout"] = POOL_TIMEOUT_S
+        if url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
 

@@ -22,6 +22,7 @@ from orchestrator.db.models import (
     ConfigItem,
     Incident,
     IncidentEvent,
+    MonitorChange,
     MonitorRecord,
     Rollout,
     RolloutInstance,
@@ -120,73 +121,109 @@ class IncidentEngine:
 
     # --- monitors -------------------------------------------------------------------------
     def on_monitor_change(self, change: StateChange) -> None:
-        """Record the monitor's state; a DOWN opens (or joins) the tenant's incident."""
+        """Record the monitor's state change at its own time (``change.at``: it may be written
+        late, after a database outage); a DOWN opens (or joins) the tenant's incident, an UP
+        notes the recovery on it. All in one transaction with the change's row in
+        ``monitor_changes``, so writing the same change again (a retry after an ambiguous
+        commit) changes nothing; a change older than the monitor's stored state (written
+        meanwhile by another replica) is logged and not applied."""
         spec, result = change.spec, change.result
         reason = result.reason if result is not None else change.reason
+        under_rollout = change.new == MonitorStatus.DOWN and self._under_rollout(
+            spec.tenant, spec.host
+        )
+        opened: tuple[int, str, bool] | None = None
         with session_scope(self._factory) as s:
-            rec = _monitor_record(s, spec.id, spec.tenant, spec.host, spec.kind, spec.name)
-            # Recovery may come as DOWN → MAINTENANCE → PENDING → UP: remember the DOWN.
-            down_since = rec.down_since
-            was_down = down_since is not None
-            rec.name, rec.tenant, rec.host = spec.name, spec.tenant, spec.host
-            rec.kind, rec.target = spec.kind, public_target(spec.target)
-            now = self._clock()
-            rec.status, rec.reason, rec.changed_at = int(change.new), reason, now
-            if change.new == MonitorStatus.DOWN and rec.down_since is None:
-                rec.down_since = now
-            elif change.new == MonitorStatus.UP:
-                rec.down_since = None
-        if change.new == MonitorStatus.DOWN:
-            if self._under_rollout(spec.tenant, spec.host):
-                log.info("DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant)
-                return
-            target = public_target(spec.target)
-            evidence = redact(monitor_evidence(change))
-            with session_scope(self._factory) as s:
-                incident, created = open_or_join(
-                    s,
-                    system_id=self._system_id,
-                    open_key=f"tenant:{spec.tenant}",
-                    type="incident",
-                    subject=redact_text(f"{spec.tenant}: {spec.name} is DOWN ({reason})"),
-                    description=redact_text(
-                        f"Monitor {spec.name} ({spec.kind} {target}) on host {spec.host} "
-                        f"went DOWN: {reason}."
-                    ),
-                    author=AUTHOR,
-                    source="monitor",
-                    tenant=spec.tenant,
-                    evidence=evidence,
+            if not _note_change(s, change, reason):
+                log.info(
+                    "monitor change already written monitor=%s at=%s new=%s",
+                    spec.id,
+                    change.at.isoformat(),
+                    change.new.name,
                 )
-                number, incident_id = incident.number, incident.id
-            if created:
-                self.created.labels(type="incident", source="monitor").inc()
-                self._observe_detection("incident", change)
-                if spec.kind != "postgres":  # its host is the database server, not Docker
-                    self._fetch_container_evidence(incident_id, spec.host, spec.tenant)
-            log.info("monitor DOWN monitor=%s tenant=%s incident=%s", spec.id, spec.tenant, number)
-            _number, opened = self._correlate()
-            if opened:
-                self._observe_detection("mass_incident", change)
-        elif change.new == MonitorStatus.UP and was_down:
-            with session_scope(self._factory) as s:
-                incident_row = s.scalars(
-                    select(Incident).where(Incident.open_key == f"tenant:{spec.tenant}")
-                ).first()
-                if incident_row is not None:
-                    add_event(
-                        s,
-                        incident_row,
-                        author=AUTHOR,
-                        kind="recovered",
-                        body=f"Monitor {spec.name} is UP again",
-                        data={
-                            "monitor": spec.id,
-                            "name": spec.name,
-                            "down_since": down_since.isoformat() if down_since else None,
-                            "up_since": now.isoformat(),
-                        },
-                    )
+                applied = False
+            else:
+                applied, opened = self._apply_change(s, change, reason, under_rollout)
+        if not applied or change.new != MonitorStatus.DOWN or under_rollout:
+            if under_rollout and applied:
+                log.info("DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant)
+            return
+        assert opened is not None
+        incident_id, number, created = opened
+        if created:
+            self.created.labels(type="incident", source="monitor").inc()
+            self._observe_detection("incident", change)
+            if spec.kind != "postgres":  # its host is the database server, not Docker
+                self._fetch_container_evidence(incident_id, spec.host, spec.tenant)
+        log.info("monitor DOWN monitor=%s tenant=%s incident=%s", spec.id, spec.tenant, number)
+        _number, mass_opened = self._correlate()
+        if mass_opened:
+            self._observe_detection("mass_incident", change)
+
+    def _apply_change(
+        self, s: Session, change: StateChange, reason: str, under_rollout: bool
+    ) -> tuple[bool, tuple[int, str, bool] | None]:
+        """The monitor record, and the tenant's incident for a DOWN (id, number, created)."""
+        spec, at = change.spec, change.at
+        rec, inserted = _monitor_record(
+            s, spec.id, spec.tenant, spec.host, spec.kind, spec.name, at
+        )
+        if not inserted and rec.changed_at > at:
+            log.warning(
+                "monitor change older than the stored state, not applied monitor=%s at=%s "
+                "stored=%s",
+                spec.id,
+                at.isoformat(),
+                rec.changed_at.isoformat(),
+            )
+            return False, None
+        # Recovery may come as DOWN → MAINTENANCE → PENDING → UP: remember the DOWN.
+        down_since = rec.down_since
+        was_down = down_since is not None
+        rec.name, rec.tenant, rec.host = spec.name, spec.tenant, spec.host
+        rec.kind, rec.target = spec.kind, public_target(spec.target)
+        rec.status, rec.reason, rec.changed_at = int(change.new), reason, at
+        if change.new == MonitorStatus.DOWN and rec.down_since is None:
+            rec.down_since = at
+        elif change.new == MonitorStatus.UP:
+            rec.down_since = None
+        if change.new == MonitorStatus.DOWN and not under_rollout:
+            target = public_target(spec.target)
+            incident, created = open_or_join(
+                s,
+                system_id=self._system_id,
+                open_key=f"tenant:{spec.tenant}",
+                type="incident",
+                subject=redact_text(f"{spec.tenant}: {spec.name} is DOWN ({reason})"),
+                description=redact_text(
+                    f"Monitor {spec.name} ({spec.kind} {target}) on host {spec.host} "
+                    f"went DOWN: {reason}."
+                ),
+                author=AUTHOR,
+                source="monitor",
+                tenant=spec.tenant,
+                evidence=redact(monitor_evidence(change)),
+            )
+            return True, (incident.id, incident.number, created)
+        if change.new == MonitorStatus.UP and was_down:
+            incident_row = s.scalars(
+                select(Incident).where(Incident.open_key == f"tenant:{spec.tenant}")
+            ).first()
+            if incident_row is not None:
+                add_event(
+                    s,
+                    incident_row,
+                    author=AUTHOR,
+                    kind="recovered",
+                    body=f"Monitor {spec.name} is UP again",
+                    data={
+                        "monitor": spec.id,
+                        "name": spec.name,
+                        "down_since": down_since.isoformat() if down_since else None,
+                        "up_since": at.isoformat(),
+                    },
+                )
+        return True, None
 
     def _observe_detection(self, type: str, change: StateChange) -> None:
         if change.failing_since is not None:
@@ -540,13 +577,38 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _note_change(s: Session, change: StateChange, reason: str) -> bool:
+    """The change's row in ``monitor_changes``; False when it is there already (written)."""
+    dialect = s.get_bind().dialect.name
+    ins = (
+        postgresql.insert(MonitorChange)
+        if dialect == "postgresql"
+        else sqlite.insert(MonitorChange)
+    )
+    row = s.execute(
+        ins.values(
+            monitor_id=change.spec.id,
+            tenant=change.spec.tenant,
+            old=int(change.old),
+            new=int(change.new),
+            reason=reason,
+            at=change.at,
+            written_at=utc_now(),
+        )
+        .on_conflict_do_nothing(index_elements=[MonitorChange.monitor_id, MonitorChange.at])
+        .returning(MonitorChange.id)
+    ).first()
+    return row is not None
+
+
 def _monitor_record(
-    s: Session, monitor_id: str, tenant: str, host: str, kind: str, name: str
-) -> MonitorRecord:
-    """The monitor's row, inserted if missing; a replica racing the insert does not fail."""
+    s: Session, monitor_id: str, tenant: str, host: str, kind: str, name: str, at: datetime
+) -> tuple[MonitorRecord, bool]:
+    """The monitor's row, inserted if missing (then True); a replica racing the insert does
+    not fail."""
     rec = s.get(MonitorRecord, monitor_id)
     if rec is not None:
-        return rec
+        return rec, False
     dialect = s.get_bind().dialect.name
     ins = (
         postgresql.insert(MonitorRecord)
@@ -555,7 +617,7 @@ def _monitor_record(
     )
     s.execute(
         ins.values(
-            id=monitor_id, name=name, tenant=tenant, host=host, kind=kind, target=""
+            id=monitor_id, name=name, tenant=tenant, host=host, kind=kind, target="", changed_at=at
         ).on_conflict_do_nothing(index_elements=[MonitorRecord.id])
     )
-    return s.get_one(MonitorRecord, monitor_id, populate_existing=True)
+    return s.get_one(MonitorRecord, monitor_id, populate_existing=True), True

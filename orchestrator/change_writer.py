@@ -1,0 +1,177 @@
+"""Monitor state changes on their way to the database: a bounded in-memory queue and one
+writer thread that retries while the state database is unavailable.
+
+The monitor engine hands every ``StateChange`` to :meth:`ChangeWriter.submit`, which never
+blocks (probing goes on whatever the database does). The writer thread writes them one at a
+time, oldest first — the order they happened in — with ``write`` (the incident engine's
+``on_monitor_change``: the monitor record, ``monitor_changes``, the tenant's incident). When
+a write fails because the database is unavailable (``orchestrator.db.outage``) the change
+stays at the head of the queue and is tried again, after ``retry_delay`` (0.5 s doubling up
+to 5 s), until the database is back; the changes behind it wait. Writes are idempotent (a
+change is recognised by its monitor and time), so a retry after an ambiguous commit — the
+connection lost while COMMIT was on its way — does not apply it twice. Any other error
+(a bug, a constraint) is logged and the change dropped: one bad change must not hold up all
+the others.
+
+The queue holds ``capacity`` changes (default 10,000: a flapping fleet of thousands of
+monitors for many minutes); when full the oldest change is dropped, logged and counted in
+``cpdops_monitor_changes_dropped_total`` — the newest states matter most.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from monitors.engine import StateChange
+from orchestrator.db.outage import database_unavailable, describe
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 10_000
+
+
+def retry_delay(attempt: int, *, first_s: float = 0.5, max_s: float = 5.0) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, …) of a failed write."""
+    return float(min(first_s * 2.0 ** max(attempt - 1, 0), max_s))
+
+
+class ChangeWriter:
+    def __init__(
+        self,
+        write: Callable[[StateChange], None],
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        registry: CollectorRegistry | None = None,
+        delay: Callable[[int], float] = retry_delay,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._write = write
+        self._capacity = capacity
+        self._delay = delay
+        self._queue: deque[StateChange] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._current: StateChange | None = None  # the oldest, being written (or retried)
+        self.written = 0
+        self.dropped = 0
+        self._dropped = Counter(
+            "cpdops_monitor_changes_dropped_total",
+            "Monitor state changes dropped before they were written (queue full during a "
+            "database outage, or a write that failed for another reason)",
+            ["why"],
+            registry=registry,
+        )
+        pending = Gauge(
+            "cpdops_monitor_changes_pending",
+            "Monitor state changes waiting to be written to the state database",
+            registry=registry,
+        )
+        pending.set_function(self.pending)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="cpdops-change-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, change: StateChange) -> None:
+        """Queue ``change`` to be written (from any thread; never blocks on the database)."""
+        with self._cond:
+            if len(self._queue) >= self._capacity:
+                lost = self._queue.popleft()
+                self.dropped += 1
+                self._dropped.labels(why="queue_full").inc()
+                log.error(
+                    "monitor change dropped (queue full: %d) monitor=%s new=%s at=%s",
+                    self._capacity,
+                    lost.spec.id,
+                    lost.new.name,
+                    lost.at.isoformat(),
+                )
+            self._queue.append(change)
+            self._cond.notify_all()
+
+    def pending(self) -> int:
+        """Changes not written yet (the one being written included)."""
+        with self._cond:
+            return len(self._queue) + (self._current is not None)
+
+    def stop(self, drain_timeout_s: float = 10.0) -> int:
+        """Write what is queued (for up to ``drain_timeout_s``), then stop the thread; returns
+        how many changes were left unwritten (logged)."""
+        deadline = time.monotonic() + drain_timeout_s
+        with self._cond:
+            while (
+                (self._queue or self._current is not None)
+                and self._thread is not None
+                and time.monotonic() < deadline
+            ):
+                self._cond.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)  # a write in progress ends at its connect timeout
+            self._thread = None
+        left = self.pending()
+        if left:
+            log.error("stopping with %d monitor change(s) not written", left)
+        return left
+
+    # ----------------------------------------------------------------- writer thread
+
+    def _run(self) -> None:
+        attempt = 0
+        while True:
+            with self._cond:
+                while self._current is None and not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                if self._current is None:
+                    self._current = self._queue.popleft()
+                change = self._current
+            retry = failed = False
+            try:
+                self._write(change)
+            except Exception as exc:
+                if database_unavailable(exc):
+                    retry = True
+                    attempt += 1
+                    if attempt == 1:
+                        log.warning(
+                            "state database unavailable: monitor changes wait in memory "
+                            "(%d queued): %s",
+                            self.pending(),
+                            describe(exc),
+                        )
+                else:
+                    failed = True
+                    self.dropped += 1
+                    self._dropped.labels(why="error").inc()
+                    log.exception(
+                        "monitor change not written monitor=%s new=%s at=%s",
+                        change.spec.id,
+                        change.new.name,
+                        change.at.isoformat(),
+                    )
+            with self._cond:
+                if retry:
+                    self._cond.wait_for(lambda: self._stopping, timeout=self._delay(attempt))
+                    continue
+                self._current = None
+                self.written += 0 if failed else 1
+                if attempt:
+                    log.info(
+                        "state database back: writing the queued monitor changes (%d)",
+                        len(self._queue),
+                    )
+                    attempt = 0
+                self._cond.notify_all()
