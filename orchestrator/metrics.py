@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.db.models import Incident, IncidentEvent, Rollout, RolloutInstance
+from orchestrator.db.models import Host, Incident, IncidentEvent, Rollout, RolloutInstance
 from orchestrator.incidents.tickets import ACTIVE, TYPES
 
 # Ticket created → its first «Решение предоставлено»: minutes to days.
@@ -48,6 +48,11 @@ class StoreCollector(Collector):
         open_by_type = GaugeMetricFamily(
             "cpdops_incidents_open", "Active tickets by type", labels=["type"]
         )
+        host_up = GaugeMetricFamily(
+            "cpdops_host_up",
+            "1 while the Docker host answers the leader's pings, 0 while it is unreachable",
+            labels=["host"],
+        )
         per_state = GaugeMetricFamily(
             "cpdops_rollout_instances",
             "Instances of active or recent rollouts by state",
@@ -76,11 +81,15 @@ class StoreCollector(Collector):
                 )
                 .order_by(IncidentEvent.at)
             ).all()
+            hosts = s.execute(select(Host.name, Host.status).order_by(Host.name)).all()
+        for name, status in hosts:
+            host_up.add_metric([name], 0.0 if status == "unreachable" else 1.0)
         for t in TYPES:
             open_by_type.add_metric([t], float(counts.get(t, 0)))
         for rollout_id, state, n in rows:
             per_state.add_metric([str(rollout_id), state], float(n))
         yield open_by_type
+        yield host_up
         yield per_state
         yield _solution_histogram((i, t, c, a) for i, t, c, a in solved)
 

@@ -90,6 +90,17 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             jobstore="internal",
             replace_existing=True,
         )
+    if ctx.host_checker is not None:
+        # Host health: every host pinged at once, each on its own thread (host_checks.py).
+        scheduler.add_job(
+            ctx.host_checker.check_all,
+            "interval",
+            seconds=ctx.settings.host_check_s,
+            next_run_time=datetime.now(UTC),
+            id="check-hosts",
+            jobstore="internal",
+            replace_existing=True,
+        )
     scheduler.add_job(
         deliver_outbox,
         "interval",
@@ -117,7 +128,7 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
 _OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 # Jobs run at once when a replica becomes the leader: take over rollouts, probe.
-_ON_ELECTION = ("resume-rollouts", "sync-monitors")
+_ON_ELECTION = ("resume-rollouts", "sync-monitors", "check-hosts")
 
 
 def lead(scheduler: BackgroundScheduler, ctx: AppContext, leading: bool) -> None:
@@ -131,6 +142,8 @@ def lead(scheduler: BackgroundScheduler, ctx: AppContext, leading: bool) -> None
                 job.modify(next_run_time=now)
         return
     scheduler.pause()
+    if ctx.host_checker is not None:
+        ctx.host_checker.reset()  # the new leader checks the hosts (from the stored states)
     if ctx.monitors is not None:
         with ctx.monitor_lock:
             ctx.generated = []
