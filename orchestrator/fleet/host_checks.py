@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,15 +30,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import Host
 from orchestrator.db.session import session_scope
-from orchestrator.errors import CpdopsError
+from orchestrator.errors import CpdopsError, HostUnreachable
 from orchestrator.fleet.host_health import OK, UNREACHABLE, Check, HostHealth, decide, transition
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import DockerHost
 
 log = logging.getLogger(__name__)
-
-# A DOWN right after a successful check does not ping again (bursts of DOWNs, one ping).
-CONFIRM_FRESH_S = 1.0
 
 OnHeld = Callable[[str, bool, str], None]
 OnTransition = Callable[[str, HostHealth, HostHealth], None]
@@ -126,12 +124,12 @@ class HostChecker:
         return self.states()
 
     def confirm(self, name: str) -> bool:
-        """Whether ``name``'s monitors are held now: known held, or a ping now fails."""
+        """Whether ``name``'s monitors are held now: known held, or a ping now fails (a
+        monitor DOWN is worth a ping: the last periodic check may predate the outage)."""
         with self._lock:
             state = self._states.get(name)
-            fresh = time.monotonic() - self._checked.get(name, -math.inf) < CONFIRM_FRESH_S
-        if state is not None and (state.held or fresh):
-            return state.held
+        if state is not None and state.held:
+            return True
         host = next((h for h in self._hosts.hosts() if h.name == name), None)
         if host is None:
             return False  # not a Docker host of the registry (e.g. a database server)
@@ -155,12 +153,24 @@ class HostChecker:
     def _ping(self, host: DockerHost) -> Check:
         at = self._clock()
         try:
+            if host.url.startswith("unix://"):
+                self._connect_unix(host)
             self._pinger(host).ping()
         except CpdopsError as exc:
             return Check(False, at, str(exc))
         except Exception as exc:  # a bug or an odd transport error: still a failed check
             return Check(False, at, f"{type(exc).__name__}: {exc}")
         return Check(True, at)
+
+    def _connect_unix(self, host: DockerHost) -> None:
+        """A plain connect first: docker-py leaks the socket of a refused connect."""
+        path = host.url.removeprefix("unix://")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(self._timeout)
+            try:
+                sock.connect(path)
+            except OSError as exc:
+                raise HostUnreachable(f"host {host.name} ({host.url}): {exc}") from exc
 
     def _apply(self, name: str, check: Check) -> HostHealth:
         with self._apply_lock:

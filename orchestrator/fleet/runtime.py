@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -20,10 +21,27 @@ import docker.constants
 import docker.errors
 import requests.exceptions
 from docker.tls import TLSConfig
+from docker.transport import unixconn
 
 from orchestrator.errors import ContainerError, DockerError, HostUnreachable, ImageNotFound
 
 log = logging.getLogger(__name__)
+
+
+def _unix_connect(self: unixconn.UnixHTTPConnection) -> None:
+    """docker-py's unix connect, closing the socket when the connect fails: the original
+    leaks one file descriptor per refused connect — every check of a dead host."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(self.timeout)
+    try:
+        sock.connect(self.unix_socket)
+    except BaseException:
+        sock.close()
+        raise
+    self.sock = sock
+
+
+unixconn.UnixHTTPConnection.connect = _unix_connect
 
 TENANT_LABEL = "smartcpd.tenant"
 COMPONENT_LABEL = "smartcpd.component"
