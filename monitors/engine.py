@@ -242,6 +242,15 @@ class MonitorEngine:
         probes (UP after ``recovery_threshold`` passes, DOWN after ``failure_threshold`` fails)."""
         self._call(lambda: self._change_hold(_ids(monitor_ids), Hold.SUPPRESSED, None))
 
+    def hold_host(self, monitor_ids: Iterable[str], reason: str) -> None:
+        """These monitors' Docker host does not answer: MAINTENANCE until :meth:`release_host`
+        (a hold of its own: a rollout's or a window's end does not lift it)."""
+        self._call(lambda: self._change_hold(_ids(monitor_ids), Hold.HOST, reason))
+
+    def release_host(self, monitor_ids: Iterable[str]) -> None:
+        """The host answers again: as :meth:`unsuppress`."""
+        self._call(lambda: self._change_hold(_ids(monitor_ids), Hold.HOST, None))
+
     def set_maintenance(self, monitor_ids: Iterable[str], reason: str) -> None:
         """A maintenance window opened for these monitors (MAINTENANCE, reason "maintenance")."""
         self._call(lambda: self._change_hold(_ids(monitor_ids), Hold.MAINTENANCE, reason))
@@ -377,7 +386,9 @@ class MonitorEngine:
         if hold is not None:
             reason = f"{hold.value}: {self._holds[mon.spec.id][hold]}"
         else:
-            ended = "suppression" if old.hold is Hold.SUPPRESSED else "maintenance"
+            ended = {Hold.SUPPRESSED: "suppression", Hold.HOST: "host hold"}.get(
+                old.hold or Hold.MAINTENANCE, "maintenance"
+            )
             reason = f"{ended} ended: verifying again"
         now = datetime.now(UTC)
         mon.last_change_at = now

@@ -10,9 +10,11 @@ Rules (one consecutive-count rule each way, whatever the current status):
   counters stay at zero;
 * when the hold ends the monitor is PENDING with zero counters: it is verified again from scratch.
 
-Two holds exist: a maintenance window (:attr:`Hold.MAINTENANCE`) and a rollout working on the
-instance (:attr:`Hold.SUPPRESSED`). They act the same on the status; they are kept apart so the
-reason shown to people differs. When both apply, :func:`effective_hold` picks SUPPRESSED.
+Three holds exist: a maintenance window (:attr:`Hold.MAINTENANCE`), a rollout working on the
+instance (:attr:`Hold.SUPPRESSED`) and the monitor's Docker host not answering
+(:attr:`Hold.HOST`). They act the same on the status; they are kept apart so the reason shown
+to people differs, and so one's end does not lift another. When several apply,
+:func:`effective_hold` picks HOST, then SUPPRESSED, then MAINTENANCE.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Hold(enum.StrEnum):
     """The tenant's maintenance window is open."""
     SUPPRESSED = "suppressed"
     """A rollout is working on the instance; its own health gate judges it."""
+    HOST = "host"
+    """The instance's Docker host does not answer: the host incident stands for it."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,10 @@ class MonitorState:
 
 
 def effective_hold(holds: Collection[Hold]) -> Hold | None:
-    """The hold that names the status when several apply (a rollout beats a window)."""
+    """The hold that names the status when several apply (a dead host beats a rollout, a
+    rollout beats a window)."""
+    if Hold.HOST in holds:
+        return Hold.HOST
     if Hold.SUPPRESSED in holds:
         return Hold.SUPPRESSED
     if Hold.MAINTENANCE in holds:

@@ -71,22 +71,30 @@ def fleet_hosts(as_json: bool) -> None:
     if client is not None:
         data = client.get(client.path("hosts"))
     else:
-        from orchestrator.api.schemas import HostOut
+        from orchestrator.api.routes.fleet import host_out
         from orchestrator.db.models import Host
 
         with _opened() as ctx, ctx.factory() as s:
             data = [
-                HostOut(name=h.name, url=h.url, labels=h.labels, tls=bool(h.tls)).model_dump(
-                    mode="json"
-                )
+                host_out(h).model_dump(mode="json")
                 for h in s.scalars(select(Host).order_by(Host.name))
             ]
     if as_json:
         _dump(data)
         return
     _table(
-        [(h["name"], h["url"], "yes" if h["tls"] else "no", _labels(h["labels"])) for h in data],
-        ["name", "url", "tls", "labels"],
+        [
+            (
+                h["name"],
+                h["url"],
+                "yes" if h["tls"] else "no",
+                h.get("status", "ok"),
+                h.get("status_since") or "",
+                _labels(h["labels"]),
+            )
+            for h in data
+        ],
+        ["name", "url", "tls", "status", "since", "labels"],
     )
 
 
@@ -99,19 +107,15 @@ def fleet_tenants(ring: str | None, as_json: bool) -> None:
     if client is not None:
         data = client.get(client.path("tenants"), {"ring": ring})
     else:
-        from orchestrator.api.schemas import TenantOut
+        from orchestrator.api.routes.fleet import host_states, tenant_out
         from orchestrator.db.models import Tenant
 
         with _opened() as ctx, ctx.factory() as s:
             stmt = select(Tenant).order_by(Tenant.slug)
             if ring:
                 stmt = stmt.where(Tenant.ring == ring)
-            data = [
-                TenantOut.model_validate(t, from_attributes=True)
-                .model_copy(update={"has_db": bool(t.db_dsn)})
-                .model_dump(mode="json")
-                for t in s.scalars(stmt)
-            ]
+            hosts = host_states(s)
+            data = [tenant_out(t, hosts).model_dump(mode="json") for t in s.scalars(stmt)]
     if as_json:
         _dump(data)
         return
@@ -124,10 +128,11 @@ def fleet_tenants(ring: str | None, as_json: bool) -> None:
                 t["host_name"],
                 (t["maintenance_window"] or {}).get("cron"),
                 "yes" if t["has_db"] else "no",
+                t.get("status", "ok"),
             )
             for t in data
         ],
-        ["tenant", "name", "ring", "host", "window", "db"],
+        ["tenant", "name", "ring", "host", "window", "db", "status"],
     )
 
 

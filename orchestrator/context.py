@@ -28,6 +28,8 @@ from orchestrator.db.session import make_engine, make_session_factory, session_s
 from orchestrator.errors import CpdopsError, DockerError
 from orchestrator.fleet.discovery import Instance, discover
 from orchestrator.fleet.fleetfile import parse_duration, resolve_secret
+from orchestrator.fleet.host_checks import HostChecker
+from orchestrator.fleet.host_health import UNREACHABLE, HostHealth
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import DockerHost
 from orchestrator.incidents.engine import IncidentEngine
@@ -61,6 +63,8 @@ class AppContext:
     monitor_lock: threading.Lock = field(default_factory=threading.Lock)
     # `cpdops serve`: who leads among the replicas (None: a process that runs no scheduler).
     leadership: Leadership | None = None
+    # The leader's host health checks (``start_monitors``; None: no monitors, no checks).
+    host_checker: HostChecker | None = None
 
     @property
     def leading(self) -> bool:
@@ -68,6 +72,8 @@ class AppContext:
         return self.leadership is None or self.leadership.leading
 
     def close(self) -> None:
+        if self.host_checker is not None:
+            self.host_checker.close()
         if self.monitors is not None:
             self.monitors.stop()
         if self.changes is not None:
@@ -137,7 +143,60 @@ def start_monitors(ctx: AppContext) -> MonitorEngine:
             engine.unsuppress(ids)
 
     ctx.executor.on_instance = hold
+    start_host_checks(ctx)
     return engine
+
+
+def start_host_checks(ctx: AppContext) -> HostChecker:
+    """The host checker (run by the scheduler's ``check-hosts`` job on the leader): a host that
+    fails a check has its monitors held (``Hold.HOST``: no tenant incidents); unreachable, it
+    gets ONE host incident; answering again, its monitors are released and verified."""
+    s = ctx.settings
+
+    def on_held(host: str, held: bool, reason: str) -> None:
+        if ctx.monitors is None:
+            return
+        if held:
+            hold_host_monitors(ctx, {host: reason})
+        else:
+            ids = [v.spec.id for v in ctx.monitors.snapshot() if v.spec.host == host]
+            ctx.monitors.release_host(ids)
+
+    def on_transition(host: str, old: HostHealth, new: HostHealth) -> None:
+        if new.status == UNREACHABLE:
+            assert new.since is not None
+            ctx.incidents.on_host_unreachable(host, new.reason or "no answer", new.since)
+        else:
+            ctx.incidents.on_host_back(host, old.since)
+
+    checker = HostChecker(
+        ctx.factory,
+        ctx.hosts,
+        failure_threshold=s.host_failures,
+        timeout_s=s.host_ping_timeout_s,
+        on_held=on_held,
+        on_transition=on_transition,
+    )
+    ctx.incidents.host_held = checker.confirm
+    ctx.host_checker = checker
+    return checker
+
+
+def hold_host_monitors(ctx: AppContext, reasons: Mapping[str, str] | None = None) -> None:
+    """Hold the monitors of the hosts that fail their checks (``reasons``: of these hosts)."""
+    if ctx.monitors is None or ctx.host_checker is None:
+        return
+    if reasons is None:
+        states = ctx.host_checker.states()
+        reasons = {n: st.reason or "no answer" for n, st in states.items() if st.held}
+    for host, reason in reasons.items():
+        ids = [
+            v.spec.id
+            for v in ctx.monitors.snapshot()
+            if v.spec.host == host and v.spec.kind != "postgres"
+        ]
+        if ids:
+            ctx.monitors.hold_host(ids, f"host {host} does not answer: {reason}")
 
 
 def monitor_defaults(ctx: AppContext) -> dict[str, Any]:
@@ -331,6 +390,7 @@ def apply_monitors(ctx: AppContext) -> int:
                 specs.append(spec)
         ctx.monitors.set_monitors(specs)
     apply_maintenance(ctx)
+    hold_host_monitors(ctx)  # monitors (re)created while their host is down start held
     return len(specs)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.db.models import Incident, IncidentEvent, Rollout, RolloutInstance
+from orchestrator.db.models import Host, Incident, IncidentEvent, Rollout, RolloutInstance
 from orchestrator.db.outage import database_unavailable, describe
 from orchestrator.incidents.tickets import ACTIVE, TYPES
 
@@ -53,6 +53,11 @@ class StoreCollector(Collector):
         open_by_type = GaugeMetricFamily(
             "cpdops_incidents_open", "Active tickets by type", labels=["type"]
         )
+        host_up = GaugeMetricFamily(
+            "cpdops_host_up",
+            "1 while the Docker host answers the leader's pings, 0 while it is unreachable",
+            labels=["host"],
+        )
         per_state = GaugeMetricFamily(
             "cpdops_rollout_instances",
             "Instances of active or recent rollouts by state",
@@ -64,7 +69,7 @@ class StoreCollector(Collector):
             "the incident and rollout families are left out; the monitors' are not)",
         )
         try:
-            counts, rows, solved = self._read()
+            counts, rows, solved, hosts = self._read()
         except SQLAlchemyError as exc:
             if not database_unavailable(exc):
                 raise
@@ -78,11 +83,14 @@ class StoreCollector(Collector):
             open_by_type.add_metric([t], float(counts.get(t, 0)))
         for rollout_id, state, n in rows:
             per_state.add_metric([str(rollout_id), state], float(n))
+        for name, status in hosts:
+            host_up.add_metric([name], 0.0 if status == "unreachable" else 1.0)
         yield open_by_type
+        yield host_up
         yield per_state
         yield _solution_histogram((i, t, c, a) for i, t, c, a in solved)
 
-    def _read(self) -> tuple[dict[str, int], list[Any], list[Any]]:
+    def _read(self) -> tuple[dict[str, int], list[Any], list[Any], list[Any]]:
         with self._factory() as s:
             counts = dict(
                 s.execute(
@@ -106,7 +114,8 @@ class StoreCollector(Collector):
                 )
                 .order_by(IncidentEvent.at)
             ).all()
-        return counts, list(rows), list(solved)
+            hosts = s.execute(select(Host.name, Host.status).order_by(Host.name)).all()
+        return counts, list(rows), list(solved), list(hosts)
 
 
 def _solution_histogram(

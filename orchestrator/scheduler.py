@@ -90,6 +90,17 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             jobstore="internal",
             replace_existing=True,
         )
+    if ctx.host_checker is not None:
+        # Host health: every host pinged at once, each on its own thread (host_checks.py).
+        scheduler.add_job(
+            ctx.host_checker.check_all,
+            "interval",
+            seconds=ctx.settings.host_check_s,
+            next_run_time=datetime.now(UTC),
+            id="check-hosts",
+            jobstore="internal",
+            replace_existing=True,
+        )
     scheduler.add_job(
         deliver_outbox,
         "interval",
@@ -117,7 +128,7 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
 _OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 # Jobs run at once when a replica becomes the leader: take over rollouts, probe.
-_ON_ELECTION = ("resume-rollouts", "sync-monitors")
+_ON_ELECTION = ("resume-rollouts", "sync-monitors", "check-hosts")
 
 
 def lead(scheduler: BackgroundScheduler, ctx: AppContext, leading: bool) -> None:
@@ -138,7 +149,10 @@ def lead(scheduler: BackgroundScheduler, ctx: AppContext, leading: bool) -> None
 
 
 def follow(ctx: AppContext) -> None:
-    """Another replica leads (orchestrator/leader.py): it probes the monitors, this one stops."""
+    """Another replica leads (orchestrator/leader.py): it probes the monitors and checks the
+    hosts, this one stops (its host holds are released: the leader holds from its own view)."""
+    if ctx.host_checker is not None:
+        ctx.host_checker.reset()
     if ctx.monitors is not None:
         with ctx.monitor_lock:
             ctx.generated = []

@@ -44,6 +44,15 @@ class Settings(BaseSettings):
         gt=0,
         description="how often tickets are checked for verified recovery (incidents.recovery_hold)",
     )
+    host_check_s: float = Field(
+        default=5.0, gt=0, description="how often the leader pings every Docker host"
+    )
+    host_failures: int = Field(
+        default=2, ge=1, description="consecutive failed pings after which a host is unreachable"
+    )
+    host_ping_timeout_s: float = Field(
+        default=3.0, gt=0, description="how long a host ping may take before it counts as failed"
+    )
     gate_passes: int = Field(default=3, description="health passes required by a rollout gate")
     gate_deadline_s: float = Field(default=60.0, description="time allowed for the gate to pass")
     gate_interval_s: float = 0.5

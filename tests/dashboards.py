@@ -57,6 +57,7 @@ EXPORTED = frozenset(
         "cpdops_rollback_duration_seconds_sum",
         "cpdops_rollback_duration_seconds_count",
         "cpdops_incidents_open",
+        "cpdops_host_up",
         "cpdops_incidents_created_total",
         "cpdops_incident_solution_seconds_bucket",
         "cpdops_incident_solution_seconds_sum",

@@ -17,6 +17,18 @@ class HostOut(ORM):
     url: str
     labels: dict[str, Any]
     tls: bool = Field(description="whether TLS client settings are configured")
+    status: str = Field(
+        default="ok",
+        description="host health from the leader's pings (`CPDOPS_HOST_CHECK_S`): `ok`, or "
+        "`unreachable` after `CPDOPS_HOST_FAILURES` consecutive failed pings (ok again after "
+        "one success)",
+    )
+    status_reason: str | None = Field(
+        default=None, description="why the host is unreachable (the failed ping's error)"
+    )
+    status_since: datetime | None = Field(
+        default=None, description="when the status last changed (null: never changed)"
+    )
 
 
 class TenantOut(ORM):
@@ -31,6 +43,14 @@ class TenantOut(ORM):
     host_name: str | None
     has_db: bool = Field(
         default=False, description="a tenant database DSN is configured (never shown)"
+    )
+    status: str = Field(
+        default="ok",
+        description="`unreachable` while the tenant's host (`host_name`) is unreachable, else "
+        "`ok` (the tenant's own health is in its monitors)",
+    )
+    status_reason: str | None = Field(
+        default=None, description="the host's reason, when `unreachable`"
     )
 
 

@@ -55,6 +55,10 @@ class Host(Base):
     tls: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     ssh: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Host health (orchestrator/fleet/host_health.py), written by the leader on transitions.
+    status: Mapped[str] = mapped_column(String(16), default="ok", server_default="ok")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Tenant(Base):

@@ -23,11 +23,28 @@ import paramiko
 import requests.exceptions
 import urllib3.exceptions
 from docker.tls import TLSConfig
+from docker.transport import unixconn
 
 from orchestrator.errors import ContainerError, DockerError, HostUnreachable, ImageNotFound
 from orchestrator.fleet.sshconn import SshRefused, ssh_client
 
 log = logging.getLogger(__name__)
+
+
+def _unix_connect(self: unixconn.UnixHTTPConnection) -> None:
+    """docker-py's unix connect, closing the socket when the connect fails: the original
+    leaks one file descriptor per refused connect — every check of a dead host."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(self.timeout)
+    try:
+        sock.connect(self.unix_socket)
+    except BaseException:
+        sock.close()
+        raise
+    self.sock = sock
+
+
+unixconn.UnixHTTPConnection.connect = _unix_connect
 
 TENANT_LABEL = "smartcpd.tenant"
 COMPONENT_LABEL = "smartcpd.component"
@@ -180,29 +197,6 @@ def _tls_reason(exc: BaseException) -> str | None:
     return None
 
 
-def _close_failed_unix_connects() -> None:
-    """docker-py's unix-socket connection leaks its socket when the connect fails (a daemon
-    stopped or restarting: a ResourceWarning per call). Close it; idempotent."""
-    from docker.transport import unixconn
-
-    cls: Any = unixconn.UnixHTTPConnection
-    if getattr(cls, "_cpdops_closes_failed", False):
-        return
-
-    def connect(self: Any) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_socket)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-    cls.connect = connect
-    cls._cpdops_closes_failed = True
-
-
 class DockerHost:
     """One Docker Engine endpoint (``unix://``, ``tcp://`` with TLS, ``ssh://``)."""
 
@@ -251,7 +245,6 @@ class DockerHost:
             if self.url.startswith("unix://") and not os.path.exists(path):
                 # docker-py would leak the socket of the failed connect (a ResourceWarning)
                 raise HostUnreachable(f"host {self.name} ({self.url}): no socket at {path}")
-            _close_failed_unix_connects()
             try:
                 if tls:
                     self._client = _tls_client(self.url, tls, self._timeout)

@@ -12,6 +12,10 @@ seconds, failures span
   earliest failure in the group, so every delivery and every replica computes the same key).
 
 The most specific scope wins (database server, then host, then the fleet).
+
+A Docker host that does not answer (``orchestrator/fleet/host_health.py``) has an incident of
+its own, key ``host:<name>:<unreachable since, ISO 8601>``: its tenants' failures join it, and
+no correlated mass incident is opened for them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 MASS_PREFIX = "mass:"
+HOST_PREFIX = "host:"
 # A host or server with one failing tenant is that tenant's incident, never a mass incident.
 MIN_GROUP = 2
 
@@ -63,6 +68,24 @@ class MassDecision:
         if self.scope == "host":
             return f"Mass incident: host {self.name} — {count} tenants DOWN"
         return f"Mass incident: {count} tenants DOWN"
+
+
+def host_key(host: str, since: datetime) -> str:
+    """The open key of host ``host``'s incident for the outage that began at ``since``."""
+    return f"{HOST_PREFIX}{host}:{since.isoformat()}"
+
+
+def host_of_key(key: str) -> str:
+    """The host of a ``host_key`` (host names have no colon)."""
+    return key[len(HOST_PREFIX) :].partition(":")[0]
+
+
+def host_comment(host: str, down_since: datetime | None, up_since: datetime | None) -> str:
+    """The host line of a host incident's solution comment, Russian then English."""
+    return (
+        f"Хост {host} снова отвечает с {_at(up_since)} (не отвечал с {_at(down_since)}).\n"
+        f"Host {host} answers again since {_at(up_since)} (unreachable since {_at(down_since)})."
+    )
 
 
 def recent(failures: Iterable[Failure], window_s: float, now: datetime) -> list[Failure]:

@@ -35,18 +35,21 @@ from orchestrator.incidents.alert_intake import SOURCE as ALERTMANAGER
 from orchestrator.incidents.alert_intake import IntakeResult, ingest
 from orchestrator.incidents.alertmanager import AlertmanagerWebhook
 from orchestrator.incidents.correlation import (
+    HOST_PREFIX,
     MASS_PREFIX,
     Failure,
     MassDecision,
     OpenMass,
     Thresholds,
     decide_mass,
+    host_key,
+    host_of_key,
     pick_open,
     recent,
 )
 from orchestrator.incidents.evidence import ContainerEvidence
 from orchestrator.incidents.locks import one_writer
-from orchestrator.incidents.recovery import verify_recovery
+from orchestrator.incidents.recovery import verify_host_recovery, verify_recovery
 from orchestrator.incidents.redact import redact, redact_text
 from orchestrator.incidents.tickets import add_event, open_or_join
 from orchestrator.incidents.workflow import ACTIVE
@@ -89,6 +92,9 @@ class IncidentEngine:
         self._factory = factory
         self._system_id = system_id
         self._clock = clock
+        # Whether a Docker host's monitors are held now (host_checks.HostChecker.confirm): the
+        # DOWN of a monitor on a host that does not answer opens no tenant incident.
+        self.host_held: Callable[[str], bool] | None = None
         self.created = Counter(
             "cpdops_incidents_created_total",
             "Tickets opened, by type and source",
@@ -132,6 +138,13 @@ class IncidentEngine:
         under_rollout = change.new == MonitorStatus.DOWN and self._under_rollout(
             spec.tenant, spec.host
         )
+        # A DOWN on a Docker host that does not answer its ping belongs to the host incident
+        # (on_host_unreachable), not to a tenant incident (pinged outside the transaction).
+        host_held = (
+            change.new == MonitorStatus.DOWN
+            and not under_rollout
+            and self._host_held(spec.host, spec.kind)
+        )
         opened: tuple[int, str, bool] | None = None
         with session_scope(self._factory) as s:
             if not _note_change(s, change, reason):
@@ -143,10 +156,17 @@ class IncidentEngine:
                 )
                 applied = False
             else:
-                applied, opened = self._apply_change(s, change, reason, under_rollout)
-        if not applied or change.new != MonitorStatus.DOWN or under_rollout:
+                applied, opened = self._apply_change(s, change, reason, under_rollout or host_held)
+        if not applied or change.new != MonitorStatus.DOWN or under_rollout or host_held:
             if under_rollout and applied:
                 log.info("DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant)
+            elif host_held and applied:
+                log.info(
+                    "DOWN held: host %s does not answer monitor=%s tenant=%s",
+                    spec.host,
+                    spec.id,
+                    spec.tenant,
+                )
             return
         assert opened is not None
         incident_id, number, created = opened
@@ -161,9 +181,10 @@ class IncidentEngine:
             self._observe_detection("mass_incident", change)
 
     def _apply_change(
-        self, s: Session, change: StateChange, reason: str, under_rollout: bool
+        self, s: Session, change: StateChange, reason: str, suppressed: bool
     ) -> tuple[bool, tuple[int, str, bool] | None]:
-        """The monitor record, and the tenant's incident for a DOWN (id, number, created)."""
+        """The monitor record, and the tenant's incident for a DOWN (id, number, created)
+        unless ``suppressed`` (a rollout is on the tenant, or its host does not answer)."""
         spec, at = change.spec, change.at
         rec, inserted = _monitor_record(
             s, spec.id, spec.tenant, spec.host, spec.kind, spec.name, at
@@ -187,7 +208,7 @@ class IncidentEngine:
             rec.down_since = at
         elif change.new == MonitorStatus.UP:
             rec.down_since = None
-        if change.new == MonitorStatus.DOWN and not under_rollout:
+        if change.new == MonitorStatus.DOWN and not suppressed:
             target = public_target(spec.target)
             incident, created = open_or_join(
                 s,
@@ -224,6 +245,106 @@ class IncidentEngine:
                     },
                 )
         return True, None
+
+    def _host_held(self, host: str, kind: str) -> bool:
+        if self.host_held is None or kind == "postgres":  # its host is a database server
+            return False
+        try:
+            return self.host_held(host)
+        except Exception:
+            log.exception("host check failed host=%s", host)
+            return False
+
+    # --- hosts ----------------------------------------------------------------------------
+    def on_host_unreachable(self, host: str, reason: str, since: datetime) -> str:
+        """A Docker host stopped answering: ONE mass incident for it (key
+        ``host:<name>:<since>``, so a replay joins it), naming its tenants; their active tenant
+        incidents (opened before the host was suspected) are linked as children. Returns its
+        number."""
+        with session_scope(self._factory) as s:
+            one_writer(s)
+            tenants = sorted(
+                set(s.scalars(select(Tenant.slug).where(Tenant.host_name == host)))
+                | {
+                    t
+                    for t, kind in s.execute(
+                        select(MonitorRecord.tenant, MonitorRecord.kind).where(
+                            MonitorRecord.host == host
+                        )
+                    )
+                    if kind != "postgres"
+                }
+            )
+            incident, created = open_or_join(
+                s,
+                system_id=self._system_id,
+                open_key=host_key(host, since),
+                type="mass_incident",
+                subject=f"Host {host} unreachable: {len(tenants)} tenants",
+                description=(
+                    f"Docker host {host} does not answer since {since.isoformat()} ({reason}). "
+                    f"Its {len(tenants)} tenants are unreachable: {', '.join(tenants) or '-'}. "
+                    "Their monitors are held until the host answers again."
+                ),
+                author=AUTHOR,
+                source="host",
+                evidence={
+                    "host": host,
+                    "reason": reason,
+                    "since": since.isoformat(),
+                    "tenants": tenants,
+                },
+            )
+            if created:
+                incident.created_at = self._clock()
+                # The "opened" notice goes to the host's tenants too (outbox dedup: idempotent).
+                opened = s.scalars(
+                    select(IncidentEvent).where(
+                        IncidentEvent.incident_id == incident.id, IncidentEvent.kind == "created"
+                    )
+                ).first()
+                if opened is not None:
+                    outbox.enqueue_event(s, incident, opened)
+            for child in s.scalars(
+                select(Incident).where(
+                    Incident.open_key.in_([f"tenant:{t}" for t in tenants]),
+                    Incident.parent_id.is_(None),
+                    Incident.status.in_(ACTIVE),
+                )
+            ):
+                self._link(s, incident, child)
+            number = incident.number
+        if created:
+            self.created.labels(type="mass_incident", source="host").inc()
+            log.warning(
+                "host incident opened number=%s host=%s tenants=%d", number, host, len(tenants)
+            )
+        return number
+
+    def on_host_back(self, host: str, down_since: datetime | None) -> None:
+        """The host answers again: noted on its active host incident (solved by
+        :meth:`check_recovery` once its tenants' monitors are UP for the hold)."""
+        now = self._clock()
+        with session_scope(self._factory) as s:
+            for incident in s.scalars(
+                select(Incident).where(
+                    Incident.open_key.like(f"{HOST_PREFIX}%"), Incident.status.in_(ACTIVE)
+                )
+            ):
+                if incident.open_key is None or host_of_key(incident.open_key) != host:
+                    continue
+                add_event(
+                    s,
+                    incident,
+                    author=AUTHOR,
+                    kind="evidence",
+                    body=f"Host {host} answers again",
+                    data={
+                        "host": host,
+                        "down_since": down_since.isoformat() if down_since else None,
+                        "up_since": now.isoformat(),
+                    },
+                )
 
     def _observe_detection(self, type: str, change: StateChange) -> None:
         if change.failing_since is not None:
@@ -335,9 +456,23 @@ class IncidentEngine:
                 if m.open_key is not None
             }
             opened = [OpenMass(key, m.created_at) for key, m in masses.items()]
+            # A host that does not answer has its own incident: its tenants' failures join it,
+            # never a second (correlated) mass incident for the same outage.
+            down_hosts: dict[str, Incident] = {}
+            for h in s.scalars(
+                select(Incident).where(
+                    Incident.open_key.like(f"{HOST_PREFIX}%"), Incident.status.in_(ACTIVE)
+                )
+            ):
+                if h.open_key is not None:
+                    down_hosts.setdefault(host_of_key(h.open_key), h)
             rest = []
             for f in sorted(failures, key=lambda f: f.since):
                 if f.tenant not in orphans:
+                    continue
+                if f.db_server is None and f.host in down_hosts:
+                    linked = down_hosts[f.host]
+                    self._link(s, linked, orphans.pop(f.tenant))
                     continue
                 fit = pick_open(opened, f, th.window_s)
                 if fit is None:
@@ -504,7 +639,9 @@ class IncidentEngine:
         now = self._clock()
         with session_scope(self._factory) as s:
             one_writer(s)
-            return verify_recovery(s, incident_thresholds(s), now, author=AUTHOR)
+            th = incident_thresholds(s)
+            solved = verify_recovery(s, th, now, author=AUTHOR)
+            return solved + verify_host_recovery(s, th, now, author=AUTHOR)
 
     # --- rollouts -------------------------------------------------------------------------
     def on_rollout_failure(self, failure: RolloutFailure) -> None:

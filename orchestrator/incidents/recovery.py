@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from monitors.state import MonitorStatus
-from orchestrator.db.models import AlertRecord, Incident, MonitorRecord
+from orchestrator.db.models import AlertRecord, Host, Incident, MonitorRecord
+from orchestrator.fleet.host_health import OK
 from orchestrator.incidents.correlation import (
+    HOST_PREFIX,
     MASS_PREFIX,
     MonitorState,
     Recovered,
     TenantHealth,
     Thresholds,
     alerts_cleared,
+    host_comment,
+    host_of_key,
     recovery_comment,
+    recovery_verified,
     tenant_recovered,
 )
 from orchestrator.incidents.tickets import change_status
@@ -78,6 +83,57 @@ def verify_recovery(
             solved.append(ticket.number)
             log.info("recovery verified number=%s tenants=%d", ticket.number, len(health))
     return solved
+
+
+def verify_host_recovery(
+    s: Session, thresholds: Thresholds, now: datetime, *, author: str
+) -> list[str]:
+    """Solve every active host incident whose host answers again (``hosts.status`` ok) and
+    whose monitors on that host are all UP for the recovery hold (a host with no monitors: ok
+    for the hold). The comment names the host's outage and the monitors, Russian then
+    English. Returns the numbers solved; the caller commits."""
+    solved: list[str] = []
+    hold = timedelta(seconds=thresholds.recovery_hold_s)
+    tickets = s.scalars(
+        select(Incident)
+        .where(Incident.status.in_(ACTIVE), Incident.open_key.like(f"{HOST_PREFIX}%"))
+        .order_by(Incident.id)
+    )
+    for ticket in list(tickets):
+        assert ticket.open_key is not None
+        name = host_of_key(ticket.open_key)
+        host = s.scalars(select(Host).where(Host.name == name)).first()
+        if host is None or host.status != OK:
+            continue
+        back = host.status_since
+        if back is None or now - back < hold:
+            continue
+        rows = [
+            r
+            for r in s.scalars(select(MonitorRecord).where(MonitorRecord.host == name))
+            if r.kind != "postgres"
+        ]
+        states = [
+            MonitorState(r.name, r.status == int(MonitorStatus.UP), r.changed_at) for r in rows
+        ]
+        if rows and not recovery_verified(states, thresholds.recovery_hold_s, now):
+            continue
+        down = _host_down_since(ticket.open_key) or ticket.created_at
+        recovered = [Recovered(r.tenant, r.name, down, r.changed_at) for r in rows]
+        comment = f"{host_comment(name, down, back)}\n\n" + recovery_comment(
+            recovered, thresholds.recovery_hold_s, now
+        )
+        if change_status(s, ticket, "solution_provided", author=author, comment=comment):
+            solved.append(ticket.number)
+            log.info("host recovery verified number=%s host=%s", ticket.number, name)
+    return solved
+
+
+def _host_down_since(key: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(key[len(HOST_PREFIX) :].partition(":")[2])
+    except ValueError:
+        return None
 
 
 def solve_by_alerts(s: Session, ticket: Incident, now: datetime, *, author: str) -> bool:

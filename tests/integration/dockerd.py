@@ -454,6 +454,17 @@ class DockerdFleet:
             if self._find(name).process.poll() is not None:
                 self.start_daemon(name)
 
+    @contextlib.contextmanager
+    def daemon_paused(self, name: str) -> Iterator[None]:
+        """``name`` frozen (SIGSTOP) for the block — it accepts connections but answers
+        nothing, its containers keep running — and always thawed (SIGCONT) after it."""
+        running = self._find(name)
+        running.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            running.process.send_signal(signal.SIGCONT)
+
     def _find(self, name: str) -> _Running:
         for running in self._running:
             if running.layout.name == name:

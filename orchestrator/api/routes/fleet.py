@@ -4,31 +4,72 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from orchestrator.api.auth import ViewerDep
 from orchestrator.api.deps import NO_NUL, CtxDep, LimitQuery, OffsetQuery, SessionDep, page
 from orchestrator.api.schemas import HostOut, InstanceOut, InstancesOut, TenantOut
 from orchestrator.db.models import Host, Tenant
 from orchestrator.fleet.discovery import discover
+from orchestrator.fleet.host_health import tenant_status
 
 router = APIRouter(prefix="/api/v1", tags=["fleet"])
 
 
-@router.get("/hosts", response_model=list[HostOut], summary="Docker hosts of the fleet")
+def host_out(h: Host) -> HostOut:
+    return HostOut(
+        name=h.name,
+        url=h.url,
+        labels=h.labels,
+        tls=bool(h.tls),
+        status=h.status,
+        status_reason=h.status_reason,
+        status_since=h.status_since,
+    )
+
+
+def host_states(session: Session) -> dict[str, tuple[str, str | None]]:
+    """Host → (status, reason), as the leader's host checks stored them."""
+    return {
+        name: (status, reason)
+        for name, status, reason in session.execute(
+            select(Host.name, Host.status, Host.status_reason)
+        )
+    }
+
+
+def tenant_out(t: Tenant, hosts: dict[str, tuple[str, str | None]]) -> TenantOut:
+    status, reason = tenant_status(t.host_name, hosts)
+    return TenantOut.model_validate(t, from_attributes=True).model_copy(
+        update={"has_db": bool(t.db_dsn), "status": status, "status_reason": reason}
+    )
+
+
+@router.get(
+    "/hosts",
+    response_model=list[HostOut],
+    summary="Docker hosts of the fleet",
+    description="Each host with its health: `status` `ok` or `unreachable` (the leader pings "
+    "every host every `CPDOPS_HOST_CHECK_S`; unreachable after `CPDOPS_HOST_FAILURES` "
+    "consecutive failures, ok after one success), `status_reason`, `status_since`.",
+)
 def list_hosts(
     session: SessionDep,
     _viewer: ViewerDep,
     limit: LimitQuery = None,
     offset: OffsetQuery = 0,
 ) -> list[HostOut]:
-    hosts = [
-        HostOut(name=h.name, url=h.url, labels=h.labels, tls=bool(h.tls))
-        for h in session.scalars(select(Host).order_by(Host.name))
-    ]
+    hosts = [host_out(h) for h in session.scalars(select(Host).order_by(Host.name))]
     return page(hosts, limit, offset)
 
 
-@router.get("/tenants", response_model=list[TenantOut], summary="Registered tenants")
+@router.get(
+    "/tenants",
+    response_model=list[TenantOut],
+    summary="Registered tenants",
+    description="`status` is `unreachable` (with the host's reason) while the tenant's host "
+    "is unreachable, else `ok`.",
+)
 def list_tenants(
     session: SessionDep,
     _viewer: ViewerDep,
@@ -52,12 +93,8 @@ def list_tenants(
     stmt = stmt.offset(offset)
     if limit is not None:
         stmt = stmt.limit(limit)
-    return [
-        TenantOut.model_validate(t, from_attributes=True).model_copy(
-            update={"has_db": bool(t.db_dsn)}
-        )
-        for t in session.scalars(stmt)
-    ]
+    hosts = host_states(session)
+    return [tenant_out(t, hosts) for t in session.scalars(stmt)]
 
 
 @router.get(

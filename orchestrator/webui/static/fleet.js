@@ -41,12 +41,15 @@ function rowOf(r) {
   const i = r.instance;
   const mon = worst(r.monitors);
   const container = i ? [badge(i.status), i.health ? [" ", badge(i.health, i.health)] : null] : badge("missing", "no instance");
+  // The tenant's host does not answer: the whole row says so (the host incident stands for it).
+  const unreachable = r.tenant?.status === "unreachable";
+  const hostBadge = unreachable ? [" ", h("span", { class: "badge s-unreachable", title: r.tenant.status_reason ?? "" }, "unreachable")] : null;
   return h(
     "tr",
-    { dataset: { tenant: r.slug, host: i?.host ?? "" } },
+    { dataset: { tenant: r.slug, host: i?.host ?? "", status: r.tenant?.status ?? "ok" }, class: unreachable ? "unreachable" : null },
     h("th", { scope: "row" }, r.slug, r.tenant && r.tenant.name !== r.slug ? h("div", { class: "muted" }, r.tenant.name) : null),
     h("td", null, r.tenant?.ring ?? "—"),
-    h("td", null, i?.host ?? r.tenant?.host_name ?? "—"),
+    h("td", null, i?.host ?? r.tenant?.host_name ?? "—", hostBadge),
     h("td", null, i ? `${i.component} · ${i.name}` : "—"),
     h("td", { class: "version" }, i?.version ?? "—"),
     h("td", null, container, i?.rollout ? [" ", link(`rollout ${i.rollout}`, "rollouts", i.rollout)] : null),
@@ -95,8 +98,8 @@ export async function fleetPage(view, ctx) {
       { class: "hosts" },
       h("summary", null, "Hosts"),
       table(
-        ["host", "engine", "instances", "TLS"],
-        hosts.map((x) => h("tr", null, h("th", { scope: "row" }, x.name), h("td", null, x.url), h("td", { class: "num" }, perHost.get(x.name) || 0), h("td", null, x.tls ? "yes" : "no"))),
+        ["host", "engine", "status", "instances", "TLS"],
+        hosts.map((x) => h("tr", { dataset: { host: x.name, status: x.status ?? "ok" } }, h("th", { scope: "row" }, x.name), h("td", null, x.url), h("td", null, h("span", { class: `badge s-${x.status === "unreachable" ? "unreachable" : "ok"}`, title: x.status_reason ?? "" }, x.status ?? "ok")), h("td", { class: "num" }, perHost.get(x.name) || 0), h("td", null, x.tls ? "yes" : "no"))),
       ),
     ),
     h("div", { class: "toolbar" }, h("label", { for: "fleet-filter" }, "Filter "), filter, " ", count),
