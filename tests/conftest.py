@@ -20,6 +20,15 @@ PG_ENV = "CPDOPS_TEST_PG_URL"
 os.environ["CPDOPS_PULL_POLICY"] = "never"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the test daemons (``docker_hosts``, directly or through another
+    fixture) is marked ``docker``, so ``-m docker`` / ``-m "not docker"`` split the suite
+    exactly (scripts/test.sh runs the two halves side by side)."""
+    for item in items:
+        if "docker_hosts" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
 def _pg_admin_url() -> str | None:
     url = os.environ.get(PG_ENV)
     if not url:

@@ -354,16 +354,16 @@ def test_window_schedule_survives_a_restart(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
+    from sqlalchemy import update
+
+    from orchestrator.db.models import Tenant
+    from orchestrator.db.session import session_scope
+    from orchestrator.fleet.fleetfile import MaintenanceWindow
     from orchestrator.settings import Settings
     from tests.integration.server import api_client, running_server
 
     db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
     ctx = make_context(tmp_path, db_url)
-    opens = (datetime.now(UTC) + timedelta(minutes=1)).replace(second=0, microsecond=0)
-    window = (
-        "timezone: UTC\n"
-        f'maintenance_window: {{cron: "{opens.minute} {opens.hour} * * *", duration: 10m}}'
-    )
     env = {**os.environ, "CPDOPS_DATABASE_URL": db_url}
     try:
         placed = place_tenants(
@@ -371,11 +371,17 @@ def test_window_schedule_survives_a_restart(
             docker_hosts,
             [("w0", 0), ("w1", 1)],
             standin_images["1"],
-            extra_yaml={"w0": window, "w1": window},
+            extra_yaml={"w0": "timezone: UTC", "w1": "timezone: UTC"},
         )
-        ctx.close()
         for p in placed:
             wait_health(p.tenant.health_url, version="1")
+        # The window opens at the first minute boundary ≥ 20 s from now, however long the
+        # placement took: the restart below must come before it.
+        opens = (datetime.now(UTC) + timedelta(seconds=80)).replace(second=0, microsecond=0)
+        window = MaintenanceWindow(cron=f"{opens.minute} {opens.hour} * * *", duration="10m")
+        with session_scope(ctx.factory) as s:
+            s.execute(update(Tenant).values(maintenance_window=window.model_dump()))
+        ctx.close()
         created = cli(
             env,
             "rollout",
