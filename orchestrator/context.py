@@ -174,6 +174,7 @@ def start_host_checks(ctx: AppContext) -> HostChecker:
         ctx.hosts,
         failure_threshold=s.host_failures,
         timeout_s=s.host_ping_timeout_s,
+        settle_s=s.host_settle_s,
         on_held=on_held,
         on_transition=on_transition,
     )

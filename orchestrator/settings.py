@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     host_ping_timeout_s: float = Field(
         default=3.0, gt=0, description="how long a host ping may take before it counts as failed"
     )
+    host_settle_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="after an unreachable host answers again, how long its monitors' DOWNs "
+        "still belong to the host incident (its containers are starting) instead of opening "
+        "tenant incidents",
+    )
     gate_passes: int = Field(default=3, description="health passes required by a rollout gate")
     gate_deadline_s: float = Field(default=60.0, description="time allowed for the gate to pass")
     gate_interval_s: float = 0.5

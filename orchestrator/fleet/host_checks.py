@@ -31,7 +31,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.db.models import Host
 from orchestrator.db.session import session_scope
 from orchestrator.errors import CpdopsError, HostUnreachable
-from orchestrator.fleet.host_health import OK, UNREACHABLE, Check, HostHealth, decide, transition
+from orchestrator.fleet.host_health import (
+    OK,
+    UNREACHABLE,
+    Check,
+    HostHealth,
+    attributed_to_host,
+    decide,
+    transition,
+)
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import DockerHost
 
@@ -53,6 +61,7 @@ class HostChecker:
         *,
         failure_threshold: int = 2,
         timeout_s: float = 3.0,
+        settle_s: float = 60.0,
         on_held: OnHeld | None = None,
         on_transition: OnTransition | None = None,
         clock: Callable[[], datetime] = utc_now,
@@ -62,6 +71,7 @@ class HostChecker:
         self._hosts = hosts
         self._threshold = failure_threshold
         self._timeout = timeout_s
+        self._settle = settle_s
         self.on_held = on_held
         self.on_transition = on_transition
         self._clock = clock
@@ -124,11 +134,13 @@ class HostChecker:
         return self.states()
 
     def confirm(self, name: str) -> bool:
-        """Whether ``name``'s monitors are held now: known held, or a ping now fails (a
-        monitor DOWN is worth a ping: the last periodic check may predate the outage)."""
+        """Whether a monitor DOWN on ``name`` belongs to the host's outage: it is held, or came
+        back less than ``settle_s`` ago (``host_health.attributed_to_host``), or a ping now
+        fails (a monitor DOWN is worth a ping: the last periodic check may predate the
+        outage)."""
         with self._lock:
             state = self._states.get(name)
-        if state is not None and state.held:
+        if attributed_to_host(state, self._clock(), settle_s=self._settle):
             return True
         host = next((h for h in self._hosts.hosts() if h.name == name), None)
         if host is None:

@@ -4,7 +4,7 @@ Rules:
 
 * a host is ``ok`` until ``failure_threshold`` consecutive pings failed, then ``unreachable``
   (its reason: the last failure; ``since``: the time of the check that made it unreachable);
-* one successful ping makes it ``ok`` again;
+* one successful ping makes it ``ok`` again (``since``: the time it came back);
 * a host with at least one failed ping in a row is *suspect* (``held``): its tenants' monitors
   are held from the first failure on, so their DOWNs never outrun the host's verdict.
 
@@ -57,6 +57,23 @@ def decide(state: HostHealth, check: Check, *, failure_threshold: int) -> HostHe
     if failures >= failure_threshold:
         return HostHealth(UNREACHABLE, failures, check.reason or "no answer", check.at)
     return replace(state, failures=failures)
+
+
+def attributed_to_host(state: HostHealth | None, now: datetime, *, settle_s: float) -> bool:
+    """Whether a monitor DOWN on this host belongs to the host's outage (no tenant incident):
+    the host is held (suspect or unreachable), or it came back less than ``settle_s`` ago — a
+    restarted host's containers take a while to start, and their monitors, released at once,
+    see that start; a tenant still DOWN after it stays on the host incident, which is solved
+    only once every monitor of the host is UP."""
+    if state is None:
+        return False
+    if state.held:
+        return True
+    return (
+        state.status == OK
+        and state.since is not None
+        and (now - state.since).total_seconds() < settle_s
+    )
 
 
 def tenant_status(

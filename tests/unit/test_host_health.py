@@ -12,6 +12,7 @@ from orchestrator.fleet.host_health import (
     UNREACHABLE,
     Check,
     HostHealth,
+    attributed_to_host,
     decide,
     transition,
 )
@@ -76,3 +77,15 @@ def test_threshold_one_and_bad_threshold() -> None:
     assert missing.reason == "no answer"
     with pytest.raises(ValueError):
         decide(HostHealth(), Check(True, at(0)), failure_threshold=0)
+
+
+def test_a_down_belongs_to_the_host_while_held_and_while_it_settles() -> None:
+    bounce, down, back = run([False, False, True])
+    never_judged = HostHealth()
+    assert attributed_to_host(bounce, at(0), settle_s=60)  # suspect: held
+    assert attributed_to_host(down, at(5), settle_s=60)  # unreachable
+    assert attributed_to_host(back, at(2 + 59), settle_s=60)  # back 59 s ago: still settling
+    assert not attributed_to_host(back, at(2 + 60), settle_s=60)  # settled: a tenant's own
+    assert not attributed_to_host(back, at(2), settle_s=0)
+    assert not attributed_to_host(never_judged, at(0), settle_s=60)  # ok, never down
+    assert not attributed_to_host(None, at(0), settle_s=60)  # not a known Docker host
