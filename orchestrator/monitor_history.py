@@ -14,6 +14,8 @@ from monitors.history import Bucket, MinuteAggregator, uptime
 from orchestrator.db.models import MonitorMinute
 from orchestrator.db.session import session_scope
 
+# Rows per executemany call (SQLAlchemy pages each into multi-row VALUES statements).
+FLUSH_CHUNK = 5000
 WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
@@ -35,38 +37,43 @@ def flush(factory: sessionmaker[Session], aggregator: MinuteAggregator) -> int:
 
 
 def _write(factory: sessionmaker[Session], rows: list[tuple[str, int, Bucket]]) -> None:
+    """One additive upsert statement for all the rows, sent as multi-row ``INSERT … VALUES``
+    pages (SQLAlchemy's "insertmanyvalues"), in one transaction: 10,000 monitors' rows cost a
+    few statements, not 10,000 (issue #8: the per-row statements took a third of a replica's
+    CPU). The rows' keys are distinct (one bucket per monitor and minute), as one
+    ``ON CONFLICT DO UPDATE`` statement requires."""
+    table = MonitorMinute.__table__
     with session_scope(factory) as s:
         dialect = s.get_bind().dialect.name
-        ins = (
-            postgresql.insert(MonitorMinute)
-            if dialect == "postgresql"
-            else sqlite.insert(MonitorMinute)
+        stmt = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        ex = stmt.excluded
+        col = table.c
+        greatest = func.max if dialect == "sqlite" else func.greatest
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[col.monitor_id, col.minute],
+            set_={
+                "checks": col.checks + ex.checks,
+                "failures": col.failures + ex.failures,
+                "maintenance": col.maintenance + ex.maintenance,
+                "duration_sum": col.duration_sum + ex.duration_sum,
+                "duration_max": greatest(col.duration_max, ex.duration_max),
+            },
         )
-        for monitor_id, minute, b in rows:
-            stmt = ins.values(
-                monitor_id=monitor_id,
-                minute=minute,
-                checks=b.checks,
-                failures=b.failures,
-                maintenance=b.maintenance,
-                duration_sum=b.duration_sum,
-                duration_max=b.duration_max,
-            )
-            ex = stmt.excluded
-            s.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[MonitorMinute.monitor_id, MonitorMinute.minute],
-                    set_={
-                        "checks": MonitorMinute.checks + ex.checks,
-                        "failures": MonitorMinute.failures + ex.failures,
-                        "maintenance": MonitorMinute.maintenance + ex.maintenance,
-                        "duration_sum": MonitorMinute.duration_sum + ex.duration_sum,
-                        "duration_max": func.max(MonitorMinute.duration_max, ex.duration_max)
-                        if dialect == "sqlite"
-                        else func.greatest(MonitorMinute.duration_max, ex.duration_max),
-                    },
-                )
-            )
+        params = [
+            {
+                "monitor_id": monitor_id,
+                "minute": minute,
+                "checks": b.checks,
+                "failures": b.failures,
+                "maintenance": b.maintenance,
+                "duration_sum": b.duration_sum,
+                "duration_max": b.duration_max,
+            }
+            for monitor_id, minute, b in rows
+        ]
+        connection = s.connection()
+        for start in range(0, len(params), FLUSH_CHUNK):
+            connection.execute(upsert, params[start : start + FLUSH_CHUNK])
 
 
 def uptimes(
