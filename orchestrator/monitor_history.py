@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,7 +43,7 @@ def _write(factory: sessionmaker[Session], rows: list[tuple[str, int, Bucket]]) 
     few statements, not 10,000 (issue #8: the per-row statements took a third of a replica's
     CPU). The rows' keys are distinct (one bucket per monitor and minute), as one
     ``ON CONFLICT DO UPDATE`` statement requires."""
-    table = MonitorMinute.__table__
+    table = cast(Table, MonitorMinute.__table__)
     with session_scope(factory) as s:
         dialect = s.get_bind().dialect.name
         stmt = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
