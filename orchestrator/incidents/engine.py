@@ -158,7 +158,7 @@ class IncidentEngine:
                         change.at.isoformat(),
                         change.new.name,
                     )
-            _load_monitor_records(s, [change for change, _ in fresh])
+            records = _load_monitor_records(s, [change for change, _ in fresh])
             for change, reason in fresh:
                 spec = change.spec
                 under_rollout = change.new == MonitorStatus.DOWN and under[(spec.tenant, spec.host)]
@@ -172,6 +172,7 @@ class IncidentEngine:
                     continue
                 assert opened is not None
                 downs.append((change, opened))
+            del records  # held until here: _monitor_record finds them in the session
         for change, (incident_id, number, created) in downs:
             spec = change.spec
             if created:
@@ -626,11 +627,13 @@ def _note_change(s: Session, change: StateChange, reason: str) -> bool:
     return row is not None
 
 
-def _load_monitor_records(s: Session, changes: Sequence[StateChange]) -> None:
+def _load_monitor_records(s: Session, changes: Sequence[StateChange]) -> list[MonitorRecord]:
     """Read the records of the changes' monitors into the session with one SELECT (per 500),
     inserting the missing ones first with one statement (a replica racing the insert does not
     fail), so that :func:`_monitor_record` finds each in the session. A record inserted here
-    gets the time of its monitor's first change in the batch, so that change is applied."""
+    gets the time of its monitor's first change in the batch, so that change is applied. The
+    caller keeps the list returned while it uses the session: the session holds its objects
+    only weakly, and an unreferenced record would be read again, one SELECT each."""
     first: dict[str, StateChange] = {}
     for change in changes:
         first.setdefault(change.spec.id, change)
@@ -659,9 +662,11 @@ def _load_monitor_records(s: Session, changes: Sequence[StateChange]) -> None:
                 for c in missing
             ],
         )
+    records: list[MonitorRecord] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        list(s.scalars(select(MonitorRecord).where(MonitorRecord.id.in_(chunk))))
+        records.extend(s.scalars(select(MonitorRecord).where(MonitorRecord.id.in_(chunk))))
+    return records
 
 
 def _monitor_record(
