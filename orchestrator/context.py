@@ -121,6 +121,7 @@ def start_monitors(ctx: AppContext) -> MonitorEngine:
     change writer's queue (kept and retried while the database is unavailable)."""
     writer = ChangeWriter(
         ctx.incidents.on_monitor_change,
+        write_batch=ctx.incidents.on_monitor_changes,
         capacity=ctx.settings.monitor_change_queue,
         registry=ctx.registry,
     )

@@ -4,13 +4,13 @@ tickets, correlates the tenants' failures into mass incidents and verifies recov
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -133,52 +133,87 @@ class IncidentEngine:
         ``monitor_changes``, so writing the same change again (a retry after an ambiguous
         commit) changes nothing; a change older than the monitor's stored state (written
         meanwhile by another replica) is logged and not applied."""
-        spec, result = change.spec, change.result
-        reason = result.reason if result is not None else change.reason
-        under_rollout = change.new == MonitorStatus.DOWN and self._under_rollout(
-            spec.tenant, spec.host
-        )
-        # A DOWN on a Docker host that does not answer its ping belongs to the host incident
-        # (on_host_unreachable), not to a tenant incident (pinged outside the transaction).
-        host_held = (
-            change.new == MonitorStatus.DOWN
-            and not under_rollout
-            and self._host_held(spec.host, spec.kind)
-        )
-        opened: tuple[int, str, bool] | None = None
-        with session_scope(self._factory) as s:
-            if not _note_change(s, change, reason):
-                log.info(
-                    "monitor change already written monitor=%s at=%s new=%s",
-                    spec.id,
-                    change.at.isoformat(),
-                    change.new.name,
-                )
-                applied = False
-            else:
-                applied, opened = self._apply_change(s, change, reason, under_rollout or host_held)
-        if not applied or change.new != MonitorStatus.DOWN or under_rollout or host_held:
-            if under_rollout and applied:
-                log.info("DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant)
-            elif host_held and applied:
-                log.info(
-                    "DOWN held: host %s does not answer monitor=%s tenant=%s",
-                    spec.host,
-                    spec.id,
-                    spec.tenant,
-                )
+        self.on_monitor_changes([change])
+
+    def on_monitor_changes(self, changes: Sequence[StateChange]) -> None:
+        """:meth:`on_monitor_change` for several changes, in their order, in one transaction
+        (the change writer's batches: 10,000 monitors' first checks are 10,000 changes). Their
+        ``monitor_changes`` rows first (the ones there already are skipped), then the records
+        of the new changes' monitors are read (and the missing ones inserted) with one
+        statement each, then the changes are applied in order. After the commit each DOWN that
+        opened a ticket is counted and gets its container evidence, and correlation runs once
+        for the batch."""
+        if not changes:
             return
-        assert opened is not None
-        incident_id, number, created = opened
-        if created:
-            self.created.labels(type="incident", source="monitor").inc()
-            self._observe_detection("incident", change)
-            if spec.kind != "postgres":  # its host is the database server, not Docker
-                self._fetch_container_evidence(incident_id, spec.host, spec.tenant)
-        log.info("monitor DOWN monitor=%s tenant=%s incident=%s", spec.id, spec.tenant, number)
-        _number, mass_opened = self._correlate()
-        if mass_opened:
-            self._observe_detection("mass_incident", change)
+        under = {
+            (c.spec.tenant, c.spec.host): False for c in changes if c.new == MonitorStatus.DOWN
+        }
+        for tenant, host in under:
+            under[(tenant, host)] = self._under_rollout(tenant, host)
+        # A DOWN on a Docker host that does not answer its ping (or has just come back) belongs
+        # to the host incident (on_host_unreachable), not to a tenant incident: asked once per
+        # host and batch, outside the transaction (it may ping).
+        held: dict[str, bool] = {}
+        for c in changes:
+            if (
+                c.new == MonitorStatus.DOWN
+                and c.spec.kind != "postgres"
+                and not under[(c.spec.tenant, c.spec.host)]
+                and c.spec.host not in held
+            ):
+                held[c.spec.host] = self._host_held(c.spec.host, c.spec.kind)
+        downs: list[tuple[StateChange, tuple[int, str, bool]]] = []
+        with session_scope(self._factory) as s:
+            fresh = []
+            for change in changes:
+                reason = change.result.reason if change.result is not None else change.reason
+                if _note_change(s, change, reason):
+                    fresh.append((change, reason))
+                else:
+                    log.info(
+                        "monitor change already written monitor=%s at=%s new=%s",
+                        change.spec.id,
+                        change.at.isoformat(),
+                        change.new.name,
+                    )
+            records = _load_monitor_records(s, [change for change, _ in fresh])
+            for change, reason in fresh:
+                spec = change.spec
+                down = change.new == MonitorStatus.DOWN
+                under_rollout = down and under[(spec.tenant, spec.host)]
+                host_held = down and spec.kind != "postgres" and held.get(spec.host, False)
+                applied, opened = self._apply_change(s, change, reason, under_rollout or host_held)
+                if not applied or not down:
+                    continue
+                if under_rollout:
+                    log.info(
+                        "DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant
+                    )
+                    continue
+                if host_held:
+                    log.info(
+                        "DOWN held: host %s does not answer (or just came back) monitor=%s "
+                        "tenant=%s",
+                        spec.host,
+                        spec.id,
+                        spec.tenant,
+                    )
+                    continue
+                assert opened is not None
+                downs.append((change, opened))
+            del records  # held until here: _monitor_record finds them in the session
+        for change, (incident_id, number, created) in downs:
+            spec = change.spec
+            if created:
+                self.created.labels(type="incident", source="monitor").inc()
+                self._observe_detection("incident", change)
+                if spec.kind != "postgres":  # its host is the database server, not Docker
+                    self._fetch_container_evidence(incident_id, spec.host, spec.tenant)
+            log.info("monitor DOWN monitor=%s tenant=%s incident=%s", spec.id, spec.tenant, number)
+        if downs:
+            _number, mass_opened = self._correlate()
+            if mass_opened:
+                self._observe_detection("mass_incident", downs[-1][0])
 
     def _apply_change(
         self, s: Session, change: StateChange, reason: str, suppressed: bool
@@ -736,6 +771,48 @@ def _note_change(s: Session, change: StateChange, reason: str) -> bool:
         .returning(MonitorChange.id)
     ).first()
     return row is not None
+
+
+def _load_monitor_records(s: Session, changes: Sequence[StateChange]) -> list[MonitorRecord]:
+    """Read the records of the changes' monitors into the session with one SELECT (per 500),
+    inserting the missing ones first with one statement (a replica racing the insert does not
+    fail), so that :func:`_monitor_record` finds each in the session. A record inserted here
+    gets the time of its monitor's first change in the batch, so that change is applied. The
+    caller keeps the list returned while it uses the session: the session holds its objects
+    only weakly, and an unreferenced record would be read again, one SELECT each."""
+    first: dict[str, StateChange] = {}
+    for change in changes:
+        first.setdefault(change.spec.id, change)
+    ids = list(first)
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(s.scalars(select(MonitorRecord.id).where(MonitorRecord.id.in_(chunk))))
+    missing = [first[i] for i in ids if i not in found]
+    if missing:
+        dialect = s.get_bind().dialect.name
+        table = cast(Table, MonitorRecord.__table__)
+        ins = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+        s.connection().execute(
+            ins.on_conflict_do_nothing(index_elements=[table.c.id]),
+            [
+                {
+                    "id": c.spec.id,
+                    "name": c.spec.name,
+                    "tenant": c.spec.tenant,
+                    "host": c.spec.host,
+                    "kind": c.spec.kind,
+                    "target": "",
+                    "changed_at": c.at,
+                }
+                for c in missing
+            ],
+        )
+    records: list[MonitorRecord] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        records.extend(s.scalars(select(MonitorRecord).where(MonitorRecord.id.in_(chunk))))
+    return records
 
 
 def _monitor_record(

@@ -239,6 +239,43 @@ def test_history_flush_is_additive_and_uptime(store) -> None:  # type: ignore[no
         assert point.max_latency_s == 0.5
 
 
+def test_history_flush_of_many_monitors_writes_every_row(store) -> None:  # type: ignore[no-untyped-def]
+    """More rows than one executemany chunk: every monitor's bucket is written, a second flush
+    adds to the rows, and the max latency is the greater one."""
+    from datetime import UTC, datetime
+
+    from monitors.history import MinuteAggregator
+    from monitors.probe import MonitorSpec, ProbeResult
+    from monitors.state import MonitorStatus
+    from orchestrator.db.models import MonitorMinute
+    from orchestrator.monitor_history import FLUSH_CHUNK, flush
+
+    n = FLUSH_CHUNK + 1234
+    specs = [
+        MonitorSpec(id=f"t/m{i}", name=f"m{i}", tenant="t", host="h", kind="tcp", target="x")
+        for i in range(n)
+    ]
+    now = datetime.now(UTC)
+    agg = MinuteAggregator()
+    for i, spec in enumerate(specs):
+        result = ProbeResult(ok=i % 3 != 0, duration_s=0.25, reason="", at=now)
+        agg.add(spec, result, MonitorStatus.UP)
+    assert flush(store, agg) == n
+    for spec in specs[:10]:
+        agg.add(spec, ProbeResult(ok=True, duration_s=0.75, reason="", at=now), MonitorStatus.UP)
+    assert flush(store, agg) == 10
+    with store() as s:
+        rows, checks, failures = s.execute(
+            select(func.count(), func.sum(MonitorMinute.checks), func.sum(MonitorMinute.failures))
+        ).one()
+        assert (rows, checks, failures) == (n, n + 10, len(range(0, n, 3)))
+        first = s.get_one(MonitorMinute, (specs[0].id, int(now.timestamp()) // 60))
+        assert (first.checks, first.failures, first.duration_max) == (2, 1, 0.75)
+        assert first.duration_sum == 1.0
+        last = s.get_one(MonitorMinute, (specs[-1].id, int(now.timestamp()) // 60))
+        assert (last.checks, last.duration_max) == (1, 0.25)
+
+
 def test_migrations_match_the_models(db_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
