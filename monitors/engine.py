@@ -140,6 +140,8 @@ class MonitorEngine:
         self._stop_lock = threading.Lock()
         self._phase = "new"  # new -> running -> stopped
         self._monitors: dict[str, _Monitor] = {}
+        # ``_monitors``' keys sorted, built on the first ``ids()`` after the set changed.
+        self._sorted_ids: tuple[str, ...] | None = None
         self._holds: dict[str, dict[Hold, str]] = {}
         # Loop-side state (touched only on the loop thread once started).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -280,17 +282,38 @@ class MonitorEngine:
     def snapshot(self) -> list[MonitorView]:
         """Every configured monitor, in the order it was added. Never waits for the loop."""
         with self._lock:
-            return [
-                MonitorView(
-                    spec=mon.spec,
-                    state=mon.state,
-                    last_result=mon.last_result,
-                    last_change_at=mon.last_change_at,
-                    probe_count=mon.probe_count,
-                    hold_reason=self._hold_reason(mon.spec.id),
-                )
-                for mon in self._monitors.values()
-            ]
+            return [self._view(mon) for mon in self._monitors.values()]
+
+    def ids(
+        self, where: Callable[[MonitorSpec, MonitorStatus], bool] | None = None
+    ) -> tuple[str, ...]:
+        """The configured monitors' ids in code point order (Python's ``sorted``), only those
+        ``where(spec, status)`` accepts when given. The sorted ids are kept until the set of
+        monitors changes, so a page of the API costs no sort. Never waits for the loop."""
+        with self._lock:
+            if self._sorted_ids is None:
+                self._sorted_ids = tuple(sorted(self._monitors))
+            if where is None:
+                return self._sorted_ids
+            mons = self._monitors
+            return tuple(i for i in self._sorted_ids if where(mons[i].spec, mons[i].state.status))
+
+    def views(self, monitor_ids: Iterable[str]) -> dict[str, MonitorView]:
+        """The views of those of ``monitor_ids`` that are configured (by id): a page's worth
+        of :meth:`snapshot` without copying every monitor. Never waits for the loop."""
+        with self._lock:
+            mons = self._monitors
+            return {i: self._view(mons[i]) for i in monitor_ids if i in mons}
+
+    def _view(self, mon: _Monitor) -> MonitorView:  # under self._lock
+        return MonitorView(
+            spec=mon.spec,
+            state=mon.state,
+            last_result=mon.last_result,
+            last_change_at=mon.last_change_at,
+            probe_count=mon.probe_count,
+            hold_reason=self._hold_reason(mon.spec.id),
+        )
 
     # ----------------------------------------------------------------- loop thread
 
@@ -334,6 +357,7 @@ class MonitorEngine:
             self._probe(kind)
         changes: list[StateChange] = []
         with self._lock:
+            self._sorted_ids = None
             for monitor_id in [m for m in self._monitors if m not in wanted]:
                 gone = self._monitors.pop(monitor_id)
                 if gone.task is not None:
