@@ -1,8 +1,9 @@
-"""``cpdops monitors ls|history|uptime|declare|delete|postgres``.
+"""``cpdops monitors ls|history|changes|uptime|declare|delete|postgres``.
 
-``ls``, ``history`` and ``uptime`` work through the API when a URL is configured, else on the
-database (the last recorded state). ``declare``, ``delete`` and ``postgres`` need the API: a
-declared monitor is applied to the running engine at once, and PostgreSQL details live in it.
+``ls``, ``history``, ``changes`` and ``uptime`` work through the API when a URL is configured,
+else on the database (the last recorded state). ``declare``, ``delete`` and ``postgres`` need
+the API: a declared monitor is applied to the running engine at once, and PostgreSQL details
+live in it.
 """
 
 from __future__ import annotations
@@ -144,6 +145,78 @@ def monitors_history(monitor_id: str, window: str, as_json: bool) -> None:
         ],
         ["start (UTC)", "checks", "failures", "maintenance", "avg ms", "max ms"],
     )
+
+
+def _iso(value: str | None, option: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InputError(
+            f"{option} {value!r}: not an ISO 8601 date-time, e.g. 2026-12-01T10:00:00Z"
+        ) from exc
+    return value
+
+
+@monitors.command("changes")
+@click.argument("monitor_id")
+@click.option("--since", help="at or after this time (ISO 8601, UTC when no zone)")
+@click.option("--until", help="before this time (ISO 8601)")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@json_option
+def monitors_changes(
+    monitor_id: str,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """A monitor's status changes, newest first (GET /api/v1/monitors/ID/changes)."""
+    since, until = _iso(since, "--since"), _iso(until, "--until")
+    client = _api()
+    if client is not None:
+        params = {"since": since, "until": until, "limit": limit, "offset": offset}
+        data = client.get(client.path("monitors", monitor_id, "changes"), params)
+    else:
+        data = _recorded_changes(monitor_id, since, until, limit, offset)
+    if as_json:
+        _dump(data)
+        return
+    _table(
+        [(d["at"], d["old"], d["new"], d["written_at"], d["reason"][:60]) for d in data],
+        ["at", "old", "new", "written", "reason"],
+    )
+
+
+def _recorded_changes(
+    monitor_id: str, since: str | None, until: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    """The changes on the database (no API configured), as the API gives them."""
+    from orchestrator import monitor_changes
+    from orchestrator.db.models import DeclaredMonitor, MonitorRecord
+
+    def parsed(value: str | None) -> datetime | None:
+        return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    with _opened() as ctx, ctx.factory() as s:
+        rows = monitor_changes.query(
+            s, monitor_id, since=parsed(since), until=parsed(until), limit=limit, offset=offset
+        )
+        if (
+            not rows
+            and s.get(MonitorRecord, monitor_id) is None
+            and s.get(DeclaredMonitor, monitor_id) is None
+            and not monitor_changes.exists(s, monitor_id)
+        ):
+            raise NotFoundError(f"no monitor {monitor_id!r}")
+    out = []
+    for r in rows:
+        d = monitor_changes.as_dict(r)
+        out.append({**d, "at": r.at.isoformat(), "written_at": r.written_at.isoformat()})
+    return out
 
 
 @monitors.command("uptime")

@@ -21,6 +21,8 @@ from monitors.probe import MonitorSpec
 from monitors.probes import PROBES
 from monitors.probes.postgres import connection_params, server_label
 from orchestrator import declared_monitors
+from orchestrator.auth.audit import record_requests
+from orchestrator.auth.audit_queue import AuditQueue
 from orchestrator.change_writer import ChangeWriter
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.models import ConfigItem, MonitorRecord, Tenant
@@ -65,6 +67,8 @@ class AppContext:
     leadership: Leadership | None = None
     # The leader's host health checks (``start_monitors``; None: no monitors, no checks).
     host_checker: HostChecker | None = None
+    # API audit entries waiting for the state database (its thread starts at the first one).
+    audit: AuditQueue | None = None
 
     @property
     def leading(self) -> bool:
@@ -83,6 +87,8 @@ class AppContext:
                 flush(self.factory, self.history)
             except SQLAlchemyError as exc:
                 log.error("monitor history of the last seconds not written: %s", exc)
+        if self.audit is not None:
+            self.audit.stop()
         self.incidents.close()
         self.hosts.close()
         self.engine.dispose()
@@ -113,7 +119,12 @@ def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
         host_wait_s=settings.host_wait_s,
     )
     registry.register(StoreCollector(factory))
-    return AppContext(settings, engine, factory, hosts, registry, incidents, executor)
+    audit = AuditQueue(
+        lambda entries: record_requests(factory, entries),
+        capacity=settings.audit_queue,
+        registry=registry,
+    )
+    return AppContext(settings, engine, factory, hosts, registry, incidents, executor, audit=audit)
 
 
 def start_monitors(ctx: AppContext) -> MonitorEngine:

@@ -21,6 +21,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
+from orchestrator import monitor_changes
 from orchestrator.context import AppContext, apply_maintenance, sync_monitors
 from orchestrator.db.models import Rollout, Tenant
 from orchestrator.errors import ConflictError, CpdopsError, InputError
@@ -102,6 +103,16 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             replace_existing=True,
         )
     scheduler.add_job(
+        prune_monitor_changes,
+        "interval",
+        args=[ctx],
+        seconds=monitor_changes.PRUNE_INTERVAL_S,
+        next_run_time=datetime.now(UTC),
+        id="prune-monitor-changes",
+        jobstore="internal",
+        replace_existing=True,
+    )
+    scheduler.add_job(
         deliver_outbox,
         "interval",
         args=[ctx],
@@ -157,6 +168,18 @@ def follow(ctx: AppContext) -> None:
         with ctx.monitor_lock:
             ctx.generated = []
         ctx.monitors.set_monitors([])
+
+
+def prune_monitor_changes(ctx: AppContext) -> int:
+    """Delete the ``monitor_changes`` rows older than the retention (bounded batches)."""
+    deleted = monitor_changes.prune(ctx.factory, ctx.settings.monitor_changes_retention_days)
+    if deleted:
+        log.info(
+            "monitor changes pruned rows=%d older_than_days=%s",
+            deleted,
+            ctx.settings.monitor_changes_retention_days,
+        )
+    return deleted
 
 
 def deliver_outbox(ctx: AppContext) -> outbox.DeliveryReport:

@@ -38,6 +38,19 @@ class Settings(BaseSettings):
         description="monitor state changes kept in memory while the state database is down "
         "(the oldest is dropped when full)",
     )
+    monitor_changes_retention_days: float = Field(
+        default=30.0,
+        ge=1,
+        description="monitor status changes (`monitor_changes`, GET /api/v1/monitors/{id}/changes) "
+        "older than this many days are pruned by the leader, hourly, in batches; at least 1 day: "
+        "a change's row is what recognises it when it is written again after an ambiguous commit",
+    )
+    audit_queue: int = Field(
+        default=10_000,
+        ge=1,
+        description="API audit entries kept in memory while the state database is down, written "
+        "when it is back (the oldest is dropped when full, cpdops_audit_entries_dropped_total)",
+    )
     discovery_interval_s: float = 30.0
     recovery_check_interval_s: float = Field(
         default=10.0,

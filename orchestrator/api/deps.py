@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
+from pydantic import BeforeValidator
 from sqlalchemy.orm import Session
 
 from orchestrator.context import AppContext
@@ -26,6 +29,16 @@ T = TypeVar("T")
 
 CtxDep = Annotated[AppContext, Depends(get_ctx)]
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _iso_only(value: object) -> object:
+    # pydantic would read "0.0" as a Unix time; the parameter is documented as ISO 8601
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", value):
+        raise ValueError("not an ISO 8601 date-time, e.g. 2026-12-01T10:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 # Free text in a query filter: PostgreSQL refuses NUL in text, so it is a 422 here, not a 500.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api.auth import STATE_PRINCIPAL, STATE_REFUSED
 from orchestrator.auth.audit import record_request, should_record
+from orchestrator.auth.audit_queue import AuditQueue
 from orchestrator.auth.tokens import Principal
 from orchestrator.db.outage import database_unavailable, describe
 
@@ -89,7 +91,9 @@ class BodyLimit:
 
 class Audit:
     """An audit entry for every request that may change something (not GET/HEAD/OPTIONS)
-    and every refused one (401/403), written before the response starts."""
+    and every refused one (401/403), written before the response starts — or, while the state
+    database is unavailable, queued with its time and written when it is back
+    (``orchestrator.auth.audit_queue``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -128,12 +132,22 @@ class Audit:
                 "status": status,
                 "client": client[0] if client else None,
             }
+            entry["at"] = datetime.now(UTC)  # kept when the entry is written late
+            queue: AuditQueue | None = getattr(ctx, "audit", None)
+            if queue is not None and queue.pending():
+                # entries wait for the database already: this one goes behind them (in order,
+                # and without waiting for a connect timeout again)
+                queue.submit(entry)
+                return
             try:
                 await run_in_threadpool(record_request, ctx.factory, **entry)
             except Exception as exc:
-                # Never turns the response into a 500. The entry is not lost without a trace:
-                # the log line carries all of it (the state database may be down: 503).
-                if database_unavailable(exc):
+                # Never turns the response into a 500. During a database outage (503) the entry
+                # waits in memory and is written when the database is back (AuditQueue).
+                if database_unavailable(exc) and queue is not None:
+                    log.warning("state database unavailable for the audit: %s", describe(exc))
+                    queue.submit(entry)  # logs the entry
+                elif database_unavailable(exc):
                     log.error(
                         "audit entry not written (state database unavailable: %s) entry=%s",
                         describe(exc),

@@ -299,6 +299,22 @@ class HistoryOut(BaseModel):
     points: list[PointOut]
 
 
+class MonitorChangeOut(BaseModel):
+    """One status change of a monitor, at the time it happened."""
+
+    id: int
+    monitor: str
+    tenant: str
+    old: str = Field(description="the status before: up, down, pending or maintenance")
+    new: str = Field(description="the status after")
+    reason: str = Field(description="the check's reason, e.g. the error that made it down")
+    at: datetime = Field(description="when the change happened (the monitor engine's time)")
+    written_at: datetime = Field(
+        description="when it was written: later than `at` when it waited in memory through a "
+        "state database outage"
+    )
+
+
 class TenantUptimeOut(BaseModel):
     tenant: str
     monitors: list[str]

@@ -70,24 +70,50 @@ def record_request(
     status: int,
     client: str | None,
     detail: dict[str, Any] | None = None,
+    at: datetime | None = None,
 ) -> None:
     """One ``http`` entry: the path without its query string (which may hold secrets) and
-    never the body."""
+    never the body; ``at``: when the request was answered (default now)."""
+    record_requests(
+        factory,
+        [
+            {
+                "actor": actor,
+                "role": role,
+                "token_id": token_id,
+                "method": method,
+                "route": route,
+                "path": path,
+                "status": status,
+                "client": client,
+                "detail": detail,
+                "at": at,
+            }
+        ],
+    )
+
+
+def record_requests(factory: sessionmaker[Session], entries: list[dict[str, Any]]) -> None:
+    """Several ``http`` entries (the fields of :func:`record_request`) in one transaction, in
+    order, each at its own ``at`` (entries written late, after a database outage)."""
     with session_scope(factory) as s:
-        s.add(
-            AuditEntry(
-                actor=_text(actor, 100),
-                action="http",
-                target=_text(path, 255),
-                detail=_clean(detail or {}),
-                role=role,
-                token_id=token_id,
-                method=_text(method, 8),
-                route=_text(route, 255) if route else None,
-                status=status,
-                client=_text(client, 64) if client else None,
+        for e in entries:
+            client, route = e.get("client"), e.get("route")
+            s.add(
+                AuditEntry(
+                    at=e.get("at") or datetime.now(UTC),
+                    actor=_text(e["actor"], 100),
+                    action="http",
+                    target=_text(e["path"], 255),
+                    detail=_clean(e.get("detail") or {}),
+                    role=e.get("role"),
+                    token_id=e.get("token_id"),
+                    method=_text(e["method"], 8),
+                    route=_text(route, 255) if route else None,
+                    status=e["status"],
+                    client=_text(client, 64) if client else None,
+                )
             )
-        )
 
 
 def query(

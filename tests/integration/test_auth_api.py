@@ -65,6 +65,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/monitors"): "admin",
     ("DELETE", "/api/v1/monitors/{monitor_id}"): "admin",
     ("GET", "/api/v1/monitors/{monitor_id}/history"): "viewer",
+    ("GET", "/api/v1/monitors/{monitor_id}/changes"): "viewer",
     ("GET", "/api/v1/tenants/{slug}/uptime"): "viewer",
     ("GET", "/api/v1/tokens"): "admin",
     ("POST", "/api/v1/tokens"): "admin",

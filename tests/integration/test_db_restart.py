@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from monitors.state import MonitorStatus
-from orchestrator.db.models import Incident, MonitorChange, MonitorMinute
+from orchestrator.db.models import AuditEntry, Incident, MonitorChange, MonitorMinute
 from orchestrator.settings import Settings
 from tests.integration.dockerd import remove_test_containers
 from tests.integration.fleet import make_context, place_tenants, wait_for, wait_health
@@ -132,7 +132,7 @@ def test_database_restart_loses_no_monitor_change(
             health = a.client.get("/healthz")
             assert health.status_code == 503
             assert health.json()["database"] == "unavailable"
-            # an audited request (a write) is a 503 too: its failed audit write is logged
+            # an audited request (a write) is a 503 too: its audit entry waits in memory
             posted = api.post("/api/v1/incidents", json={"subject": "x", "description": "y"})
             assert posted.status_code == 503, posted.text
 
@@ -163,6 +163,11 @@ def test_database_restart_loses_no_monitor_change(
             )
             wait_for(lambda: a.health().get("leading"), timeout=15, what="a leads again")
             wait_for(lambda: _pending(a) == 0, timeout=30, what="the queued changes written")
+            wait_for(
+                lambda: a.health().get("pending_audit") == 0,
+                timeout=30,
+                what="the queued audit entries written",
+            )
             assert a.health()["leader"] == a.health()["replica"]
             wait_for(lambda: tenant_status("pga", "down"), timeout=10, what="pga DOWN stored")
             assert tenant_status("pgb", "up")
@@ -199,6 +204,13 @@ def test_database_restart_loses_no_monitor_change(
                         conn.execute(select(Incident.id).where(Incident.tenant == "pga"))
                     )
                     assert len(a_incidents) == 1, a_incidents
+                    # the 503's audit entry, written late with the time of the request
+                    (audited,) = conn.execute(
+                        select(AuditEntry.at).where(
+                            AuditEntry.target == "/api/v1/incidents", AuditEntry.status == 503
+                        )
+                    )
+                    assert outage_start <= audited.at <= outage_end, audited
                     # the history minutes of the outage: flushed once the database is back
                     first, last = (
                         int(outage_start.timestamp()) // 60,
@@ -230,7 +242,7 @@ def test_database_restart_loses_no_monitor_change(
             recovered = [e for e in detail.get("events", []) if e["kind"] == "recovered"]
             assert len(recovered) == 2, detail  # pgb's two monitors, once each
             log = a.log_path.read_text(errors="replace")
-            assert "audit entry not written (state database unavailable" in log
+            assert "audit entry queued for the state database" in log
             assert '" 500' not in log, a.log_tail(80)  # no request answered 500
         finally:
             if api is not None:

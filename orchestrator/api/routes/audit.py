@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BeforeValidator
 
 from orchestrator.api.auth import AdminDep
-from orchestrator.api.deps import NO_NUL, SessionDep
+from orchestrator.api.deps import NO_NUL, IsoTime, SessionDep
 from orchestrator.api.schemas import AuditOut
 from orchestrator.auth.audit import query
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
-
-
-def _iso_only(value: object) -> object:
-    # pydantic would read "0.0" as a Unix time; the parameter is documented as ISO 8601
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+(\.\d*)?\s*", value):
-        raise ValueError("not an ISO 8601 date-time, e.g. 2026-12-01T10:00:00Z")
-    return value
-
-
-IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 @router.get(

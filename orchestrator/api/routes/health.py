@@ -27,7 +27,8 @@ router = APIRouter(tags=["health"], dependencies=[PUBLIC])
     description="200 `{status: ok, database: ok, …}`; 503 `{status: degraded, database: "
     "unavailable, error, …}` with `Retry-After` while the state database cannot be reached "
     "(the monitors keep probing meanwhile; `pending_changes` counts their state changes "
-    "waiting to be written). `leading`/`leader`: which replica runs the scheduler.",
+    "waiting to be written, `pending_audit` the API audit entries). `leading`/`leader`: "
+    "which replica runs the scheduler.",
 )
 def healthz(ctx: CtxDep) -> Any:
     try:
@@ -42,10 +43,14 @@ def healthz(ctx: CtxDep) -> Any:
         }
         if ctx.changes is not None:  # state changes waiting for the database
             body["pending_changes"] = ctx.changes.pending()
+        if ctx.audit is not None:  # audit entries waiting for the database
+            body["pending_audit"] = ctx.audit.pending()
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     out: dict[str, Any] = {"status": "ok", "database": "ok", "monitors": ctx.monitors is not None}
     if ctx.changes is not None:
         out["pending_changes"] = ctx.changes.pending()
+    if ctx.audit is not None:
+        out["pending_audit"] = ctx.audit.pending()
     if ctx.leadership is not None:  # which replica runs the scheduler, monitors and rollouts
         out["replica"] = ctx.leadership.replica_id
         out["leading"] = ctx.leadership.leading

@@ -9,12 +9,13 @@ from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 
 from monitors.probe import public_target
-from orchestrator import declared_monitors
+from orchestrator import declared_monitors, monitor_changes
 from orchestrator.api.auth import AdminDep, ViewerDep
-from orchestrator.api.deps import NO_NUL, CtxDep, LimitQuery, OffsetQuery, SessionDep
+from orchestrator.api.deps import NO_NUL, CtxDep, IsoTime, LimitQuery, OffsetQuery, SessionDep
 from orchestrator.api.schemas import (
     DeclaredMonitorOut,
     HistoryOut,
+    MonitorChangeOut,
     MonitorOut,
     PointOut,
     TenantUptimeOut,
@@ -173,6 +174,42 @@ def monitor_history(
         uptime=None if checks == 0 else (checks - failures) / checks,
         points=[PointOut(**p.__dict__) for p in points],
     )
+
+
+# before the DELETE route too (its {monitor_id:path} would also match …/changes)
+@router.get(
+    "/monitors/{monitor_id:path}/changes",
+    response_model=list[MonitorChangeOut],
+    summary="A monitor's status changes, newest first",
+    description=(
+        "Every status change of the monitor at the time it happened (`at`), also those written "
+        "late after a state database outage (`written_at` later). Newest first; `since` "
+        "(inclusive) and `until` (exclusive) filter on `at`; page with `limit` and `offset`. "
+        "Changes older than `CPDOPS_MONITOR_CHANGES_RETENTION_DAYS` (default 30) are pruned. "
+        "A deleted monitor's changes stay until then."
+    ),
+    responses={404: {"description": "no such monitor, and no stored change of it"}},
+)
+def monitor_changes_list(
+    monitor_id: MonitorId,
+    session: SessionDep,
+    _viewer: ViewerDep,
+    since: Annotated[IsoTime | None, Query(description="at or after (ISO 8601)")] = None,
+    until: Annotated[IsoTime | None, Query(description="before (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many")] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000, description="skip this many")] = 0,
+) -> list[MonitorChangeOut]:
+    rows = monitor_changes.query(
+        session, monitor_id, since=since, until=until, limit=limit, offset=offset
+    )
+    if (
+        not rows
+        and session.get(MonitorRecord, monitor_id) is None
+        and session.get(DeclaredMonitor, monitor_id) is None
+        and not monitor_changes.exists(session, monitor_id)
+    ):
+        raise NotFoundError(f"no monitor {monitor_id!r}")
+    return [MonitorChangeOut.model_validate(monitor_changes.as_dict(r)) for r in rows]
 
 
 @router.delete(
