@@ -513,7 +513,9 @@ class RolloutExecutor:
             if action.status == "rolling_back" and r.control == "rollback":
                 progress["manual_rollback"] = True
             if action.status == "rolling_back":
-                progress.pop("paused_rollback", None)
+                before = progress.pop("paused_rollback", None)
+                if isinstance(before, str) and r.control != "rollback":
+                    progress["reason"] = before  # why it rolls back, not how it went on
                 r.error = None
             image = r.image
         log.info(
@@ -526,6 +528,7 @@ class RolloutExecutor:
         if (
             action.status == "rolling_back"
             and not view.manual_rollback
+            and not view.paused_rollback  # reported when the rollback began
             and view.control != "rollback"
         ):
             self._report_rollout(rollout_id, image, action.reason)
@@ -537,7 +540,8 @@ class RolloutExecutor:
             r = s.get_one(Rollout, rollout_id)
             progress = {**(r.progress or {}), "reason": reason}
             if r.status == "rolling_back":  # resume or abort finishes the rollback
-                progress["paused_rollback"] = True
+                # the rollback's own reason, given back when it goes on
+                progress["paused_rollback"] = (r.progress or {}).get("reason") or "rolling back"
             if r.status in (
                 "running",
                 "awaiting_approval",

@@ -418,3 +418,58 @@ def test_abort_of_a_rollout_paused_on_a_host_fault_reconciles_it(
         ctx.close()
         for h in docker_hosts:
             remove_test_containers(h.client)
+
+
+def test_host_down_past_the_wait_during_a_rollback_pauses_then_resume_finishes_it(
+    tmp_path: Path,
+    docker_fleet: DockerdFleet,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    """As above with CPDOPS_HOST_WAIT_S 3: d2 stays down past the wait, the rollback pauses
+    with the host reason and v1 stays ``updated``; resume once d2 is back reverts it."""
+    ctx = make_context(tmp_path, host_wait_s=3)
+    try:
+        names = [("w0", 0), ("w1", 1), ("w2", 2)]
+        env = {"w0": {"SMARTCPD_FAIL": ""}, "w1": {"SMARTCPD_FAIL": ""}}
+        placed = place_tenants(ctx, docker_hosts, names, standin_images["1"], env=env)
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        rollout_id = ctx.executor.create(
+            RolloutRequest(
+                image=standin_images["2-fail-health"], gate=FAIL_GATE, strategy=ONE_BY_ONE
+            )
+        )
+        by_tenant = {i.tenant: i for i in _rollout(ctx, rollout_id).instances}
+        target, failing = by_tenant["w1"], by_tenant["w2"]
+        runner = Runner(ctx, rollout_id)
+        wait_for(_step_started(ctx, failing.id, "gate"), timeout=120, what="w2's gate")
+        with docker_fleet.daemon_down("d2"):
+            wait_for(
+                lambda: (
+                    _status(ctx, rollout_id, "paused")()
+                    and _steps(ctx, target.id)[-1] == ("wait", "timeout")
+                    and _state(ctx, target.id) == "updated"
+                ),
+                timeout=90,
+                what="the pause of the rollback",
+            )
+            r = _rollout(ctx, rollout_id)
+            assert r.error is not None and r.error.startswith("host d2 unreachable since "), r.error
+            assert r.progress.get("paused_rollback") == "1 failed instance(s), budget 0"
+            states = {i.tenant: i.state for i in r.instances}
+            assert states == {"w0": "reverted", "w1": "updated", "w2": "failed"}, states
+        ctx.executor.control(rollout_id, "resume")
+        assert runner.join() == "failed"
+        r = _rollout(ctx, rollout_id)
+        assert r.error == "1 failed instance(s), budget 0", "why it rolled back, not the pause"
+        states = {i.tenant: i.state for i in r.instances}
+        assert states == {"w0": "reverted", "w1": "reverted", "w2": "failed"}, states
+        assert set(_versions(placed).values()) == {"1"}
+        assert _managed_count(docker_hosts) == 3
+        assert _leftovers(docker_hosts) == []
+        assert _steps(ctx, target.id)[-1] == ("rollback", "ok")
+    finally:
+        ctx.close()
+        for h in docker_hosts:
+            remove_test_containers(h.client)
