@@ -28,6 +28,9 @@ class InstanceView:
     host: str
     state: str
     eligible: bool = True  # e.g. the tenant's maintenance window is open
+    # Its last step is a host wait that timed out (``faults.interrupted``): the instance is
+    # as Docker has it until it is reconciled. Only read when an abort is requested.
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class RolloutView:
     wave_done_at: dict[int, float] = field(default_factory=dict)
     acknowledged_failures: int = 0
     manual_rollback: bool = False
+    # Paused while rolling back (a host silent past CPDOPS_HOST_WAIT_S during a revert):
+    # resume or abort finishes the rollback.
+    paused_rollback: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,13 @@ class Update:
 
 @dataclass(frozen=True)
 class Revert:
+    instance_id: int
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Abort: bring an instance a host fault interrupted to a known version first."""
+
     instance_id: int
 
 
@@ -81,7 +94,7 @@ class Wait:
     until: float | None = None
 
 
-Action = Update | Revert | SetStatus | MarkWaveDone | Approve | Finish | Wait
+Action = Update | Revert | Reconcile | SetStatus | MarkWaveDone | Approve | Finish | Wait
 
 
 def _slots(view: RolloutView) -> tuple[int, Counter[str]]:
@@ -114,6 +127,13 @@ def next_actions(view: RolloutView) -> list[Action]:
     budget = view.strategy.budget(len(insts))
     control = view.control
 
+    # A rollback paused on a host fault goes on when resumed or aborted (an abort cannot
+    # leave half the fleet reverted: the rollback is finished first).
+    if view.status == "paused" and view.paused_rollback and control != "rollback":
+        if control in ("resume", "abort"):
+            return [SetStatus("rolling_back", f"{control}: finishing the rollback")]
+        return [Wait("paused while rolling back")]
+
     # Rolling back: every updated instance goes back to its kept container.
     if view.status == "rolling_back" or control == "rollback":
         actions: list[Action] = []
@@ -132,6 +152,9 @@ def next_actions(view: RolloutView) -> list[Action]:
     if control == "abort":
         if busy:
             return [Wait("abort: letting the instances in progress finish")]
+        stuck = [i for i in insts if i.interrupted and i.state == PENDING]
+        if stuck:  # reconciled first: every instance ends on a known version
+            return [Reconcile(i.id) for i in _take(view, stuck)] or [Wait("abort: reconciling")]
         return [Finish("aborted", "aborted by request; updated instances stay updated")]
 
     if control != "resume" and failures - view.acknowledged_failures > budget:

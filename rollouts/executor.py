@@ -41,12 +41,13 @@ from orchestrator.errors import (
 from orchestrator.fleet.discovery import discover
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import VERSION_LABEL, DockerHost
-from rollouts import decide
+from rollouts import decide, faults
 from rollouts.decide import (
     Approve,
     Finish,
     InstanceView,
     MarkWaveDone,
+    Reconcile,
     Revert,
     RolloutView,
     SetStatus,
@@ -277,6 +278,8 @@ class RolloutExecutor:
         """Record an operator's request; the process running the rollout applies it."""
         if action not in CONTROLS:
             raise InputError(f"unknown action {action!r}; expected one of {', '.join(CONTROLS)}")
+        if action == "abort":
+            self._check_abort(rollout_id)
         with session_scope(self._factory) as s:
             rollout = s.get(Rollout, rollout_id)
             if rollout is None:
@@ -299,6 +302,27 @@ class RolloutExecutor:
                 AuditEntry(actor=actor, action=f"rollout.{action}", target=f"rollout/{rollout_id}")
             )
             return rollout.status
+
+    def _check_abort(self, rollout_id: int) -> None:
+        """An abort reconciles the instances a host fault interrupted (``decide.Reconcile``):
+        refused (409) while one of their hosts does not answer."""
+        with self._factory() as s:
+            r = s.get(Rollout, rollout_id)
+            if r is None or r.status != "paused":
+                return
+            stuck = [(i.host, i.tenant) for i in r.instances if self._worker.interrupted(i.id)]
+        silent: dict[str, list[str]] = {}
+        for host, tenant in stuck:
+            if host in silent:
+                silent[host].append(tenant)
+                continue
+            try:
+                self._hosts.get(host).ping()
+            except DockerError:
+                silent[host] = [tenant]
+        refusal = faults.abort_refusal(rollout_id, silent)
+        if refusal is not None:
+            raise ConflictError(refusal)
 
     # --- run ------------------------------------------------------------------------------
     def run(self, rollout_id: int) -> str:
@@ -358,17 +382,19 @@ class RolloutExecutor:
                 until: float | None = None
                 acted = False  # a bookkeeping action changed the view: decide again at once
                 for action in actions:
-                    if isinstance(action, Update | Revert):
+                    if isinstance(action, Update | Revert | Reconcile):
                         job = jobs[action.instance_id]
                         if action.instance_id in futures:  # its last step is just returning
                             self._pop(futures, action.instance_id)
-                        state = decide.UPDATING if isinstance(action, Update) else decide.REVERTING
+                        state = decide.REVERTING if isinstance(action, Revert) else decide.UPDATING
                         self._set_instance(action.instance_id, state=state)
                         self._hold(job, True)
                         run = (
                             self._worker.update
                             if isinstance(action, Update)
                             else self._worker.revert
+                            if isinstance(action, Revert)
+                            else self._worker.settle
                         )
                         futures[action.instance_id] = (pool.submit(self._guarded, run, job), job)
                     elif isinstance(action, SetStatus):
@@ -432,6 +458,7 @@ class RolloutExecutor:
             window = bool((r.options.get("schedule") or {}).get("window"))
             tenants = {t.slug: t for t in s.scalars(select(Tenant))} if window else {}
             rows = {i.id: i for i in r.instances}
+            aborting = r.control == "abort"
             instances = tuple(
                 InstanceView(
                     id=i.id,
@@ -439,6 +466,9 @@ class RolloutExecutor:
                     host=i.host,
                     state=i.state,
                     eligible=(not window) or _tenant_window_open(tenants.get(i.tenant), now),
+                    interrupted=aborting
+                    and i.state == decide.PENDING
+                    and self._worker.interrupted(i.id),
                 )
                 for i in rows.values()
             )
@@ -453,12 +483,13 @@ class RolloutExecutor:
                 wave_done_at={int(k): float(v) for k, v in (p.get("wave_done_at") or {}).items()},
                 acknowledged_failures=int(p.get("acknowledged_failures", 0)),
                 manual_rollback=bool(p.get("manual_rollback")),
+                paused_rollback=bool(p.get("paused_rollback")),
             )
             actions = next_actions(view)
             jobs = {
                 a.instance_id: InstanceJob.from_rows(r, rows[a.instance_id])
                 for a in actions
-                if isinstance(a, Update | Revert)
+                if isinstance(a, Update | Revert | Reconcile)
             }
         return view, actions, jobs
 
@@ -481,6 +512,11 @@ class RolloutExecutor:
                 r.error = None  # e.g. the host or disk fault it was paused on
             if action.status == "rolling_back" and r.control == "rollback":
                 progress["manual_rollback"] = True
+            if action.status == "rolling_back":
+                before = progress.pop("paused_rollback", None)
+                if isinstance(before, str) and r.control != "rollback":
+                    progress["reason"] = before  # why it rolls back, not how it went on
+                r.error = None
             image = r.image
         log.info(
             "rollout status rollout=%s %s -> %s reason=%s",
@@ -492,6 +528,7 @@ class RolloutExecutor:
         if (
             action.status == "rolling_back"
             and not view.manual_rollback
+            and not view.paused_rollback  # reported when the rollback began
             and view.control != "rollback"
         ):
             self._report_rollout(rollout_id, image, action.reason)
@@ -501,9 +538,19 @@ class RolloutExecutor:
         CPDOPS_HOST_WAIT_S, backup disk full): pause with the reason; ``resume`` goes on."""
         with session_scope(self._factory) as s:
             r = s.get_one(Rollout, rollout_id)
-            if r.status in ("running", "awaiting_approval", "waiting_window", "paused"):
+            progress = {**(r.progress or {}), "reason": reason}
+            if r.status == "rolling_back":  # resume or abort finishes the rollback
+                # the rollback's own reason, given back when it goes on
+                progress["paused_rollback"] = (r.progress or {}).get("reason") or "rolling back"
+            if r.status in (
+                "running",
+                "awaiting_approval",
+                "waiting_window",
+                "paused",
+                "rolling_back",
+            ):
                 r.status = "paused"
-            r.progress = {**(r.progress or {}), "reason": reason}
+            r.progress = progress
             r.error = reason
         log.warning("rollout paused rollout=%s reason=%s", rollout_id, reason)
         self._notify(rollout_id)

@@ -78,3 +78,23 @@ def host_pause_reason(host: str, since: datetime, error: str) -> str:
 
 def space_pause_reason(tenant: str, message: str) -> str:
     return f"tenant {tenant}: {message}"
+
+
+def interrupted(last_step: tuple[str, str] | None) -> bool:
+    """Whether an instance was left by a host fault: its last journal step is a host ``wait``
+    that timed out (the rollout paused). It is reconciled before anything else is done."""
+    return last_step == ("wait", "timeout")
+
+
+def abort_refusal(rollout_id: int, silent: dict[str, list[str]]) -> str | None:
+    """Why an abort must wait: hosts (to the tenants interrupted there) that do not answer.
+    An abort reconciles every interrupted instance first, which needs its daemon; None when
+    every such host answers."""
+    if not silent:
+        return None
+    where = "; ".join(f"{h} ({', '.join(sorted(t))})" for h, t in sorted(silent.items()))
+    return (
+        f"cannot abort rollout {rollout_id} yet: host(s) {where} do not answer, and the "
+        "instances a host fault interrupted there must be reconciled first; abort again when "
+        "the host is back"
+    )

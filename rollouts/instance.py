@@ -54,6 +54,10 @@ class HostLost(Exception):
         super().__init__(error)
         self.host, self.error, self.touched, self.step = host, error, touched, step
         self.since = datetime.now(UTC)
+        # Set when the step interrupted was the rollback of a failed update: its reason and
+        # the failed new container (the rollback is finished, the update is not redone).
+        self.failed: str | None = None
+        self.new_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,10 @@ class InstanceWorker:
         lost = self._interrupted(job)
         while True:
             try:
+                if lost is not None and lost.failed is not None:
+                    self._ready(job)
+                    self._redo_failed_rollback(job, lost)
+                    return
                 if lost is not None and lost.touched:
                     resynced = self._resync(job)
                     if resynced is None:
@@ -223,6 +231,7 @@ class InstanceWorker:
             since=lost.since.isoformat(),
             interrupted=lost.step,
             touched=lost.touched,
+            **({"failed": lost.failed, "new_container": lost.new_id} if lost.failed else {}),
         )
         log.warning(
             "host unreachable, waiting rollout=%s tenant=%s host=%s step=%s: %s",
@@ -262,15 +271,19 @@ class InstanceWorker:
         """The host fault an earlier run of this instance paused on (its last journal step is
         a ``wait`` that timed out), so the instance is reconciled before the step."""
         last = self._journal.last(job.instance_id)
-        if last is None or last[0] != "wait" or last[1] != "timeout":
+        if last is None or not faults.interrupted(last[:2]):
             return None
         detail = last[2]
-        return HostLost(
+        lost = HostLost(
             job.host,
             str(detail.get("error") or ""),
             touched=bool(detail.get("touched", True)),
             step=str(detail.get("interrupted") or "reconcile"),
         )
+        if detail.get("failed"):
+            lost.failed = str(detail["failed"])
+            lost.new_id = detail.get("new_container")
+        return lost
 
     def _resync(self, job: InstanceJob) -> InstanceJob | None:
         """Reconcile after a host fault: the job to redo the step with (the instance back on
@@ -295,7 +308,9 @@ class InstanceWorker:
             touched=True,
         )
         self._journal.end(step, "timeout", waited_s=0, pings=0)
-        self._journal.set_instance(job.instance_id, state=decide.PENDING, error=error)
+        # a revert is done again (rolling back), an update reconciled and done again
+        state = decide.UPDATED if job.state == decide.REVERTING else decide.PENDING
+        self._journal.set_instance(job.instance_id, state=state, error=error)
 
     def _pause(self, job: InstanceJob, reason: str) -> None:
         log.warning("rollout paused rollout=%s tenant=%s: %s", job.rollout_id, job.tenant, reason)
@@ -394,8 +409,9 @@ class InstanceWorker:
             if not ok:
                 self._check_host(host, error, step="migrate", step_id=step)
                 j.end(step, "failed", **detail)
-                self._restore(job, None, "migration failed", final=decide.FAILED)
-                return self._report(job, "migration failed", {"step": "migrate", **detail})
+                return self._roll_back_failed(
+                    job, None, "migration failed", {"step": "migrate", **detail}
+                )
             j.end(step, "ok", **detail)
 
         if order == "start-first":
@@ -412,8 +428,7 @@ class InstanceWorker:
         except DockerError as exc:
             self._check_host(host, exc, step="replace", step_id=step)
             j.end(step, "failed", error=str(exc), new_container=new_id)
-            self._restore(job, new_id, str(exc), final=decide.FAILED)
-            return self._report(job, str(exc), {"step": "replace"})
+            return self._roll_back_failed(job, new_id, str(exc), {"step": "replace"})
         j.end(step, "ok", new_container=new_id)
         self._gate_and_settle(job, host, new_id)
 
@@ -450,8 +465,7 @@ class InstanceWorker:
         except DockerError as exc:
             self._check_host(host, exc, step="promote", step_id=step)
             j.end(step, "failed", error=str(exc))
-            self._restore(job, new_id, str(exc), final=decide.FAILED)
-            return self._report(job, str(exc), {"step": "promote"})
+            return self._roll_back_failed(job, new_id, str(exc), {"step": "promote"})
         j.end(step, "ok", instance=(job.instance_id, {"state": decide.UPDATED}))
 
     def _create(self, job: InstanceJob, host: DockerHost, old: dict[str, Any], name: str) -> str:
@@ -564,22 +578,108 @@ class InstanceWorker:
             "container": _safe_state(host, new_id),
             "logs": _safe_logs(host, new_id),
         }
-        self._restore(job, new_id, result.reason, final=decide.FAILED)
-        self._report(job, result.reason, evidence)
+        self._roll_back_failed(job, new_id, result.reason, evidence)
+
+    def _roll_back_failed(
+        self, job: InstanceJob, new_id: str | None, reason: str, evidence: dict[str, Any]
+    ) -> None:
+        """The rollback of an instance whose update really failed. A host that stops
+        answering meanwhile raises HostLost with the failure (``failed``): once the host
+        answers the rollback is done again and the instance ends ``failed``, not ``error``."""
+        try:
+            self._restore(job, new_id, reason, final=decide.FAILED, host_faults=True)
+        except HostLost as exc:
+            self._report(job, reason, evidence)
+            exc.failed, exc.new_id = reason, new_id
+            raise
+        self._report(job, reason, evidence)
+
+    def _redo_failed_rollback(self, job: InstanceJob, lost: HostLost) -> None:
+        """Finish the rollback of a failed update a host fault interrupted."""
+        assert lost.failed is not None
+        with self._factory() as s:
+            fresh = InstanceJob.from_rows(
+                s.get_one(Rollout, job.rollout_id), s.get_one(RolloutInstance, job.instance_id)
+            )
+        self._sweep_failed(fresh, self._hosts.get(job.host))
+        self._restore(fresh, lost.new_id, lost.failed, final=decide.FAILED, host_faults=True)
 
     # --- backward -----------------------------------------------------------------------------
     def revert(self, job: InstanceJob) -> None:
         """Rollback of an updated instance: back to its kept container (a restart) while the
         rollout runs; after it ended (kept containers removed), a re-create on the previous
-        image with the whole configuration, gated like an update."""
+        image with the whole configuration, gated like an update.
+
+        A host that stops answering is waited for as in ``update`` and the revert is done
+        again (it starts from what Docker reports); still silent after ``host_wait_s``, the
+        rollout pauses and the instance stays ``updated`` with the reason, its last step the
+        timed-out ``wait``: resume or abort reverts it again."""
+        lost = self._interrupted(job)
+        while True:
+            try:
+                self._ready(job)
+                if lost is not None:
+                    self._sweep_failed(job, self._hosts.get(job.host))
+                self._revert_once(job)
+                return
+            except HostLost as exc:
+                lost = exc
+            except HostUnreachable as exc:
+                lost = HostLost(job.host, str(exc), touched=True, step="revert")
+            reason = self._wait_host(job, lost)
+            if reason is not None:
+                # Paused first: an updated instance of a rollout rolling back is reverted.
+                self._pause(job, reason)
+                self._journal.set_instance(job.instance_id, state=decide.UPDATED, error=reason)
+                return
+
+    def _revert_once(self, job: InstanceJob) -> None:
         host = self._hosts.get(job.host)
         current = host.find(job.name)
         new_id = current.id if current is not None and current.id != job.old_container_id else None
         kept = host.find(job.old_container_id) if job.old_container_id else None
         if kept is not None or current is None:
-            self._restore(job, new_id, "rollout rolled back", final=decide.REVERTED)
+            self._restore(
+                job, new_id, "rollout rolled back", final=decide.REVERTED, host_faults=True
+            )
             return
         self._recreate_previous(job, host, current.id)
+
+    def settle(self, job: InstanceJob) -> None:
+        """Abort of a rollout paused on a host fault: reconcile the instance it interrupted,
+        waiting for the host as a step does. It ends ``updated`` (the new container was in
+        place and passes its gate) or ``pending`` on its previous container, never between."""
+        lost = self._interrupted(job)
+        while True:
+            try:
+                self._ready(job)
+                if lost is not None and lost.failed is not None:
+                    self._redo_failed_rollback(job, lost)
+                elif lost is None or lost.touched:
+                    self.reconcile(job, after_host_fault=True, undo_final=decide.PENDING)
+                else:
+                    step = self._journal.begin(
+                        job.instance_id, "reconcile", state=job.state, after="host unreachable"
+                    )
+                    self._journal.end(step, "ok", action="nothing was touched")
+                with self._factory() as s:
+                    row = s.get_one(RolloutInstance, job.instance_id)
+                    if row.state == decide.UPDATING:
+                        row.state = decide.PENDING
+                        s.commit()
+                return
+            except HostLost as exc:
+                lost = exc
+            except HostUnreachable as exc:
+                lost = HostLost(job.host, str(exc), touched=True, step="reconcile")
+            reason = self._wait_host(job, lost)
+            if reason is not None:  # the abort waits on: reconciled when the host answers
+                self._journal.set_instance(job.instance_id, state=decide.PENDING, error=reason)
+                return
+
+    def interrupted(self, instance_id: int) -> bool:
+        last = self._journal.last(instance_id)
+        return faults.interrupted(last[:2] if last is not None else None)
 
     def _recreate_previous(self, job: InstanceJob, host: DockerHost, current_id: str) -> None:
         j = self._journal
@@ -651,12 +751,16 @@ class InstanceWorker:
         *,
         final: str,
         step_name: str = "rollback",
+        host_faults: bool = False,
     ) -> None:
         """Put the kept container back: kill the new one (it is removed once the kept one
         answers, off the critical path), restore the DB if migrated, restart the kept one.
 
-        ``step_name="undo"`` (after a host fault, the step is done again): a daemon that stops
-        answering meanwhile raises HostLost instead of leaving the instance in error."""
+        ``step_name="undo"`` (after a host fault, the step is done again) or ``host_faults``
+        (a revert): a daemon that stops answering meanwhile raises HostLost (the step closed
+        ``interrupted``) instead of leaving the instance in error; the caller waits for the
+        host and does it again."""
+        host_faults = host_faults or step_name == "undo"
         started = time.monotonic()
         j, host = self._journal, self._hosts.get(job.host)
         old_id = job.old_container_id
@@ -698,9 +802,12 @@ class InstanceWorker:
                 self._remove_all(host, doomed)
                 doomed = []
         except (DockerError, CpdopsError) as exc:
-            if step_name == "undo" and isinstance(exc, HostUnreachable):
+            if host_faults and (
+                isinstance(exc, HostUnreachable)
+                or (isinstance(exc, DockerError) and not self._answers(host))
+            ):
                 j.end(step, "interrupted", error=str(exc))
-                raise HostLost(host.name, str(exc), touched=True, step="undo") from exc
+                raise HostLost(host.name, str(exc), touched=True, step=step_name) from exc
             j.end(
                 step,
                 "failed",
@@ -711,17 +818,27 @@ class InstanceWorker:
                 ),
             )
             return
-        check = (
-            self._gate(
-                job,
-                host,
-                old_id,
-                version=False,
-                gate={"passes": 1, "deadline_s": 30, "interval_s": 0.1},
+        try:
+            check = (
+                self._gate(
+                    job,
+                    host,
+                    old_id,
+                    version=False,
+                    gate={"passes": 1, "deadline_s": 30, "interval_s": 0.1},
+                )
+                if old_id is not None
+                else GateResult(True, 0, 0, "nothing to restart")
             )
-            if old_id is not None
-            else GateResult(True, 0, 0, "nothing to restart")
-        )
+        except HostUnreachable as exc:
+            if not host_faults:
+                raise
+            j.end(step, "interrupted", error=str(exc))
+            raise HostLost(host.name, str(exc), touched=True, step=step_name) from exc
+        if not check.ok and host_faults and not self._answers(host):
+            text = f"host {host.name} does not answer"
+            j.end(step, "interrupted", error=text)
+            raise HostLost(host.name, text, touched=True, step=step_name)
         elapsed = time.monotonic() - started
         self._rollback_seconds.observe(elapsed)
         self._remove_all(host, doomed)
@@ -765,7 +882,9 @@ class InstanceWorker:
         self._remove_all(host, [c.id for c in host.list_managed() if c.name.startswith(prefix)])
 
     # --- crash recovery -----------------------------------------------------------------------
-    def reconcile(self, job: InstanceJob, *, after_host_fault: bool = False) -> None:
+    def reconcile(
+        self, job: InstanceJob, *, after_host_fault: bool = False, undo_final: str = decide.UPDATING
+    ) -> None:
         """Finish or undo what a dead process left: the instance ends updated, or pending
         again on its previous container (the rollout then retries it), never in between.
 
@@ -784,6 +903,7 @@ class InstanceWorker:
         try:
             self._sweep_failed(job, host)
             if job.state == decide.REVERTING:
+                host.ping()  # silent: HostUnreachable, the revert is done again later
                 j.end(step, "ok", action="revert again")
                 return self.revert(job)
             kept = host.find(job.kept_name)
@@ -821,7 +941,7 @@ class InstanceWorker:
                 job,
                 new_id,
                 "host was unreachable mid-step",
-                final=decide.UPDATING,
+                final=undo_final,
                 step_name="undo",
             )
         else:

@@ -20,6 +20,7 @@ import pytest
 
 from orchestrator.context import AppContext
 from orchestrator.db.models import Rollout, RolloutInstance
+from orchestrator.errors import ConflictError
 from rollouts.spec import GateSpec, RolloutRequest, Strategy
 from tests.integration.dockerd import DockerdFleet, remove_test_containers
 from tests.integration.fleet import Placed, make_context, place_tenants, wait_for, wait_health
@@ -295,3 +296,180 @@ def test_full_backup_disk_pauses_before_touching_then_resume_runs_it(
     finally:
         ctx.close()
         remove_test_containers(handle.client)
+
+
+# A gate that cannot pass in less than 10 s (40 passes × 0.25 s): the daemon is stopped as
+# soon as the test sees it start, long before it could pass on any machine.
+LONGER_GATE = GateSpec(passes=40, deadline_s=90, interval_s=0.25)
+FAIL_GATE = GateSpec(passes=2, deadline_s=4, interval_s=0.2)
+
+
+def test_dockerd_down_when_its_instance_is_to_be_reverted_the_rollback_waits_and_finishes(
+    tmp_path: Path,
+    docker_fleet: DockerdFleet,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    """v0 (d1) and v1 (d2) pass, v2 (d3) fails its gate: the rollback reverts v0 and v1.
+    d2 is stopped while v2's failing gate runs — before any revert can start — and started
+    again once v1's revert waits for it: v1 ends ``reverted`` on v1, not ``error``."""
+    ctx = make_context(tmp_path)
+    try:
+        names = [("v0", 0), ("v1", 1), ("v2", 2)]
+        # the fail-health image fails only where SMARTCPD_FAIL is not overridden (v2)
+        env = {"v0": {"SMARTCPD_FAIL": ""}, "v1": {"SMARTCPD_FAIL": ""}}
+        placed = place_tenants(ctx, docker_hosts, names, standin_images["1"], env=env)
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        rollout_id = ctx.executor.create(
+            RolloutRequest(
+                image=standin_images["2-fail-health"], gate=FAIL_GATE, strategy=ONE_BY_ONE
+            )
+        )
+        by_tenant = {i.tenant: i for i in _rollout(ctx, rollout_id).instances}
+        assert [i.tenant for i in sorted(by_tenant.values(), key=lambda i: i.position)] == [
+            "v0",
+            "v1",
+            "v2",
+        ]
+        target, failing = by_tenant["v1"], by_tenant["v2"]
+        runner = Runner(ctx, rollout_id)
+        wait_for(_step_started(ctx, failing.id, "gate"), timeout=120, what="v2's gate")
+        with docker_fleet.daemon_down("d2"):
+            wait_for(_step_started(ctx, target.id, "wait"), timeout=60, what="v1's revert waits")
+            assert _state(ctx, target.id) == "reverting"
+            assert _rollout(ctx, rollout_id).status == "rolling_back"
+        assert runner.join() == "failed"  # a rollback after a real failure ends failed
+
+        r = _rollout(ctx, rollout_id)
+        states = {i.tenant: i.state for i in r.instances}
+        assert states == {"v0": "reverted", "v1": "reverted", "v2": "failed"}, states
+        assert set(_versions(placed).values()) == {"1"}
+        assert _managed_count(docker_hosts) == 3
+        assert _leftovers(docker_hosts) == []
+        steps = _steps(ctx, target.id)
+        assert ("wait", "ok") in steps, steps
+        assert steps[-1] == ("rollback", "ok"), steps
+    finally:
+        ctx.close()
+        for h in docker_hosts:
+            remove_test_containers(h.client)
+
+
+def test_abort_of_a_rollout_paused_on_a_host_fault_reconciles_it(
+    tmp_path: Path,
+    docker_fleet: DockerdFleet,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    """d2 stops in the middle of its instance's gate (which cannot pass in under 10 s), the
+    wait times out and the rollout pauses. An abort while d2 is down is refused (409); once
+    d2 is back the abort reconciles the interrupted instance: every instance ends on a
+    known version — updated on v2, or pending on v1 — with no container left aside."""
+    ctx = make_context(tmp_path, host_wait_s=3)
+    try:
+        placed = place_tenants(
+            ctx, docker_hosts, [(f"h{n}", n % 3) for n in range(4)], standin_images["1"]
+        )
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        rollout_id = ctx.executor.create(
+            RolloutRequest(image=standin_images["2"], gate=LONGER_GATE, strategy=ONE_BY_ONE)
+        )
+        target = _second_on(ctx, rollout_id, "d2")
+        runner = Runner(ctx, rollout_id)
+        wait_for(_step_started(ctx, target.id, "gate"), timeout=180, what="the d2 gate")
+        with docker_fleet.daemon_down("d2"):
+            wait_for(
+                lambda: (
+                    _status(ctx, rollout_id, "paused")()
+                    and _steps(ctx, target.id)[-1] == ("wait", "timeout")
+                    and _state(ctx, target.id) == "pending"
+                ),
+                timeout=90,
+                what="the pause",
+            )
+            assert ("gate", "interrupted") in _steps(ctx, target.id)
+            with pytest.raises(ConflictError) as refused:
+                ctx.executor.control(rollout_id, "abort")
+            assert "host(s) d2 (" in str(refused.value), refused.value
+            assert "abort again when the host is back" in str(refused.value)
+            assert _rollout(ctx, rollout_id).control is None, "the refused abort is not recorded"
+        ctx.executor.control(rollout_id, "abort")
+        assert runner.join() == "aborted"
+
+        r = _rollout(ctx, rollout_id)
+        versions = _versions(placed)
+        for i in r.instances:
+            assert i.state in ("updated", "pending"), (i.tenant, i.state)
+            assert versions[i.tenant] == ("2" if i.state == "updated" else "1"), i.tenant
+        steps = _steps(ctx, target.id)
+        assert steps[-1][0] == "reconcile" and steps[-1][1] == "ok", steps
+        assert "rollback" not in [name for name, _ in steps], steps
+        assert _managed_count(docker_hosts) == 4, "one container per tenant"
+        assert _leftovers(docker_hosts) == []
+        running = {  # every container of the tenants runs
+            c.name: c.status
+            for h in docker_hosts
+            for c in h.client.containers.list(all=True, filters={"label": "smartcpd.tenant"})
+        }
+        assert set(running.values()) == {"running"}, running
+    finally:
+        ctx.close()
+        for h in docker_hosts:
+            remove_test_containers(h.client)
+
+
+def test_host_down_past_the_wait_during_a_rollback_pauses_then_resume_finishes_it(
+    tmp_path: Path,
+    docker_fleet: DockerdFleet,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    """As above with CPDOPS_HOST_WAIT_S 3: d2 stays down past the wait, the rollback pauses
+    with the host reason and v1 stays ``updated``; resume once d2 is back reverts it."""
+    ctx = make_context(tmp_path, host_wait_s=3)
+    try:
+        names = [("w0", 0), ("w1", 1), ("w2", 2)]
+        env = {"w0": {"SMARTCPD_FAIL": ""}, "w1": {"SMARTCPD_FAIL": ""}}
+        placed = place_tenants(ctx, docker_hosts, names, standin_images["1"], env=env)
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        rollout_id = ctx.executor.create(
+            RolloutRequest(
+                image=standin_images["2-fail-health"], gate=FAIL_GATE, strategy=ONE_BY_ONE
+            )
+        )
+        by_tenant = {i.tenant: i for i in _rollout(ctx, rollout_id).instances}
+        target, failing = by_tenant["w1"], by_tenant["w2"]
+        runner = Runner(ctx, rollout_id)
+        wait_for(_step_started(ctx, failing.id, "gate"), timeout=120, what="w2's gate")
+        with docker_fleet.daemon_down("d2"):
+            wait_for(
+                lambda: (
+                    _status(ctx, rollout_id, "paused")()
+                    and _steps(ctx, target.id)[-1] == ("wait", "timeout")
+                    and _state(ctx, target.id) == "updated"
+                ),
+                timeout=90,
+                what="the pause of the rollback",
+            )
+            r = _rollout(ctx, rollout_id)
+            assert r.error is not None and r.error.startswith("host d2 unreachable since "), r.error
+            assert r.progress.get("paused_rollback") == "1 failed instance(s), budget 0"
+            states = {i.tenant: i.state for i in r.instances}
+            assert states == {"w0": "reverted", "w1": "updated", "w2": "failed"}, states
+        ctx.executor.control(rollout_id, "resume")
+        assert runner.join() == "failed"
+        r = _rollout(ctx, rollout_id)
+        assert r.error == "1 failed instance(s), budget 0", "why it rolled back, not the pause"
+        states = {i.tenant: i.state for i in r.instances}
+        assert states == {"w0": "reverted", "w1": "reverted", "w2": "failed"}, states
+        assert set(_versions(placed).values()) == {"1"}
+        assert _managed_count(docker_hosts) == 3
+        assert _leftovers(docker_hosts) == []
+        assert _steps(ctx, target.id)[-1] == ("rollback", "ok")
+    finally:
+        ctx.close()
+        for h in docker_hosts:
+            remove_test_containers(h.client)

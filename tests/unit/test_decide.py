@@ -11,6 +11,7 @@ from rollouts.decide import (
     Finish,
     InstanceView,
     MarkWaveDone,
+    Reconcile,
     Revert,
     RolloutView,
     SetStatus,
@@ -259,3 +260,72 @@ def test_revert_respects_parallelism() -> None:
 def test_rollback_that_could_not_restore_everything_fails() -> None:
     state = view(fleet("reverted", "error"), status="rolling_back", manual_rollback=True)
     assert next_actions(state) == [Finish("failed", "1 instance(s) could not be restored")]
+
+
+def _stuck(*states: str, interrupted: tuple[int, ...] = ()) -> tuple[InstanceView, ...]:
+    return tuple(
+        InstanceView(id=n, wave=0, host="abc"[n % 3], state=st, interrupted=n in interrupted)
+        for n, st in enumerate(states)
+    )
+
+
+def test_abort_reconciles_the_instances_a_host_fault_interrupted_first() -> None:
+    state = view(
+        _stuck("updated", "pending", "pending", interrupted=(1,)),
+        status="paused",
+        control="abort",
+    )
+    assert next_actions(state) == [Reconcile(1)]
+
+
+def test_abort_reconciles_within_the_parallelism() -> None:
+    state = view(
+        _stuck("pending", "pending", "pending", interrupted=(0, 1, 2)),
+        status="paused",
+        control="abort",
+        strategy={"parallelism": 2},
+    )
+    assert next_actions(state) == [Reconcile(0), Reconcile(1)]
+
+
+def test_abort_waits_for_the_reconcile_then_ends() -> None:
+    busy = view(_stuck("updated", "updating"), status="paused", control="abort")
+    assert next_actions(busy) == [Wait("abort: letting the instances in progress finish")]
+    done = view(_stuck("updated", "pending"), status="paused", control="abort")
+    assert next_actions(done) == [
+        Finish("aborted", "aborted by request; updated instances stay updated")
+    ]
+
+
+def test_an_interrupted_instance_is_only_reconciled_when_pending() -> None:
+    # an updated one interrupted during its revert is reverted by the rollback instead
+    state = view(_stuck("updated", interrupted=(0,)), status="paused", control="abort")
+    assert next_actions(state) == [
+        Finish("aborted", "aborted by request; updated instances stay updated")
+    ]
+
+
+@pytest.mark.parametrize("control", ["resume", "abort"])
+def test_a_rollback_paused_on_a_host_fault_is_finished_on_resume_or_abort(control: str) -> None:
+    state = view(
+        _stuck("failed", "updated", "reverted"),
+        status="paused",
+        control=control,
+        paused_rollback=True,
+    )
+    assert next_actions(state) == [SetStatus("rolling_back", f"{control}: finishing the rollback")]
+
+
+def test_a_rollback_paused_on_a_host_fault_waits_without_a_request() -> None:
+    state = view(_stuck("failed", "updated"), status="paused", paused_rollback=True)
+    assert next_actions(state) == [Wait("paused while rolling back")]
+    # budget exceeded, but no new rollback status is set while paused: it waits
+    state = view(_stuck("failed", "failed", "updated"), status="paused", paused_rollback=True)
+    assert next_actions(state) == [Wait("paused while rolling back")]
+
+
+def test_rollback_requested_on_a_paused_rollback_goes_on() -> None:
+    state = view(
+        _stuck("failed", "updated"), status="paused", control="rollback", paused_rollback=True
+    )
+    assert next_actions(state) == [SetStatus("rolling_back", "rollback requested"), Revert(1)]

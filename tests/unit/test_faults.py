@@ -74,3 +74,20 @@ def test_space_reason_names_the_tenant() -> None:
 )
 def test_an_exit_like_a_stop_may_be_the_daemon_stopping(code: int | None, maybe: bool) -> None:
     assert faults.may_be_daemon_stop(code) is maybe
+
+
+def test_interrupted_is_a_timed_out_wait() -> None:
+    assert faults.interrupted(("wait", "timeout"))
+    assert not faults.interrupted(("wait", "ok"))
+    assert not faults.interrupted(("gate", "timeout"))
+    assert not faults.interrupted(None)
+
+
+def test_abort_refusal_names_the_silent_hosts_and_their_tenants() -> None:
+    assert faults.abort_refusal(7, {}) is None
+    text = faults.abort_refusal(7, {"d2": ["beta", "acme"], "d1": ["zed"]})
+    assert text == (
+        "cannot abort rollout 7 yet: host(s) d1 (zed); d2 (acme, beta) do not answer, and the "
+        "instances a host fault interrupted there must be reconciled first; abort again when "
+        "the host is back"
+    )

@@ -102,7 +102,7 @@ def create_rollout(
         return rollout_detail(session, rollout_id)
 
 
-def _control_route(action: str, summary: str) -> None:
+def _control_route(action: str, summary: str, description: str) -> None:
     def control(
         rollout_id: RolloutId, request: Request, ctx: CtxDep, operator: OperatorDep
     ) -> RolloutDetail:
@@ -119,19 +119,30 @@ def _control_route(action: str, summary: str) -> None:
         response_model=RolloutDetail,
         status_code=202,
         summary=summary,
+        description=description,
         responses={404: {"description": "no such rollout"}, 409: {"description": "not now"}},
         name=f"rollout_{action}",
     )
 
 
-for _action, _summary in (
-    ("pause", "Pause: no new instance starts; those in progress finish"),
-    ("resume", "Resume a paused rollout"),
-    ("approve", "Approve the next wave of a rollout awaiting approval"),
-    ("abort", "Abort: stop where it is; updated instances stay updated"),
-    ("rollback", "Roll back every instance the rollout updated"),
+_HOST_FAULT = (
+    " A rollout paused on a host fault (a Docker daemon silent past CPDOPS_HOST_WAIT_S) "
+    "first reconciles the instance the fault interrupted; one paused while rolling back "
+    "finishes the rollback."
+)
+for _action, _summary, _description in (
+    ("pause", "Pause: no new instance starts; those in progress finish", ""),
+    ("resume", "Resume a paused rollout", "Goes on where it paused." + _HOST_FAULT),
+    ("approve", "Approve the next wave of a rollout awaiting approval", ""),
+    (
+        "abort",
+        "Abort: stop where it is; updated instances stay updated",
+        "No new instance starts; those in progress finish." + _HOST_FAULT + " Refused (409) "
+        "while the host of such an instance does not answer: abort again when it is back.",
+    ),
+    ("rollback", "Roll back every instance the rollout updated", ""),
 ):
-    _control_route(_action, _summary)
+    _control_route(_action, _summary, _description or _summary)
 
 
 @router.get(
