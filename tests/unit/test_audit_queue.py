@@ -57,7 +57,10 @@ def test_entries_wait_for_the_database_and_keep_their_order_and_time() -> None:
     assert queue.stop(drain_timeout_s=30) == 0
     assert [r["path"] for r in db.rows] == [f"/p/{i}" for i in range(7)]
     assert [r["at"] for r in db.rows] == [T0 + timedelta(seconds=i) for i in range(7)]
-    assert [len(b) for b in db.batches] == [3, 3, 1]
+    # batches of at most 3 (how the 7 were cut depends on when the writer woke: a first
+    # entry may go alone), each entry in exactly one written batch
+    written = [r for b in db.batches for r in b]
+    assert all(1 <= len(b) <= 3 for b in db.batches) and len(written) == 7
     assert queue.written == 7 and queue.dropped == 0
     assert registry.get_sample_value("cpdops_audit_entries_pending") == 0
 
