@@ -19,6 +19,9 @@ apt_install() {
     say "missing Debian packages (run as root to install): ${missing[*]}"; return 1
   fi
   say "installing ${missing[*]}"
+  # one install at a time on this machine (several test runs may set up side by side)
+  exec {apt_lock}>"$STATE_DIR/apt.lock"
+  flock "$apt_lock"
   if [ ! -f "$STATE_DIR/apt-updated" ]; then
     apt-get update -qq && touch "$STATE_DIR/apt-updated"
   fi
@@ -30,6 +33,7 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
     >/dev/null || rc=$?
   [ "$ours" = 1 ] && rm -f "$guard"
+  exec {apt_lock}>&-
   return $rc
 }
 

@@ -474,9 +474,16 @@ class DockerdFleet:
     def _take_session_lock(self) -> None:
         RUN_ROOT.mkdir(parents=True, exist_ok=True)
         lock = (RUN_ROOT / "session.lock").open("a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        # CPDOPS_TEST_LOCK_WAIT_S: how long to wait for another session to finish (default 0)
+        deadline = time.monotonic() + float(os.environ.get("CPDOPS_TEST_LOCK_WAIT_S") or 0)
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
             lock.close()
             raise DockerdError(
                 f"another test session is using the test daemons ({RUN_ROOT / 'session.lock'} "
