@@ -18,6 +18,7 @@ Secrets (``db_dsn``, ``password``, ``bot_token``, ``secret``) are typed :data:`S
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -50,6 +51,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from monitors.probe import public_target
 from orchestrator.errors import FleetFileError
+from orchestrator.fleet.readfile import read_limited
 
 __all__ = [
     "CHANNELS",
@@ -121,7 +123,7 @@ def parse_duration(text: str) -> float:
     if match is None or not any(match.groups()):
         hint = f"; for seconds write '{value}s'" if re.fullmatch(_NUMBER, value) else ""
         raise ValueError(
-            f"invalid duration {text!r}: expected a number and a unit such as 90s, 30m, 2h "
+            f"invalid duration {_echo(text)}: expected a number and a unit such as 90s, 30m, 2h "
             f"or 1h30m (units d, h, m, s, ms, largest first){hint}"
         )
     return sum(float(v) * _UNIT_SECONDS[unit] for unit, v in match.groupdict().items() if v)
@@ -219,6 +221,43 @@ SecretText = Annotated[str, SECRET, Field(repr=False), AfterValidator(_check_sec
 OptionalSecretText = Annotated[str | None, SECRET, Field(repr=False), AfterValidator(_check_secret)]
 
 
+_DSN_SCHEMES = ("postgresql", "postgres")
+_DSN_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._%-]*)(?::([^:]*))?")
+
+
+def _check_dsn(value: str | None) -> str | None:
+    """A libpq URI, ``postgresql://[user[:password]@][host][:port][,…][/dbname][?…]``; a
+    ``${VAR}`` stands for any part (the whole DSN when it is the whole value). The message
+    never quotes the DSN (it may hold a password)."""
+    whole = _ENV_REF_RE.fullmatch(value) if value is not None else None
+    if value is None or (whole is not None and not whole.group(1)):
+        return value
+
+    def placeholder(match: re.Match[str]) -> str:
+        return match.group(0)[1:] if match.group(1) else "1"  # $${ → a literal ${
+
+    dsn = _ENV_REF_RE.sub(placeholder, value)
+    example = "postgresql://user:password@host:5432/dbname"
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme not in _DSN_SCHEMES:
+        raise ValueError(f"not a PostgreSQL URI: expected {example}")
+    if not _URL_CHARS_RE.fullmatch(dsn):
+        raise ValueError("a DSN holds no spaces or control characters (percent-encode them)")
+    authority = re.split(r"[/?]", rest, maxsplit=1)[0]
+    for part in authority.rpartition("@")[2].split(","):
+        match = _DSN_HOST_RE.fullmatch(part)
+        if match is None:
+            raise ValueError(f"invalid host in the DSN: expected {example}")
+        port = match.group(2)
+        if port is not None and not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+            shown = f" {port}" if port.isdigit() and len(port) <= 12 else ""
+            raise ValueError(f"the DSN's port{shown} is not in 1-65535")
+    return value
+
+
+DsnText = Annotated[OptionalSecretText, AfterValidator(_check_dsn)]
+
+
 def is_secret_field(model: type[BaseModel], name: str) -> bool:
     """True if ``model.name`` is a secret (typed :data:`SecretText`)."""
     return SECRET in model.model_fields[name].metadata
@@ -260,7 +299,7 @@ _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 def _check_name(value: str) -> str:
     if not _NAME_RE.fullmatch(value):
         raise ValueError(
-            f"invalid name {value!r}: use 1-63 lowercase letters, digits and '-', "
+            f"invalid name {_echo(value)}: use 1-63 lowercase letters, digits and '-', "
             "starting with a letter or digit"
         )
     return value
@@ -278,45 +317,86 @@ def _check_version(value: int) -> int:
     return value
 
 
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+_SOCKET_PATH_RE = re.compile(r"/[A-Za-z0-9._/-]*")
+_SSH_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+_URL_CHARS_RE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
+
+
+def _echo(value: Any, limit: int = 60) -> str:
+    """``value`` quoted for an error message: escaped (no CR/LF reaches a message) and cut."""
+    if not isinstance(value, str):
+        text = repr(value)
+        return text if len(text) <= limit else text[:limit] + "…"
+    if len(value) > limit:
+        return repr(value[:limit]) + f"… ({len(value)} characters)"
+    return repr(value)
+
+
+def _check_host_name(url: str, host: str) -> None:
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{_echo(url)} has an invalid IPv6 address {_echo(host)}") from None
+    elif not _HOSTNAME_RE.fullmatch(host):
+        raise ValueError(
+            f"{_echo(url)}: invalid host name {_echo(host)} (letters, digits, '-' and '.')"
+        )
+
+
 def _check_docker_url(url: str) -> str:
-    """``unix:///abs/path``, ``tcp://host:port`` or ``ssh://[user@]host[:port]``."""
-    scheme, sep, _ = url.partition("://")
+    """Strictly ``unix:///abs/path`` (letters, digits, ``. _ - /``), ``tcp://host:port`` or
+    ``ssh://[user@]host[:port]``: the URL reaches the Docker SDK and ``ssh``, so nothing else
+    (spaces, ``;``, quotes, control characters) is let through."""
+    scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(f"{url!r} is not a URL: expected unix://, tcp:// or ssh://")
+        raise ValueError(f"{_echo(url)} is not a URL: expected unix://, tcp:// or ssh://")
     if scheme not in ("unix", "tcp", "ssh"):
         hint = " (a remote engine is tcp://host:2376)" if scheme in ("http", "https") else ""
         raise ValueError(
-            f"unsupported scheme '{scheme}://': expected unix://, tcp:// or ssh://{hint}"
+            f"unsupported scheme {_echo(scheme + '://')}: expected unix://, tcp:// or ssh://{hint}"
         )
-    parts = urlsplit(url)
-    if parts.password is not None:  # checked first: no message below may echo it
-        raise ValueError("do not put a password in a host URL; use an SSH key or TLS")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{url!r} has an invalid port") from None
+    if not _URL_CHARS_RE.fullmatch(url):
+        raise ValueError(f"{_echo(url)} holds spaces or control characters")
     if scheme == "unix":
-        if parts.netloc or not parts.path.startswith("/"):
+        if not rest.startswith("/"):
             raise ValueError(
                 "a unix:// URL needs an absolute socket path: unix:///var/run/docker.sock"
             )
+        if not _SOCKET_PATH_RE.fullmatch(rest) or "/../" in f"{rest}/":
+            raise ValueError(
+                f"{_echo(url)}: a socket path may hold only letters, digits, '.', '_', '-' "
+                "and '/' (no '..')"
+            )
         return url
-    if not parts.hostname:
-        raise ValueError(f"{url!r} has no host name")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: a {scheme}:// URL has no path, query or fragment")
-    if scheme == "tcp":
-        if parts.username is not None:
-            raise ValueError("a tcp:// URL has no user; use tls for authentication")
-        if not port:
-            raise ValueError(f"a tcp:// URL needs a port, e.g. tcp://{parts.hostname}:2376")
+    authority, _, path = rest.partition("/")
+    if path or "?" in authority or "#" in authority:
+        raise ValueError(f"{_echo(url)}: a {scheme}:// URL has no path, query or fragment")
+    user, at, hostport = authority.rpartition("@")
+    if at and ":" in user:  # checked first: no message below may echo it
+        raise ValueError("do not put a password in a host URL; use an SSH key or TLS")
+    if at and scheme == "tcp":
+        raise ValueError("a tcp:// URL has no user; use tls for authentication")
+    if at and not _SSH_USER_RE.fullmatch(user):
+        raise ValueError(f"{_echo(url)}: invalid user name {_echo(user)}")
+    match = re.fullmatch(r"(\[[^\]]*\]|[^:\[\]]*)(?::([^:]*))?", hostport)
+    if match is None or not match.group(1):
+        raise ValueError(f"{_echo(url)} has no host name")
+    host, port = match.group(1), match.group(2)
+    _check_host_name(url, host)
+    if port is not None and not (port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise ValueError(f"{_echo(url)} has an invalid port (1-65535)")
+    if scheme == "tcp" and port is None:
+        raise ValueError(f"a tcp:// URL needs a port, e.g. tcp://{host}:2376")
     return url
 
 
 def _check_http_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        raise ValueError(f"{_echo(url)} is not an http:// or https:// URL")
     return url
 
 
@@ -328,7 +408,7 @@ def _check_timezone(name: str) -> str:
         close = [z for z in zones if z.lower().endswith("/" + name.lower())]
         close = close or difflib.get_close_matches(name, zones, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ", e.g. 'Europe/Moscow'"
-        raise ValueError(f"unknown time zone {name!r}: use an IANA name{hint}") from None
+        raise ValueError(f"unknown time zone {_echo(name)}: use an IANA name{hint}") from None
     return name
 
 
@@ -348,7 +428,7 @@ def _cron_value(expr: str, token: str, spec: tuple[str, int, int, tuple[str, ...
     if token.lower() in names:
         return names.index(token.lower()) + base
     if not token.isdigit() or not low <= int(token) <= high:
-        raise ValueError(f"cron {expr!r}: {field} {token!r} is not in {low}-{high}")
+        raise ValueError(f"cron {_echo(expr)}: {field} {_echo(token)} is not in {low}-{high}")
     return int(token)
 
 
@@ -356,37 +436,45 @@ def _check_cron(expr: str) -> str:
     """Five crontab fields; each a list of ``*``, ``N``, ``N-M``, with optional ``/step``."""
     fields = expr.split()
     if expr.strip().startswith("@"):
-        raise ValueError(f"cron {expr!r}: macros are not supported; write the five fields")
+        raise ValueError(f"cron {_echo(expr)}: macros are not supported; write the five fields")
     if len(fields) != 5:
         raise ValueError(
-            f"cron {expr!r} has {len(fields)} fields; expected 5 "
+            f"cron {_echo(expr)} has {len(fields)} fields; expected 5 "
             "(minute hour day-of-month month day-of-week)"
         )
     for text, spec in zip(fields, _CRON_FIELDS, strict=True):
         for item in text.split(","):
             span, slash, step = item.partition("/")
             if slash and (not step.isdigit() or int(step) < 1):
-                raise ValueError(f"cron {expr!r}: bad step {step!r} in the {spec[0]} field")
+                raise ValueError(
+                    f"cron {_echo(expr)}: bad step {_echo(step)} in the {spec[0]} field"
+                )
             if span == "*":
                 continue
             first, dash, last = span.partition("-")
             if slash and not dash:
-                raise ValueError(f"cron {expr!r}: a step needs '*' or a range ({spec[0]} field)")
+                raise ValueError(
+                    f"cron {_echo(expr)}: a step needs '*' or a range ({spec[0]} field)"
+                )
             start = _cron_value(expr, first, spec)
             if dash and start > _cron_value(expr, last, spec):
-                raise ValueError(f"cron {expr!r}: empty range {span!r} in the {spec[0]} field")
+                raise ValueError(
+                    f"cron {_echo(expr)}: empty range {_echo(span)} in the {spec[0]} field"
+                )
     return expr
 
 
 def _check_email(value: str) -> str:
     if not _EMAIL_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not an e-mail address")
+        raise ValueError(f"{_echo(value)} is not an e-mail address")
     return value
 
 
 def _check_sender(value: str) -> str:
     if not _EMAIL_RE.fullmatch(parseaddr(value)[1]):
-        raise ValueError(f"{value!r} is not an address like 'ops@example.com' or 'Ops <ops@…>'")
+        raise ValueError(
+            f"{_echo(value)} is not an address like 'ops@example.com' or 'Ops <ops@…>'"
+        )
     return value
 
 
@@ -503,7 +591,7 @@ class TenantSpec(_Spec):
     maintenance_window: MaintenanceWindow | None = None
     contacts: Annotated[list[Contact], _none_as(list)] = Field(default_factory=list)
     channels: Annotated[list[Channel], _none_as(list)] = Field(default_factory=list)
-    db_dsn: OptionalSecretText = None
+    db_dsn: DsnText = None
     labels: Labels = Field(default_factory=dict)
     host: Name | None = None
 
@@ -512,7 +600,7 @@ class TenantSpec(_Spec):
     def _channels_reach_someone(cls, channels: list[str], info: ValidationInfo) -> list[str]:
         for channel in channels:
             if channels.count(channel) > 1:
-                raise ValueError(f"channel {channel!r} is listed twice")
+                raise ValueError(f"channel {_echo(channel)} is listed twice")
         if "contacts" not in info.data:
             return channels  # the contacts are invalid and reported already
         contacts: list[Contact] = info.data["contacts"]
@@ -815,7 +903,9 @@ def _cross_check(data: Any, lines: Mapping[Loc, int]) -> list[tuple[Loc, str]]:
             if value in seen:
                 first: Loc = (section, seen[value], key)
                 at = f", line {lines[first]}" if first in lines else ""
-                message = f"duplicate {what} {value!r} (first used by {_format_path(first)}{at})"
+                message = (
+                    f"duplicate {what} {_echo(value)} (first used by {_format_path(first)}{at})"
+                )
                 problems.append(((section, index, key), message))
             else:
                 seen[value] = index
@@ -827,7 +917,10 @@ def _cross_check(data: Any, lines: Mapping[Loc, int]) -> list[tuple[Loc, str]]:
         if isinstance(host, str) and host not in hosts:
             known = ", ".join(sorted(hosts)) or "none"
             problems.append(
-                (("tenants", index, "host"), f"unknown host {host!r} (hosts in this file: {known})")
+                (
+                    ("tenants", index, "host"),
+                    f"unknown host {_echo(host)} (hosts in this file: {known})",
+                )
             )
     problems += _check_declared(data, lines, hosts)
     return problems
@@ -857,12 +950,15 @@ def _check_declared(
         if isinstance(tenant, str) and tenant not in slugs:
             known = ", ".join(sorted(slugs)) or "none"
             problems.append(
-                ((*loc, "tenant"), f"unknown tenant {tenant!r} (tenants in this file: {known})")
+                (
+                    (*loc, "tenant"),
+                    f"unknown tenant {_echo(tenant)} (tenants in this file: {known})",
+                )
             )
         if isinstance(host, str) and host not in hosts:
             known = ", ".join(sorted(hosts)) or "none"
             problems.append(
-                ((*loc, "host"), f"unknown host {host!r} (hosts in this file: {known})")
+                ((*loc, "host"), f"unknown host {_echo(host)} (hosts in this file: {known})")
             )
         if not isinstance(tenant, str) or not isinstance(name, str):
             continue
@@ -870,7 +966,9 @@ def _check_declared(
         if key in seen:
             first: Loc = ("monitors", "declared", seen[key], "name")
             at = f", line {lines[first]}" if first in lines else ""
-            message = f"duplicate monitor {key!r} (first declared by {_format_path(first)}{at})"
+            message = (
+                f"duplicate monitor {_echo(key)} (first declared by {_format_path(first)}{at})"
+            )
             problems.append(((*loc, "name"), message))
         else:
             seen[key] = index
@@ -883,10 +981,37 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _MAX_VALUES = 100_000
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists read (PyYAML's composer recurses once per level)."""
 
 
 class _TooLarge(Exception):
     pass
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _DepthLimitedLoader(yaml.SafeLoader):
+    """SafeLoader whose composer stops at :data:`MAX_DEPTH` levels, before Python's recursion
+    limit (a 100,000-deep ``[[[…`` ends in a RecursionError otherwise)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _TooDeep(event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 class _YamlReader:
@@ -902,6 +1027,7 @@ class _YamlReader:
         self._constructor = SafeConstructor()
         self._open: set[int] = set()
         self._count = 0
+        self._depth = 0
 
     def read(self, node: Node, loc: Loc) -> Any:
         self.lines.setdefault(loc, node.start_mark.line + 1)
@@ -910,10 +1036,13 @@ class _YamlReader:
             raise _TooLarge
         if isinstance(node, ScalarNode):
             return self._scalar(node, loc)
+        if self._depth >= MAX_DEPTH:  # deeper through aliases than the composer let through
+            raise _TooDeep(node.start_mark.line + 1)
         if id(node) in self._open:
             self._problem(loc, node, "an alias refers to its own anchor (recursive structure)")
             return None
         self._open.add(id(node))
+        self._depth += 1
         try:
             if isinstance(node, SequenceNode) and node.tag == _SEQ_TAG:
                 return self._sequence(node, loc)
@@ -922,6 +1051,7 @@ class _YamlReader:
             self._problem(loc, node, f"unsupported YAML tag {node.tag!r}")
             return None
         finally:
+            self._depth -= 1
             self._open.discard(id(node))
 
     def _problem(self, loc: Loc, node: Node, message: str) -> None:
@@ -964,7 +1094,7 @@ class _YamlReader:
                 continue
             key = str(key_node.value)
             if key in first_line:
-                message = f"duplicate key {key!r} (first at line {first_line[key]})"
+                message = f"duplicate key {_echo(key)} (first at line {first_line[key]})"
                 self.problems.append(((*loc, key), line, message))
                 continue
             first_line[key] = line
@@ -1048,9 +1178,9 @@ def _describe(error: ErrorDetails) -> tuple[Loc, str]:
         allowed = list(model.model_fields) if model else []
         close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
-        return path, f"unknown key {path[-1]!r}; {hint}"
+        return path, f"unknown key {_echo(path[-1])}; {hint}"
     if kind == "missing":
-        return path, f"missing required key {path[-1]!r}"
+        return path, f"missing required key {_echo(path[-1])}"
     if kind == "union_tag_invalid":
         return (*path, "kind"), f"unknown notifier kind {ctx['tag']!r}; expected one of: {kinds}"
     if kind == "union_tag_not_found":
@@ -1058,7 +1188,7 @@ def _describe(error: ErrorDetails) -> tuple[Loc, str]:
     if kind == "value_error":
         return path, error["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
-        return path, f"invalid value {value!r}; expected {ctx['expected']}"
+        return path, f"invalid value {_echo(value)}; expected {ctx['expected']}"
     if kind in ("string_type", "dict_type", "list_type", "model_type", "model_attributes_type"):
         wanted = {"string_type": "a string", "list_type": "a list"}.get(kind, "a mapping")
         scalar = isinstance(value, int | float | date)
@@ -1080,21 +1210,44 @@ def _line_of(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
     return None
 
 
+_MAX_MESSAGE = 300
+_MAX_SHOWN = 20
+
+
+def _one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
+    """A message as one short line: no CR/LF (an echoed value could hold them), at most
+    ``limit`` characters."""
+    flat = re.sub(r"[\r\n\x0b\x0c\x85\u2028\u2029]+", " ", text)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _report(problems: list[Problem], path: str) -> FleetFileError:
-    unique = sorted(dict.fromkeys(problems), key=lambda p: p[1] or 0)
+    """One error for every problem: a single line when there is one, else a line each (the
+    first :data:`_MAX_SHOWN`, then how many more)."""
+    unique = [
+        (_one_line(key, 80), line, _one_line(message))
+        for key, line, message in sorted(dict.fromkeys(problems), key=lambda p: p[1] or 0)
+    ]
     if len(unique) == 1:
         key, line, message = unique[0]
         return FleetFileError(
             f"{key}: {message}" if key else message, path=path, line=line, errors=unique
         )
     rows = [f"{len(unique)} problems in the fleet file:"]
-    for key, line, message in unique:
+    for key, line, message in unique[:_MAX_SHOWN]:
         where = f"{path}:{line}" if line is not None else path
         rows.append(f"  {where}: {key}: {message}" if key else f"  {where}: {message}")
+    if len(unique) > _MAX_SHOWN:
+        rows.append(f"  … and {len(unique) - _MAX_SHOWN} more")
     return FleetFileError("\n".join(rows), path=path, errors=unique)
 
 
 # --------------------------------------------------------------------------- public entry points
+
+
+def _too_deep(path: str, line: int) -> FleetFileError:
+    message = f"mappings and lists nest deeper than {MAX_DEPTH} levels"
+    return FleetFileError(message, path=path, line=line, errors=[("", line, message)])
 
 
 def parse_fleet_text(text: str, *, path: str = "<string>") -> FleetFile:
@@ -1103,7 +1256,9 @@ def parse_fleet_text(text: str, *, path: str = "<string>") -> FleetFile:
     Raises :class:`FleetFileError` listing every problem (``.errors``) with key path and line.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_DepthLimitedLoader)
+    except _TooDeep as exc:
+        raise _too_deep(path, exc.line) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -1130,6 +1285,8 @@ def parse_fleet_text(text: str, *, path: str = "<string>") -> FleetFile:
     except _TooLarge:
         message = f"the file expands to more than {_MAX_VALUES} values (aliases?)"
         raise FleetFileError(message, path=path) from None
+    except _TooDeep as exc:
+        raise _too_deep(path, exc.line) from None
     problems: list[Problem] = [(_format_path(loc), line, msg) for loc, line, msg in reader.problems]
     if isinstance(data, dict):  # ``x-…`` top-level keys hold anchors for reuse; ignored
         data = {key: value for key, value in data.items() if not key.startswith("x-")}
@@ -1150,14 +1307,10 @@ def parse_fleet_text(text: str, *, path: str = "<string>") -> FleetFile:
 
 
 def load_fleet_file(path: str | Path) -> FleetFile:
-    """Read, parse and validate a fleet file (UTF-8; a BOM is allowed)."""
+    """Read, parse and validate a fleet file (UTF-8; a BOM is allowed; at most 4 MiB, and a
+    FIFO or device only until ``readfile.READ_DEADLINE_S``)."""
     name = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise FleetFileError(
-            f"cannot read the fleet file: {exc.strerror or exc}", path=name
-        ) from exc
+    raw = read_limited(name)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
