@@ -48,7 +48,9 @@ sys.path.insert(0, str(ROOT))  # the worktree's orchestrator/
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from orchestrator.db.models import AlertRecord, Incident, IncidentEvent
+from orchestrator.db.migrate import upgrade
+from orchestrator.db.models import AlertRecord, Incident, IncidentEvent, Tenant
+from orchestrator.db.session import make_engine, make_session_factory, session_scope
 from orchestrator.settings import Settings
 from tests.integration.server import bearer, make_token
 
@@ -203,6 +205,19 @@ def store_figures(url: str, tenants: int, alerts: int) -> dict[str, Any]:
     }
 
 
+def register(url: str, tenants: int) -> str:
+    """The storm's tenants in the registry (alerts of unknown tenants would go to one
+    fleet-level ticket); returns ``url``."""
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+        with session_scope(make_session_factory(engine)) as s:
+            s.add_all(Tenant(slug=f"tenant{i:03d}", name=f"Tenant {i}") for i in range(tenants))
+    finally:
+        engine.dispose()
+    return url
+
+
 @contextlib.contextmanager
 def cpdops_serve(url: str, workdir: Path) -> Iterator[str]:
     """``cpdops serve`` on a free 127.0.0.1 port, in its own process group, its output in
@@ -275,7 +290,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="cpdops-storm-"))
     try:
-        with database(args.db, args.pg_url, workdir) as url, cpdops_serve(url, workdir) as base:
+        with (
+            database(args.db, args.pg_url, workdir) as url,
+            cpdops_serve(register(url, args.tenants), workdir) as base,
+        ):
             bodies = storm(args.alerts, args.tenants, rng, datetime.now(UTC))
             sizes = [len(b["alerts"]) for b in bodies]
             client = asyncio.run(deliver(base, bodies, args.seconds, args.concurrency, rng))

@@ -132,6 +132,14 @@ class Settings(BaseSettings):
             "unset or empty: the intake answers 503"
         ),
     )
+    alertmanager_unknown_tenants: Literal["fleet", "refuse"] = Field(
+        default="fleet",
+        description=(
+            "an Alertmanager alert whose tenant label names no registered tenant (or is no "
+            "slug): `fleet` joins it to ONE fleet-level ticket (fleet:unknown-tenants), "
+            "`refuse` refuses it (listed in the answer's `refused`); never a ticket per tenant"
+        ),
+    )
     telegram_secret: SecretStr | None = Field(
         default=None,
         description=(

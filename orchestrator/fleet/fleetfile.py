@@ -78,6 +78,7 @@ __all__ = [
     "TlsConfig",
     "WebhookNotifier",
     "format_duration",
+    "is_name",
     "is_secret_field",
     "load_fleet_file",
     "parse_duration",
@@ -296,8 +297,13 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 
 
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a valid host, tenant or notifier name (a slug)."""
+    return _NAME_RE.fullmatch(value) is not None
+
+
 def _check_name(value: str) -> str:
-    if not _NAME_RE.fullmatch(value):
+    if not is_name(value):
         raise ValueError(
             f"invalid name {_echo(value)}: use 1-63 lowercase letters, digits and '-', "
             "starting with a letter or digit"

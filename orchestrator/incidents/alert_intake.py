@@ -4,21 +4,29 @@ correlation, or recovery check) at a time per database. The decisions are ``aler
 A tenant's firing alert opens or joins the tenant's incident (``tenant:<slug>``, the ticket a
 monitor DOWN opens) with the alert as an evidence entry, and its state goes into the ``alerts``
 table; the engine correlates after the transaction. A resolved alert marks its row resolved and
-puts a ``recovered`` entry on the ticket; the tenant's last firing alert resolving, with none of
-the tenant's monitors DOWN, solves the ticket (``recovery.solve_by_alerts``). Alerts without a
-tenant (or declaring a mass incident) keep their own ``am:<fingerprint>`` tickets.
+puts a ``recovered`` entry on the ticket, then the ticket is checked by the one recovery rule
+(``recovery.verify_recovery``, the rule of ``check-recovery`` too): it is solved here only when
+its alerts were resolved, and its tenant's monitors UP, for ``recovery_hold`` already (a late
+delivery, a hold of 0 s); otherwise ``check-recovery`` solves it once the hold has passed.
+
+The tenant label is trusted only when it names a registered tenant (the ``tenants`` table,
+read once per body). Alerts of unknown tenants join one fleet-level ticket
+(``fleet:unknown-tenants``, the same path, with no tenant and no correlation) or, with
+``unknown_tenants="refuse"``, are refused one by one (``IntakeResult.refused``). Alerts without
+a tenant (or declaring a mass incident) keep their own ``am:<fingerprint>`` tickets.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from orchestrator.db.models import AlertRecord, Incident, IncidentEvent
+from orchestrator.db.models import AlertRecord, Incident, IncidentEvent, Tenant
 from orchestrator.db.session import session_scope
 from orchestrator.incidents.alertmanager import (
     AlertmanagerAlert,
@@ -26,6 +34,7 @@ from orchestrator.incidents.alertmanager import (
     AlertState,
     Draft,
     Known,
+    UnknownTenants,
     as_utc,
     decide,
     decide_alert,
@@ -34,11 +43,14 @@ from orchestrator.incidents.alertmanager import (
     ends_at,
     fingerprint,
     is_tenant_failure,
+    one_line,
+    printable,
     resolution_comment,
     scope,
 )
+from orchestrator.incidents.correlation import Thresholds
 from orchestrator.incidents.locks import one_writer
-from orchestrator.incidents.recovery import solve_by_alerts
+from orchestrator.incidents.recovery import verify_recovery
 from orchestrator.incidents.tickets import ACTIVE, STATUS_LABELS, add_event, open_or_join
 
 log = logging.getLogger(__name__)
@@ -49,12 +61,22 @@ EVENT_KIND = "evidence"
 MAX_NAME = 255  # AlertRecord.alertname
 
 
+@dataclass(frozen=True)
+class Refused:
+    """An alert of an unknown tenant, refused (``unknown_tenants="refuse"``)."""
+
+    fingerprint: str  # escaped, like the label
+    tenant: str  # the label, escaped
+    reason: str
+
+
 @dataclass
 class IntakeResult:
     created: list[str] = field(default_factory=list)
     joined: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
     ignored: int = 0
+    refused: list[Refused] = field(default_factory=list)
     created_types: list[str] = field(default_factory=list)
     # A tenant's alert fired (also a repeat): correlate after the transaction.
     correlate: bool = False
@@ -63,29 +85,59 @@ class IntakeResult:
 
 
 def ingest(
-    factory: sessionmaker[Session], body: AlertmanagerWebhook, *, system_id: str, now: datetime
+    factory: sessionmaker[Session],
+    body: AlertmanagerWebhook,
+    *,
+    system_id: str,
+    now: datetime,
+    thresholds: Callable[[Session], Thresholds],
+    unknown_tenants: UnknownTenants = "fleet",
 ) -> IntakeResult:
-    """Apply every alert of ``body`` in one transaction; nothing of it is kept on an error."""
+    """Apply every alert of ``body`` in one transaction; nothing of it is kept on an error.
+    ``thresholds`` reads the fleet file's ``incidents`` (the recovery hold)."""
     result = IntakeResult()
     with session_scope(factory) as s:
         # Read, decide, write: one intake at a time (also across replicas), so two deliveries
         # of one body cannot both see the alert as new.
         one_writer(s)
+        registered = set(s.scalars(select(Tenant.slug)))
+        hold = Recheck(thresholds)
         for alert in body.alerts:
-            d = draft(alert)
-            if is_tenant_failure(d):
-                action = _tenant_alert(s, alert, d, system_id, now, result)
+            d = draft(alert, registered)
+            if d.unknown_tenant is not None and unknown_tenants == "refuse":
+                action = "refused"
+                result.refused.append(
+                    Refused(printable(fingerprint(alert)), d.unknown_tenant, REFUSED)
+                )
+            elif is_tenant_failure(d):
+                action = _tenant_alert(s, alert, d, system_id, now, result, hold)
             else:
                 action = _own_ticket(s, alert, d, system_id, now, result)
             s.flush()
             log.info(
                 "alertmanager alert=%s tenant=%s status=%s action=%s",
-                fingerprint(alert),
-                d.tenant,
+                printable(fingerprint(alert)),
+                d.tenant if d.unknown_tenant is None else f"unknown:{d.unknown_tenant}",
                 alert.status,
                 action,
             )
     return result
+
+
+REFUSED = "tenant not in the registry"
+
+
+class Recheck:
+    """The recovery rule's thresholds, read once per body when a resolution needs them."""
+
+    def __init__(self, read: Callable[[Session], Thresholds]) -> None:
+        self._read = read
+        self._value: Thresholds | None = None
+
+    def __call__(self, s: Session) -> Thresholds:
+        if self._value is None:
+            self._value = self._read(s)
+        return self._value
 
 
 def _tenant_alert(
@@ -95,14 +147,16 @@ def _tenant_alert(
     system_id: str,
     now: datetime,
     result: IntakeResult,
+    thresholds: Recheck,
 ) -> str:
-    assert d.tenant is not None
+    """A tenant's alert (``tenant:<slug>``), or an unknown tenant's (the fleet-level ticket:
+    the same states, no correlation)."""
     fp = fingerprint(alert)
     starts = as_utc(alert.startsAt)
     rec = s.get(AlertRecord, fp)
     known = AlertState(rec.status, rec.starts_at) if rec is not None else None
     action = decide_alert(alert.status, starts, known)
-    if alert.status == "firing":
+    if alert.status == "firing" and d.tenant is not None:
         result.correlate = True
     if action in ("repeat", "stale"):
         result.ignored += 1
@@ -110,15 +164,15 @@ def _tenant_alert(
     if rec is None:
         rec = AlertRecord(fingerprint=fp, status=alert.status, starts_at=starts, seen_at=now)
         s.add(rec)
-    where = scope(alert)
-    rec.alertname = alert.labels.get("alertname", "")[:MAX_NAME]
+    where = scope(alert, d.tenant)
+    rec.alertname = one_line(alert.labels.get("alertname", ""))[:MAX_NAME]
     rec.tenant, rec.host, rec.db_server = d.tenant, where.host, where.db_server
     rec.updated_at = now
     if action == "open":
         ticket, created = open_or_join(
             s,
             system_id=system_id,
-            open_key=f"tenant:{d.tenant}",
+            open_key=d.open_key if d.tenant is None else f"tenant:{d.tenant}",
             type="incident",
             subject=d.subject,
             description=d.description,
@@ -161,7 +215,8 @@ def _tenant_alert(
         },
     )
     s.flush()
-    if solve_by_alerts(s, solved, now, author=AUTHOR):
+    # The one recovery rule (check-recovery's): solved now only if the hold has passed.
+    if verify_recovery(s, thresholds(s), now, author=AUTHOR, only=[solved.id]):
         result.resolved.append(solved.number)
         if solved.parent_id is not None:
             result.parents.add(solved.parent_id)
@@ -261,8 +316,8 @@ def _remember(
     if rec is None:
         rec = AlertRecord(fingerprint=fp, status=alert.status, starts_at=starts, seen_at=now)
         s.add(rec)
-    where = scope(alert)
-    rec.alertname = alert.labels.get("alertname", "")[:MAX_NAME]
+    where = scope(alert, d.tenant)
+    rec.alertname = one_line(alert.labels.get("alertname", ""))[:MAX_NAME]
     rec.tenant, rec.host, rec.db_server = d.tenant, where.host, where.db_server
     rec.status, rec.starts_at, rec.incident_id, rec.updated_at = (
         alert.status,

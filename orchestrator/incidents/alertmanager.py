@@ -18,9 +18,17 @@ resolved   none, or resolved with an older ``startsAt``       ``record``: row ke
 any        a newer ``startsAt`` than this delivery            ``stale``: nothing
 =========  =================================================  ==================================
 
+The tenant label must name a tenant of the registry, in slug form (``[a-z0-9][a-z0-9-]*``, at
+most 63): anything else — ``nosuch``, ``../../etc``, a Cyrillic look-alike ``с1``, a value with
+CR/LF — is an **unknown tenant** (``classify_tenant``). Its alerts never open a ticket per
+made-up tenant: they all go to ONE fleet-level ticket (key ``fleet:unknown-tenants``, no
+tenant, no correlation), or are refused one by one (``CPDOPS_ALERTMANAGER_UNKNOWN_TENANTS=
+refuse``). The label is kept only in its escaped form (``printable``: ``\\u0441``, ``\\r\\n``),
+in the evidence and the logs; no CR/LF of any label reaches a subject or a log line.
+
 An alert without a tenant, or with ``severity`` ``mass``/``mass_incident`` (a mass incident
-declared by the alerting rule itself), has its own ticket keyed ``am:<fingerprint>``
-(``decide``):
+declared by the alerting rule itself) for a known tenant, has its own ticket keyed
+``am:<fingerprint>`` (``decide``):
 
 =========  ==========================================  ==========================================
 status     open ticket for ``am:<fingerprint>``        action
@@ -42,12 +50,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from orchestrator.fleet.fleetfile import is_name
 
 AUTHOR = "alertmanager"
 SOURCE = "alertmanager"
@@ -59,8 +70,11 @@ TENANT_LABELS = ("tenant", "smartcpd_tenant")
 HOST_LABELS = ("host", "docker_host")
 DB_SERVER_LABELS = ("db_server", "server")
 MAX_LABEL = 255  # AlertRecord.alertname, host, db_server
-MAX_TENANT = 63  # Incident.tenant
 MAX_SUBJECT = 500  # Incident.subject
+MAX_SHOWN = 64  # an unknown tenant label, escaped, in evidence and logs
+UNKNOWN_TENANTS_KEY = "fleet:unknown-tenants"
+UNKNOWN_TENANTS_SUBJECT = "Alertmanager: alerts for tenants not in the registry"
+UnknownTenants = Literal["fleet", "refuse"]
 
 
 # --------------------------------------------------------------------------- the body (v4)
@@ -91,9 +105,6 @@ class AlertmanagerAlert(BaseModel):
         for key, item in value.items():
             _no_nul(key)
             _no_nul(item)
-        tenant = next((value[k] for k in TENANT_LABELS if value.get(k)), "")
-        if len(tenant) > MAX_TENANT:
-            raise ValueError(f"label tenant longer than {MAX_TENANT} characters")
         return value
 
     @field_validator("generatorURL", "fingerprint")
@@ -151,6 +162,44 @@ def utc_iso(at: datetime | None) -> str | None:
         return at.isoformat()
 
 
+_LINE_BREAKS_RE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters (CR, LF, tab, …) as single spaces: for a subject."""
+    return _LINE_BREAKS_RE.sub(" ", text).strip()
+
+
+def printable(value: str, limit: int = MAX_SHOWN) -> str:
+    """``value`` escaped to printable ASCII (``с1`` → ``\\u04411``, CR/LF → ``\\r\\n``) and cut
+    to ``limit`` characters: how a label that is not trusted appears in evidence and logs."""
+    shown = value.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def tenant_label(alert: AlertmanagerAlert) -> str | None:
+    """The alert's tenant label as sent (``tenant``, else ``smartcpd_tenant``), or None."""
+    return next((alert.labels[k] for k in TENANT_LABELS if alert.labels.get(k)), None)
+
+
+@dataclass(frozen=True)
+class TenantOf:
+    """Whose alert it is: a registered ``tenant``, an ``unknown`` label (escaped), or neither
+    (no tenant label)."""
+
+    tenant: str | None = None
+    unknown: str | None = None
+
+
+def classify_tenant(label: str | None, registered: Container[str]) -> TenantOf:
+    """A tenant label names a tenant only in slug form and when that slug is registered."""
+    if label is None:
+        return TenantOf()
+    if is_name(label) and label in registered:
+        return TenantOf(tenant=label)
+    return TenantOf(unknown=printable(label))
+
+
 @dataclass(frozen=True)
 class Draft:
     """What a firing alert's ticket says."""
@@ -161,18 +210,22 @@ class Draft:
     subject: str
     description: str
     evidence: dict[str, Any]
+    unknown_tenant: str | None = None  # the escaped label of a tenant not in the registry
 
 
-def draft(alert: AlertmanagerAlert) -> Draft:
+def draft(alert: AlertmanagerAlert, registered: Container[str] = ()) -> Draft:
+    """The alert's ticket: its tenant's, its own (``am:<fingerprint>``), or — its tenant label
+    unknown — the fleet-level ticket of unknown tenants, which names no tenant."""
     labels, annotations = redact(alert.labels), redact(alert.annotations)
-    tenant = next((labels[k] for k in TENANT_LABELS if labels.get(k)), None)
+    who = classify_tenant(tenant_label(alert), registered)
+    tenant = who.tenant
     severity = labels.get("severity", "").lower()
     kind = "mass_incident" if severity in MASS_SEVERITIES else "incident"
     name = labels.get("alertname", "")
     summary = annotations.get("summary") or name or f"Alertmanager alert {fingerprint(alert)}"
     subject = f"{tenant}: {summary}" if tenant and not summary.startswith(tenant) else summary
     description = annotations.get("description") or summary
-    evidence = {
+    evidence: dict[str, Any] = {
         "fingerprint": fingerprint(alert),
         "alertname": name,
         "labels": labels,
@@ -180,13 +233,25 @@ def draft(alert: AlertmanagerAlert) -> Draft:
         "startsAt": utc_iso(alert.startsAt),
         "generatorURL": alert.generatorURL,
     }
+    key = dedup_key(alert)
+    if who.unknown is not None:
+        for k in TENANT_LABELS:  # the raw label is not kept, its escaped form is
+            if k in labels:
+                labels[k] = printable(labels[k])
+        evidence["unknown_tenant"] = who.unknown
+        key, kind, subject = UNKNOWN_TENANTS_KEY, "incident", UNKNOWN_TENANTS_SUBJECT
+        description = (
+            f"Alertmanager alerts whose tenant label names no tenant of the registry; the "
+            f"first: {who.unknown!r} ({printable(name)}). Each alert is an evidence entry."
+        )
     return Draft(
-        open_key=dedup_key(alert),
+        open_key=key,
         type=kind,
         tenant=tenant,
-        subject=subject[:MAX_SUBJECT],
+        subject=one_line(subject)[:MAX_SUBJECT],
         description=description,
         evidence=evidence,
+        unknown_tenant=who.unknown,
     )
 
 
@@ -240,21 +305,25 @@ class Scope:
 
 def _label(labels: Mapping[str, str], names: tuple[str, ...]) -> str | None:
     value = next((labels[k] for k in names if labels.get(k)), None)
-    return value[:MAX_LABEL] if value is not None else None
+    return one_line(value)[:MAX_LABEL] or None if value is not None else None
 
 
-def scope(alert: AlertmanagerAlert) -> Scope:
+def scope(alert: AlertmanagerAlert, tenant: str | None) -> Scope:
+    """Where the alert fails; ``tenant`` is its registered tenant (``classify_tenant``)."""
     labels = redact(alert.labels)
     return Scope(
-        tenant=_label(labels, TENANT_LABELS),
+        tenant=tenant,
         host=_label(labels, HOST_LABELS),
         db_server=_label(labels, DB_SERVER_LABELS),
     )
 
 
 def is_tenant_failure(d: Draft) -> bool:
-    """Whether the alert is a tenant's failure (joins ``tenant:<slug>``) rather than a ticket of
-    its own (``am:<fingerprint>``): it names a tenant and does not declare a mass incident."""
+    """Whether the alert is a tenant's failure (joins ``tenant:<slug>``) or one of an unknown
+    tenant (joins the fleet-level ticket), rather than a ticket of its own
+    (``am:<fingerprint>``): it names a tenant and does not declare a mass incident."""
+    if d.unknown_tenant is not None:
+        return True
     return d.tenant is not None and d.type == "incident"
 
 

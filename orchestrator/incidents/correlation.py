@@ -187,28 +187,32 @@ def recovery_verified(monitors: Iterable[MonitorState], hold_s: float, now: date
 @dataclass(frozen=True)
 class TenantHealth:
     """What a tenant's recovery depends on: its monitors, and the Alertmanager alerts of the
-    tickets being checked (still firing, and resolved)."""
+    tickets being checked (still firing, resolved, and the last resolution's time)."""
 
     monitors: tuple[MonitorState, ...] = ()
     firing_alerts: int = 0
     resolved_alerts: int = 0
-    monitors_down: int = 0
+    resolved_at: datetime | None = None
+
+
+def recovered_since(health: TenantHealth) -> datetime | None:
+    """Since when the tenant is recovered, or None while it is not: no alert firing, every
+    monitor UP (since its last change) and the alerts resolved (since the last resolution).
+    A tenant with neither monitors nor resolved alerts has nothing to show it recovered."""
+    if health.firing_alerts or any(not m.up for m in health.monitors):
+        return None
+    times = [m.changed_at for m in health.monitors]
+    if health.resolved_alerts and health.resolved_at is not None:
+        times.append(health.resolved_at)
+    return max(times) if times else None
 
 
 def tenant_recovered(health: TenantHealth, hold_s: float, now: datetime) -> bool:
-    """No alert firing, and every monitor UP for ``hold_s`` — a tenant without monitors counts
-    as recovered when its alerts were resolved (there is nothing else to verify)."""
-    if health.firing_alerts:
-        return False
-    if health.monitors:
-        return recovery_verified(health.monitors, hold_s, now)
-    return health.resolved_alerts > 0
-
-
-def alerts_cleared(health: TenantHealth) -> bool:
-    """A tenant's last firing alert resolved and none of its monitors DOWN: the moment an
-    alert's resolution solves the tenant's incident (no hold: Alertmanager resolved it)."""
-    return health.firing_alerts == 0 and health.resolved_alerts > 0 and not health.monitors_down
+    """THE recovery rule, for both paths (``check-recovery`` and an alert's resolution at the
+    intake): recovered for at least ``hold_s`` — from the later of the last alert's resolution
+    and the last monitor coming UP."""
+    since = recovered_since(health)
+    return since is not None and now - since >= timedelta(seconds=hold_s)
 
 
 @dataclass(frozen=True)
@@ -227,19 +231,19 @@ def _at(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "?"
 
 
-def recovery_comment(recovered: Iterable[Recovered], hold_s: float | None, now: datetime) -> str:
+def recovery_comment(recovered: Iterable[Recovered], hold_s: float, now: datetime) -> str:
     """The automatic solution comment, Russian then English: which monitors recovered and which
-    alerts were resolved, since and until when, and when recovery was verified. ``hold_s``
-    None: verified by the alerts' resolution with no monitor DOWN (no hold)."""
+    alerts were resolved, since and until when, and when recovery was verified (held for
+    ``hold_s``)."""
     rows = sorted(recovered, key=lambda r: (r.tenant, r.kind, r.name, r.up_since))
-    if hold_s is not None:
-        hold = f"{hold_s:g}"
+    hold = f"{hold_s:g}"
+    ru_why, en_why = [], []
+    alerts = any(r.kind == "alert" for r in rows)
+    if not alerts or any(r.kind != "alert" for r in rows):
         ru_why, en_why = [f"все мониторы UP ≥ {hold} с"], [f"all monitors UP for ≥ {hold} s"]
-    else:
-        ru_why, en_why = ["ни один монитор не DOWN"], ["no monitor DOWN"]
-    if any(r.kind == "alert" for r in rows):
-        ru_why.append("все оповещения Alertmanager сняты")
-        en_why.append("all Alertmanager alerts resolved")
+    if alerts:
+        ru_why.append(f"все оповещения Alertmanager сняты ≥ {hold} с")
+        en_why.append(f"all Alertmanager alerts resolved for ≥ {hold} s")
     ru = [f"Восстановление подтверждено автоматически {_at(now)}: {', '.join(ru_why)}."]
     en = [f"Recovery verified automatically at {_at(now)}: {', '.join(en_why)}."]
     for r in rows:

@@ -33,7 +33,7 @@ from orchestrator.fleet.fleetfile import IncidentThresholds
 from orchestrator.incidents import outbox
 from orchestrator.incidents.alert_intake import SOURCE as ALERTMANAGER
 from orchestrator.incidents.alert_intake import IntakeResult, ingest
-from orchestrator.incidents.alertmanager import AlertmanagerWebhook
+from orchestrator.incidents.alertmanager import AlertmanagerWebhook, UnknownTenants
 from orchestrator.incidents.correlation import (
     HOST_PREFIX,
     MASS_PREFIX,
@@ -431,11 +431,21 @@ class IncidentEngine:
             return row is not None
 
     # --- Alertmanager -----------------------------------------------------------------------
-    def on_alerts(self, body: AlertmanagerWebhook) -> IntakeResult:
-        """Apply an Alertmanager webhook body (``alert_intake.ingest``), then — after its
-        transaction — correlate when a tenant's alert fired, and check the recovery of the
-        mass incidents whose children the body solved."""
-        result = ingest(self._factory, body, system_id=self._system_id, now=self._clock())
+    def on_alerts(
+        self, body: AlertmanagerWebhook, *, unknown_tenants: UnknownTenants = "fleet"
+    ) -> IntakeResult:
+        """Apply an Alertmanager webhook body (``alert_intake.ingest``; alerts of tenants not in
+        the registry to the fleet-level ticket, or refused), then — after its transaction —
+        correlate when a tenant's alert fired, and check the recovery of the mass incidents
+        whose children the body solved."""
+        result = ingest(
+            self._factory,
+            body,
+            system_id=self._system_id,
+            now=self._clock(),
+            thresholds=incident_thresholds,
+            unknown_tenants=unknown_tenants,
+        )
         for kind in result.created_types:
             self.created.labels(type=kind, source=ALERTMANAGER).inc()
         if result.correlate:

@@ -1,10 +1,14 @@
 """Verified recovery (SPEC §6), acting on the store: an active automatic ticket whose tenant
 has recovered — for a mass incident, each of its children's tenants — moves to
-``solution_provided`` with an automatic comment that says what recovered and when. A tenant has
-recovered when none of the ticket's Alertmanager alerts is firing and all its monitors are UP for
-the recovery hold (``check-recovery``), or, at the moment its last firing alert is resolved, when
-none of its monitors is DOWN (the intake). The decisions and the comment are the pure
-``correlation`` functions."""
+``solution_provided`` with an automatic comment that says what recovered and when.
+
+One rule for every path (``correlation.tenant_recovered``): none of the ticket's Alertmanager
+alerts firing, every monitor of its tenant UP, and that for the recovery hold — counted from
+the later of the last alert's resolution (its ``endsAt``) and the last monitor coming UP. The
+periodic ``check-recovery`` applies it to every active ticket; the Alertmanager intake applies
+it to the ticket whose alert it just resolved (solved there only when the hold has already
+passed, else by a later ``check-recovery``). The fleet-level ticket of unknown tenants has no
+tenant and so no monitors: its alerts alone decide. The comment is ``correlation``'s too."""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from monitors.state import MonitorStatus
-from orchestrator.db.models import AlertRecord, Host, Incident, MonitorRecord
+from orchestrator.db.models import AlertRecord, Host, Incident, MonitorRecord, UTCDateTime
 from orchestrator.fleet.host_health import OK
+from orchestrator.incidents.alertmanager import UNKNOWN_TENANTS_KEY
 from orchestrator.incidents.correlation import (
     HOST_PREFIX,
     MASS_PREFIX,
@@ -25,7 +30,6 @@ from orchestrator.incidents.correlation import (
     Recovered,
     TenantHealth,
     Thresholds,
-    alerts_cleared,
     host_comment,
     host_of_key,
     recovery_comment,
@@ -57,6 +61,7 @@ def verify_recovery(
             or_(
                 Incident.open_key.like("tenant:%"),
                 Incident.open_key.like(f"{MASS_PREFIX}%"),
+                Incident.open_key == UNKNOWN_TENANTS_KEY,
             ),
         )
         .order_by(Incident.id)
@@ -136,51 +141,44 @@ def _host_down_since(key: str) -> datetime | None:
         return None
 
 
-def solve_by_alerts(s: Session, ticket: Incident, now: datetime, *, author: str) -> bool:
-    """The intake's rule: a tenant incident whose last firing alert was just resolved, with
-    none of the tenant's monitors DOWN, moves to solution_provided. True when it did."""
-    if ticket.status not in ACTIVE or ticket.tenant is None:
-        return False
-    health = tenant_health(s, [ticket]).get(ticket.tenant)
-    if health is None or not alerts_cleared(health):
-        return False
-    comment = recovery_comment(_recovered([ticket]), None, now)
-    if not change_status(s, ticket, "solution_provided", author=author, comment=comment):
-        return False
-    log.info("alerts resolved number=%s tenant=%s", ticket.number, ticket.tenant)
-    return True
-
-
 def tenant_health(s: Session, tickets: Iterable[Incident]) -> dict[str, TenantHealth]:
-    """Per tenant of ``tickets``: its monitors and the tickets' firing and resolved alerts."""
+    """Per tenant of ``tickets`` (``""`` for tickets without one): its monitors and the
+    tickets' firing and resolved alerts, with the last resolution's time."""
     by_tenant: dict[str, list[int]] = {}
     for t in tickets:
-        if t.tenant is not None:
-            by_tenant.setdefault(t.tenant, []).append(t.id)
+        by_tenant.setdefault(t.tenant or "", []).append(t.id)
     if not by_tenant:
         return {}
     monitors: dict[str, list[MonitorRecord]] = {}
-    for r in s.scalars(select(MonitorRecord).where(MonitorRecord.tenant.in_(by_tenant))):
+    named = [tenant for tenant in by_tenant if tenant]
+    for r in s.scalars(select(MonitorRecord).where(MonitorRecord.tenant.in_(named))):
         monitors.setdefault(r.tenant, []).append(r)
     ids = [i for group in by_tenant.values() for i in group]
-    alerts: dict[tuple[int, str], int] = {}
-    for incident_id, status, count in s.execute(
-        select(AlertRecord.incident_id, AlertRecord.status, func.count())
+    alerts: dict[tuple[int, str], tuple[int, datetime | None]] = {}
+    for incident_id, status, count, last in s.execute(
+        select(
+            AlertRecord.incident_id,
+            AlertRecord.status,
+            func.count(),
+            func.max(AlertRecord.ends_at, type_=UTCDateTime()),
+        )
         .where(AlertRecord.incident_id.in_(ids))
         .group_by(AlertRecord.incident_id, AlertRecord.status)
     ):
         if incident_id is not None:
-            alerts[(incident_id, status)] = count
+            alerts[(incident_id, status)] = (count, last)
     out = {}
     for tenant, group in by_tenant.items():
         rows = monitors.get(tenant, [])
+        resolved = [alerts[(i, "resolved")] for i in group if (i, "resolved") in alerts]
+        ends = [last for _, last in resolved if last is not None]
         out[tenant] = TenantHealth(
             monitors=tuple(
                 MonitorState(r.name, r.status == int(MonitorStatus.UP), r.changed_at) for r in rows
             ),
-            firing_alerts=sum(alerts.get((i, "firing"), 0) for i in group),
-            resolved_alerts=sum(alerts.get((i, "resolved"), 0) for i in group),
-            monitors_down=sum(r.status == int(MonitorStatus.DOWN) for r in rows),
+            firing_alerts=sum(alerts.get((i, "firing"), (0, None))[0] for i in group),
+            resolved_alerts=sum(count for count, _ in resolved),
+            resolved_at=max(ends) if ends else None,
         )
     return out
 

@@ -20,8 +20,9 @@ from monitors.engine import StateChange
 from monitors.probe import MonitorSpec, ProbeResult
 from monitors.state import MonitorStatus
 from orchestrator.db.migrate import upgrade
-from orchestrator.db.models import AlertRecord, Incident
-from orchestrator.db.session import make_engine, make_session_factory
+from orchestrator.db.models import AlertRecord, Incident, Tenant
+from orchestrator.db.session import make_engine, make_session_factory, session_scope
+from orchestrator.incidents.alert_intake import IntakeResult
 from orchestrator.incidents.alertmanager import AlertmanagerWebhook
 from orchestrator.incidents.engine import IncidentEngine
 from orchestrator.settings import Settings
@@ -45,9 +46,14 @@ class Clock:
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """The store with the tenants registered (alerts of other tenants go to the fleet-level
+    ticket)."""
     engine = make_engine(db_url)
     upgrade(engine)
-    yield make_session_factory(engine)
+    factory = make_session_factory(engine)
+    with session_scope(factory) as s:
+        s.add_all(Tenant(slug=t, name=t.upper()) for t in TENANTS)
+    yield factory
     engine.dispose()
 
 
@@ -259,6 +265,9 @@ def test_concurrent_deliveries_two_engines_one_mass_incident(
 
 
 def test_resolved_alerts_provide_the_solution(store: sessionmaker[Session]) -> None:
+    """The one recovery rule at the intake: a resolution solves its ticket only once the
+    recovery hold (120 s) has passed since it — here by ``check-recovery`` as the clock moves;
+    a resolution delivered after the hold solves it at once."""
     clock = Clock()
     engine = engine_on(store, clock)
     starts = clock() - timedelta(seconds=20)
@@ -277,26 +286,35 @@ def test_resolved_alerts_provide_the_solution(store: sessionmaker[Session]) -> N
     assert [e.data["name"] for e in children[0].events if e.kind == "recovered"] == ["PortalDown"]
 
     resolved = bodies(starts, "resolved", ended)
-    for i, body in enumerate(resolved[:4]):
-        out = engine.on_alerts(parsed(body))
-        assert out.resolved == [children[i].number]
+    for body in resolved[:4]:
+        assert engine.on_alerts(parsed(body)).resolved == [], "resolved 10 s ago: in the hold"
+    clock.move(109)
+    assert engine.check_recovery() == [], "119 s after the resolution"
+    _, children = tickets(store)
+    assert {c.status for c in children} == {"new"}
+    clock.move(1)
+    assert sorted(engine.check_recovery()) == sorted(c.number for c in children[:4])
     masses, children = tickets(store)
     assert [c.status for c in children] == ["solution_provided"] * 4 + ["new"]
     assert masses[0].status == "new", "t4 still firing"
     (solution,) = [e for e in children[1].events if e.kind == "solution"]
-    assert solution.author == "alertmanager"
+    assert solution.author == "cpdops"
     assert "Recovery verified automatically" in solution.body
-    assert "all Alertmanager alerts resolved" in solution.body
+    assert "all Alertmanager alerts resolved for ≥ 120 s" in solution.body
     for name in ("PortalDown", "SipDown"):
         assert (
             f"alert {name} (t1): firing since {starts:%Y-%m-%d %H:%M:%S} UTC, "
             f"resolved at {ended:%Y-%m-%d %H:%M:%S} UTC" in solution.body
         )
 
-    out = engine.on_alerts(parsed(resolved[4]))  # the last child: the mass incident too
+    # The last child's resolution arrives after the hold: solved by the intake, and its mass
+    # incident checked right away.
+    out = engine.on_alerts(parsed(resolved[4]))
     assert out.resolved == [children[4].number]
     masses, children = tickets(store)
     assert {t.status for t in [*masses, *children]} == {"solution_provided"}
+    (child_solution,) = [e for e in children[4].events if e.kind == "solution"]
+    assert child_solution.author == "alertmanager"
     (mass_solution,) = [e for e in masses[0].events if e.kind == "solution"]
     assert masses[0].id == mass.id and mass_solution.author == "cpdops"
     assert all(f"({t}): firing since" in mass_solution.body for t in TENANTS)
@@ -312,25 +330,53 @@ def test_resolved_alerts_provide_the_solution(store: sessionmaker[Session]) -> N
         assert {r.status for r in s.scalars(select(AlertRecord))} == {"resolved"}
 
 
+T0_HTTP = MonitorSpec(
+    id="t0/http", name="t0-http", tenant="t0", host="h1", kind="http", target="http://x/"
+)
+
+
+def fire_then_resolve(engine: IncidentEngine, clock: Clock, after_s: float) -> IntakeResult:
+    """t0's PortalDown fires now and is resolved ``after_s`` later."""
+    starts = clock()
+    engine.on_alerts(parsed(webhook(am_alert("t0", "PortalDown", starts))))
+    clock.move(after_s)
+    return engine.on_alerts(
+        parsed(webhook(am_alert("t0", "PortalDown", starts, "resolved", clock())))
+    )
+
+
+def test_resolution_57_s_after_the_monitors_came_up_waits_for_the_hold(
+    store: sessionmaker[Session],
+) -> None:
+    """The issue's case: the tenant's monitor UP for long, its alert resolved — the ticket is
+    not solved before ``recovery_hold`` has passed since the resolution (it was, 57 s after)."""
+    clock = Clock()
+    engine = engine_on(store, clock)
+    spec = T0_HTTP
+    engine.on_monitor_change(
+        StateChange(spec, MonitorStatus.PENDING, MonitorStatus.UP, None, "ok", clock())
+    )
+    assert fire_then_resolve(engine, clock, 600).resolved == []
+    for seconds in (57, 62):  # 57 s, then 119 s after the resolution
+        clock.move(seconds)
+        assert engine.check_recovery() == []
+    _, (ticket,) = tickets(store)
+    assert ticket.status == "new"
+    clock.move(1)
+    assert engine.check_recovery() == [ticket.number]
+
+
 def test_resolution_waits_for_the_tenants_monitors(store: sessionmaker[Session]) -> None:
     """The alert resolves while a monitor of the tenant is DOWN: the ticket stays; once the
     monitor is UP for the hold, check-recovery solves it and names both."""
     clock = Clock()
     engine = engine_on(store, clock)
-    spec = MonitorSpec(
-        id="t0/http", name="t0-http", tenant="t0", host="h1", kind="http", target="http://x/"
-    )
+    spec = T0_HTTP
     down = ProbeResult(ok=False, duration_s=0.01, reason="HTTP 503", at=clock())
     engine.on_monitor_change(
         StateChange(spec, MonitorStatus.PENDING, MonitorStatus.DOWN, down, "HTTP 503", clock())
     )
-    starts = clock()
-    engine.on_alerts(parsed(webhook(am_alert("t0", "PortalDown", starts))))
-    clock.move(30)
-    out = engine.on_alerts(
-        parsed(webhook(am_alert("t0", "PortalDown", starts, "resolved", clock())))
-    )
-    assert out.resolved == []
+    assert fire_then_resolve(engine, clock, 30).resolved == []
     _, (ticket,) = tickets(store)
     assert ticket.status == "new", "the monitor is DOWN"
     up = ProbeResult(ok=True, duration_s=0.01, reason="ok", at=clock())
@@ -351,9 +397,7 @@ def test_a_firing_alert_keeps_check_recovery_off(store: sessionmaker[Session]) -
     """The tenant's monitors all UP for long: an alert still firing keeps the ticket open."""
     clock = Clock()
     engine = engine_on(store, clock)
-    spec = MonitorSpec(
-        id="t0/http", name="t0-http", tenant="t0", host="h1", kind="http", target="http://x/"
-    )
+    spec = T0_HTTP
     engine.on_monitor_change(
         StateChange(spec, MonitorStatus.PENDING, MonitorStatus.UP, None, "ok", clock())
     )

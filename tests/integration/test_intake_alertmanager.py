@@ -9,6 +9,7 @@ Every process a test starts is stopped by a fixture, also when the test fails.
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.db.migrate import upgrade
+from orchestrator.db.session import make_engine, make_session_factory, session_scope
+from orchestrator.fleet.apply import apply_fleet
+from orchestrator.fleet.fleetfile import parse_fleet_text
+from orchestrator.incidents.alertmanager import printable
 from orchestrator.settings import Settings
 from tests.integration.promstack import AlertmanagerService, binary
 from tests.integration.server import api_client
@@ -66,12 +72,37 @@ def am_alert(status: str, fp: str, tenant: str = "") -> dict[str, Any]:
     }
 
 
+TENANTS = ("acme", "globex", *(f"t{i}" for i in range(5)))
+# Tenant labels of no registered tenant: a made-up slug, a path, a Cyrillic look-alike (с1:
+# U+0441), a header injection.
+MADE_UP = ("nosuch", "../../etc", "\u04411", "acme\r\nX-Injected: yes")
+
+
+def fleet_yaml(hold: str = "0s", extra: str = "") -> str:
+    tenants = "".join(f"  - {{slug: {t}, name: {t.upper()}}}\n" for t in TENANTS)
+    return f"version: 1\ntenants:\n{tenants}incidents:\n  recovery_hold: {hold}\n{extra}"
+
+
+def apply(db_url: str, text: str) -> None:
+    """``cpdops apply`` of ``text`` (the fleet file's own parser and store)."""
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        with session_scope(make_session_factory(engine)) as s:
+            apply_fleet(s, parse_fleet_text(text))
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
-def cpdops(db_url: str, secret: str | None = SECRET) -> Iterator[httpx.Client]:
-    settings = Settings(
-        database_url=db_url, run_monitors=False, run_scheduler=False, alertmanager_secret=secret
-    )
-    with api_client(settings) as api:
+def cpdops(
+    db_url: str, secret: str | None = SECRET, fleet: str | None = None, **settings: Any
+) -> Iterator[httpx.Client]:
+    """A ``cpdops serve`` whose registry has ``TENANTS`` (``fleet``: that fleet file), with a
+    recovery hold of 0 s unless the fleet file says otherwise."""
+    apply(db_url, fleet or fleet_yaml())
+    options: dict[str, Any] = {"run_monitors": False, "run_scheduler": False, **settings}
+    with api_client(Settings(database_url=db_url, alertmanager_secret=secret, **options)) as api:
         yield api
 
 
@@ -365,3 +396,185 @@ def test_real_alertmanager_five_tenants_one_mass_incident(
             assert am.notifications("failed") == 0, am.tail()
         finally:
             am.stop()
+
+
+# --------------------------------------------------------------------------- unknown tenants
+
+UNKNOWN_SUBJECT = "Alertmanager: alerts for tenants not in the registry"
+
+
+def listed(api: httpx.Client, **params: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = api.get("/api/v1/incidents", params=params).json()
+    return rows
+
+
+def made_up_alerts(status: str = "firing") -> list[dict[str, Any]]:
+    return [
+        {
+            **am_alert(status, f"m{i}"),
+            "labels": {"alertname": "Down", "tenant": label},
+            "annotations": {"summary": "Портал недоступен\r\nportal down"},
+        }
+        for i, label in enumerate(MADE_UP)
+    ]
+
+
+def assert_one_fleet_ticket(api: httpx.Client, real: str) -> dict[str, Any]:
+    """Exactly one ticket for the made-up tenants, none of theirs, ``real``'s own ticket."""
+    rows = listed(api)
+    fleet = [r for r in rows if r["subject"] == UNKNOWN_SUBJECT]
+    assert len(fleet) == 1, rows
+    assert fleet[0]["tenant"] is None and fleet[0]["type"] == "incident"
+    assert sorted(str(r["tenant"]) for r in rows) == sorted(["None", real]), rows
+    for row in rows:
+        assert "\r" not in row["subject"] and "\n" not in row["subject"]
+    shown = api.get(f"/api/v1/incidents/{fleet[0]['number']}").json()
+    evidence = [e["data"] for e in shown["events"] if e["kind"] == "evidence"]
+    assert sorted(e["unknown_tenant"] for e in evidence) == sorted(printable(t) for t in MADE_UP)
+    for data in evidence:  # the raw label is not kept, its escaped form is
+        assert data["labels"]["tenant"] == data["unknown_tenant"]
+        assert data["unknown_tenant"].isascii() and data["unknown_tenant"].isprintable()
+    return shown
+
+
+def test_made_up_tenants_direct_posts_one_fleet_level_ticket(db_url: str) -> None:
+    with cpdops(db_url) as api:
+        real = am_alert("firing", "r1", tenant="acme")
+        r = api.post(PATH, json=webhook(*made_up_alerts(), real), headers=auth())
+        assert r.status_code == 200, r.text
+        assert len(r.json()["created"]) == 2 and r.json()["refused"] == []
+        for alert in made_up_alerts():  # one body each, and again: still the one ticket
+            for _ in range(2):
+                assert api.post(PATH, json=webhook(alert), headers=auth()).status_code == 200
+        shown = assert_one_fleet_ticket(api, real="acme")
+        (acme,) = listed(api, tenant="acme")
+        assert acme["subject"] == "acme portal down" and acme["status"] == "new"
+
+        # Resolved (hold 0 s): both solved, the fleet-level ticket by the same rule.
+        r = api.post(
+            PATH,
+            json=webhook(*made_up_alerts("resolved"), am_alert("resolved", "r1", tenant="acme")),
+            headers=auth(),
+        )
+        assert sorted(r.json()["resolved"]) == sorted([shown["number"], acme["number"]])
+
+
+def test_made_up_tenants_refused_when_configured(db_url: str) -> None:
+    with cpdops(db_url, alertmanager_unknown_tenants="refuse") as api:
+        r = api.post(
+            PATH, json=webhook(*made_up_alerts(), am_alert("firing", "r1", "acme")), headers=auth()
+        )
+        assert r.status_code == 200, r.text
+        refused = r.json()["refused"]
+        assert [x["tenant"] for x in refused] == [printable(t) for t in MADE_UP]
+        assert {x["reason"] for x in refused} == {"tenant not in the registry"}
+        assert [t["tenant"] for t in listed(api)] == ["acme"], "only the real tenant's ticket"
+
+
+@pytest.mark.alertmanager
+def test_real_alertmanager_made_up_tenants_one_fleet_level_ticket(
+    db_url: str, alertmanager_bin: str, tmp_path: Path
+) -> None:
+    """A real Alertmanager, grouping by tenant (a delivery per made-up tenant, repeated every
+    2 s): one fleet-level ticket, no ticket per made-up tenant, the real tenant's unaffected."""
+    with cpdops(db_url) as api:
+        am = Alertmanager(alertmanager_bin, tmp_path, f"{api.base_url}{PATH}")
+        try:
+            am.start()
+            started = iso(datetime.now(UTC) - timedelta(seconds=10))
+            alerts = [
+                {"labels": {"alertname": "Down", "tenant": label}, "startsAt": started}
+                for label in MADE_UP
+            ]
+            real = {"labels": {"alertname": "Down", "tenant": "globex"}, "startsAt": started}
+            am.post_alerts(*alerts, real)
+
+            def evidence() -> int:
+                rows = [r for r in listed(api) if r["subject"] == UNKNOWN_SUBJECT]
+                if len(rows) != 1:
+                    return 0
+                shown = api.get(f"/api/v1/incidents/{rows[0]['number']}").json()
+                return sum(e["kind"] == "evidence" for e in shown["events"])
+
+            wait_until("the four made-up tenants on one ticket", lambda: evidence() == 4)
+            wait_until("globex's ticket", lambda: len(listed(api, tenant="globex")) == 1)
+            sent = am.notifications()
+            wait_until("repeated notifications", lambda: am.notifications() >= sent + 5)
+            assert_one_fleet_ticket(api, real="globex")
+            assert evidence() == 4
+            assert am.notifications("failed") == 0, am.tail()
+        finally:
+            am.stop()
+
+
+# --------------------------------------------------------------------------- recovery hold
+
+
+@pytest.mark.alertmanager
+def test_real_alertmanager_resolved_waits_for_the_recovery_hold(
+    db_url: str, alertmanager_bin: str, tmp_path: Path
+) -> None:
+    """The tenant's monitor UP all along; its alert resolved through a real Alertmanager: the
+    ticket is not «Решение предоставлено» before ``recovery_hold`` (20 s) has passed since the
+    resolution, and is after it (the periodic check, the same rule as the intake's)."""
+    hold = 20.0
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        declared = (
+            "monitors:\n  declared:\n"
+            f"    - {{name: tcp, tenant: acme, kind: tcp, target: '127.0.0.1:{port}', "
+            "interval: 1s, timeout: 1s}\n"
+        )
+        with cpdops(
+            db_url,
+            fleet=fleet_yaml(f"{hold:g}s", declared),
+            run_monitors=True,
+            run_scheduler=True,
+            recovery_check_interval_s=1.0,
+            host_check_s=3600.0,
+            local_docker_url="unix:///nonexistent-cpdops-h2-intake.sock",
+        ) as api:
+            am = Alertmanager(alertmanager_bin, tmp_path, f"{api.base_url}{PATH}")
+            try:
+                am.start()
+
+                def monitor_up() -> bool:
+                    rows = api.get("/api/v1/monitors").json()
+                    return any(m["id"] == "acme/tcp" and m["status"] == "up" for m in rows)
+
+                wait_until("acme's monitor UP", monitor_up)
+                portal = {
+                    "labels": {"alertname": "PortalDown", "tenant": "acme"},
+                    "startsAt": iso(datetime.now(UTC) - timedelta(seconds=5)),
+                }
+                am.post_alerts(portal)
+                wait_until("acme's ticket", lambda: len(listed(api, tenant="acme")) == 1)
+                (ticket,) = listed(api, tenant="acme")
+                number = ticket["number"]
+                am.post_alerts({**portal, "endsAt": iso(datetime.now(UTC))})
+
+                def recovered() -> dict[str, Any] | None:
+                    events = api.get(f"/api/v1/incidents/{number}").json()["events"]
+                    return next((e for e in events if e["kind"] == "recovered"), None)
+
+                wait_until("the resolved delivery", lambda: recovered() is not None)
+                entry = recovered()
+                assert entry is not None
+                due = datetime.fromisoformat(entry["data"]["up_since"]) + timedelta(seconds=hold)
+                early: list[str] = []
+
+                def solved() -> bool:
+                    status = api.get(f"/api/v1/incidents/{number}").json()["status"]
+                    if datetime.now(UTC) < due - timedelta(seconds=1):
+                        early.append(status)
+                    return bool(status == "solution_provided")
+
+                wait_until("the solution after the hold", solved, deadline_s=hold + 90)
+                assert early and set(early) == {"new"}, early
+                shown = api.get(f"/api/v1/incidents/{number}").json()
+                (solution,) = [e for e in shown["events"] if e["kind"] == "solution"]
+                assert datetime.fromisoformat(solution["at"]) >= due, (solution["at"], due)
+                assert "all Alertmanager alerts resolved for ≥ 20 s" in solution["body"]
+                assert am.notifications("failed") == 0, am.tail()
+            finally:
+                am.stop()

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.migrate import upgrade
-from orchestrator.db.models import Incident
-from orchestrator.db.session import make_engine, make_session_factory
+from orchestrator.db.models import AlertRecord, Incident, Tenant
+from orchestrator.db.session import make_engine, make_session_factory, session_scope
 from orchestrator.incidents import alert_intake
 from orchestrator.incidents.alert_intake import IntakeResult
 from orchestrator.incidents.alertmanager import (
@@ -25,7 +25,10 @@ from orchestrator.incidents.alertmanager import (
     AlertState,
     Known,
     Scope,
+    TenantOf,
+    UnknownTenants,
     as_utc,
+    classify_tenant,
     decide,
     decide_alert,
     dedup_key,
@@ -33,10 +36,14 @@ from orchestrator.incidents.alertmanager import (
     ends_at,
     fingerprint,
     is_tenant_failure,
+    one_line,
+    printable,
     resolution_comment,
     scope,
 )
+from orchestrator.incidents.correlation import Thresholds
 
+REGISTERED = frozenset({"acme", "globex"})
 T0 = "2026-12-01T10:00:00Z"
 T1 = "2026-12-01T11:00:00Z"
 
@@ -125,7 +132,7 @@ def test_fingerprint_absent_is_a_stable_hash_of_the_sorted_labels() -> None:
     ],
 )
 def test_draft_type_and_tenant(labels: dict[str, str], kind: str, tenant: str | None) -> None:
-    d = draft(one(**labels))
+    d = draft(one(**labels), REGISTERED)
     assert (d.type, d.tenant) == (kind, tenant)
     assert d.open_key == "am:1a30ba71cca2921f"
 
@@ -138,7 +145,7 @@ def test_draft_subject_description_evidence_redacted() -> None:
             "annotations": {"description": "db gone", "API_Token": "t0k", "secret_url": "s"},
         }
     )
-    d = draft(a)
+    d = draft(a, REGISTERED)
     assert d.subject == "acme: DbDown"
     assert d.description == "db gone"
     assert d.evidence == {
@@ -164,7 +171,6 @@ def test_resolution_comment_names_the_alert_and_the_time() -> None:
         ({"version": "3"}, ("version",)),
         ({"alerts": [{**alert(), "status": "pending"}]}, ("alerts", 0, "status")),
         ({"alerts": [{**alert(), "startsAt": "yesterday"}]}, ("alerts", 0, "startsAt")),
-        ({"alerts": [{**alert(), "labels": {"tenant": "x" * 64}}]}, ("alerts", 0, "labels")),
         ({"alerts": [{**alert(), "labels": {"a": "b\x00"}}]}, ("alerts", 0, "labels")),
         ({"alerts": [{**alert(), "labels": {"a": 1}}]}, ("alerts", 0, "labels", "a")),
     ],
@@ -223,8 +229,9 @@ def test_scope_and_tenant_failure(
     labels: dict[str, str], expected: Scope, tenant_failure: bool
 ) -> None:
     a = one(**labels)
-    assert scope(a) == expected
-    assert is_tenant_failure(draft(a)) is tenant_failure
+    d = draft(a, REGISTERED)
+    assert scope(a, d.tenant) == expected
+    assert is_tenant_failure(d) is tenant_failure
 
 
 def test_times_naive_zero_and_offsets() -> None:
@@ -243,8 +250,11 @@ def test_times_naive_zero_and_offsets() -> None:
 def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(f"sqlite:///{tmp_path / 'cpdops.db'}")
     upgrade(engine)
+    factory = make_session_factory(engine)
+    with session_scope(factory) as s:
+        s.add_all(Tenant(slug=slug, name=slug.upper()) for slug in REGISTERED)
     try:
-        yield make_session_factory(engine)
+        yield factory
     finally:
         engine.dispose()
 
@@ -257,8 +267,17 @@ def tickets(factory: sessionmaker[Session]) -> list[Incident]:
         return rows
 
 
-def ingest(factory: sessionmaker[Session], b: AlertmanagerWebhook) -> IntakeResult:
-    return alert_intake.ingest(factory, b, system_id="01", now=datetime.now(UTC))
+def ingest(
+    factory: sessionmaker[Session], b: AlertmanagerWebhook, unknown: UnknownTenants = "fleet"
+) -> IntakeResult:
+    return alert_intake.ingest(
+        factory,
+        b,
+        system_id="01",
+        now=datetime.now(UTC),
+        thresholds=lambda _s: Thresholds(recovery_hold_s=0),
+        unknown_tenants=unknown,
+    )
 
 
 def lone(status: str = "firing", **kw: Any) -> dict[str, Any]:
@@ -351,3 +370,91 @@ def test_a_tenants_alerts_share_the_tenant_incident(factory: sessionmaker[Sessio
     assert ticket.open_key == "tenant:acme"
     evidence = [e.data["fingerprint"] for e in ticket.events if e.kind == "evidence"]
     assert evidence == ["a1", "a2"]
+
+
+# --------------------------------------------------------------------------- unknown tenants
+
+MADE_UP = ["nosuch", "../../etc", "\u0441\u0031", "acme\r\nX-Injected: yes"]  # с1: Cyrillic с
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        (None, TenantOf()),
+        ("acme", TenantOf(tenant="acme")),
+        ("nosuch", TenantOf(unknown="nosuch")),
+        ("../../etc", TenantOf(unknown="../../etc")),
+        ("\u0441\u0031", TenantOf(unknown="\\u04411")),
+        ("acme\r\nX-Injected: yes", TenantOf(unknown="acme\\r\\nX-Injected: yes")),
+        ("ACME", TenantOf(unknown="ACME")),
+        ("acme ", TenantOf(unknown="acme ")),
+        ("x" * 300, TenantOf(unknown="x" * 61 + "...")),
+    ],
+)
+def test_classify_tenant(label: str | None, expected: TenantOf) -> None:
+    assert classify_tenant(label, REGISTERED) == expected
+    if expected.unknown is not None:
+        assert expected.unknown.isprintable() and expected.unknown.isascii()
+
+
+def test_one_line_and_printable() -> None:
+    assert one_line("a\r\nb\tc\x85d\u2028e") == "a b c d e"
+    assert printable("a\r\n\u0441") == "a\\r\\n\\u0441"
+
+
+def unknown_body(status: str = "firing", ends: str = "0001-01-01T00:00:00Z") -> AlertmanagerWebhook:
+    return body(
+        *(
+            alert(status, fp=f"u{i}", ends=ends, tenant=t, alertname=f"Down\r\n{i}")
+            for i, t in enumerate(MADE_UP)
+        ),
+        alert(status, fp="real", ends=ends),  # acme: unaffected
+    )
+
+
+def test_made_up_tenants_one_fleet_level_ticket(
+    factory: sessionmaker[Session], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="orchestrator.incidents.alert_intake")
+    first = ingest(factory, unknown_body())
+    assert len(first.created) == 2 and first.refused == []
+    fleet, acme = sorted(tickets(factory), key=lambda t: str(t.open_key))
+    assert (fleet.open_key, fleet.tenant, fleet.type) == ("fleet:unknown-tenants", None, "incident")
+    assert fleet.subject == "Alertmanager: alerts for tenants not in the registry"
+    assert (acme.open_key, acme.tenant) == ("tenant:acme", "acme")
+    shown = sorted(e.data["unknown_tenant"] for e in fleet.events if e.kind == "evidence")
+    assert shown == sorted(printable(t) for t in MADE_UP)
+    for event in fleet.events:
+        assert "\r" not in event.body and "\n" not in str(event.data.get("labels", {}))
+    assert "\r" not in fleet.description and "\n" not in fleet.description
+    for record in caplog.records:
+        assert "\r" not in record.getMessage() and "\n" not in record.getMessage()
+    with factory() as s:
+        tenants = {r.fingerprint: r.tenant for r in s.scalars(select(AlertRecord))}
+    assert tenants == {"u0": None, "u1": None, "u2": None, "u3": None, "real": "acme"}
+
+    # Delivered again, and four more made-up tenants: still the one ticket.
+    again = ingest(factory, unknown_body())
+    assert (again.created, again.ignored) == ([], 5)
+    more = body(*(alert(fp=f"v{i}", tenant=f"ghost{i}") for i in range(4)))
+    assert ingest(factory, more).joined == [fleet.number]
+    assert len(tickets(factory)) == 2
+
+    # All resolved (hold 0 s here): the fleet-level ticket is solved by the same rule.
+    ingest(
+        factory,
+        body(*(alert("resolved", fp=f"v{i}", tenant=f"ghost{i}", ends=T1) for i in range(4))),
+    )
+    done = ingest(factory, unknown_body("resolved", ends=T1))
+    assert sorted(done.resolved) == sorted([fleet.number, acme.number])
+
+
+def test_made_up_tenants_refused_when_configured(factory: sessionmaker[Session]) -> None:
+    result = ingest(factory, unknown_body(), unknown="refuse")
+    assert [r.tenant for r in result.refused] == [printable(t) for t in MADE_UP]
+    assert {r.reason for r in result.refused} == {"tenant not in the registry"}
+    assert [r.fingerprint for r in result.refused] == ["u0", "u1", "u2", "u3"]
+    (acme,) = tickets(factory)
+    assert acme.open_key == "tenant:acme" and len(result.created) == 1
+    with factory() as s:
+        assert [r.fingerprint for r in s.scalars(select(AlertRecord))] == ["real"]

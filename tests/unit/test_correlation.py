@@ -13,9 +13,9 @@ from orchestrator.incidents.correlation import (
     Recovered,
     TenantHealth,
     Thresholds,
-    alerts_cleared,
     decide_mass,
     pick_open,
+    recovered_since,
     recovery_comment,
     recovery_verified,
     tenant_recovered,
@@ -179,30 +179,58 @@ def test_recovery_comment_names_monitors_and_times_in_both_languages() -> None:
     assert "2026-12-01 12:00:00 UTC" in text
 
 
+def resolved(seconds_ago: float, count: int = 1) -> TenantHealth:
+    return TenantHealth(resolved_alerts=count, resolved_at=NOW - timedelta(seconds=seconds_ago))
+
+
+def with_monitors(health: TenantHealth, *monitors: MonitorState) -> TenantHealth:
+    return TenantHealth(monitors, health.firing_alerts, health.resolved_alerts, health.resolved_at)
+
+
+# The one recovery rule (check-recovery and an alert's resolution at the intake), hold 120 s:
+# recovered since the later of the last resolution and the last monitor UP, for the hold.
 HEALTH_CASES = [
-    # name, health, recovered (check-recovery, with the hold), cleared (at the alert's resolution)
-    ("nothing known", TenantHealth(), False, False),
-    ("monitors UP for the hold, no alerts", TenantHealth((up("a", 500),)), True, False),
-    ("alerts resolved, no monitors", TenantHealth(resolved_alerts=2), True, True),
-    ("one alert still firing", TenantHealth(firing_alerts=1, resolved_alerts=1), False, False),
-    ("firing alert, monitors UP", TenantHealth((up("a", 500),), firing_alerts=1), False, False),
-    ("alerts resolved, monitor UP too briefly", TenantHealth((up("a", 10),), resolved_alerts=1),
-     False, True),
-    ("alerts resolved, a monitor DOWN",
-     TenantHealth((up("a", 500, is_up=False),), resolved_alerts=1, monitors_down=1), False, False),
+    # name, health, recovered at NOW
+    ("nothing known", TenantHealth(), False),
+    ("monitors UP for the hold, no alerts", TenantHealth((up("a", 500),)), True),
+    ("monitors UP, one too briefly", TenantHealth((up("a", 500), up("b", 119))), False),
+    ("monitor UP exactly the hold", TenantHealth((up("a", 120),)), True),
+    ("alerts resolved for the hold, no monitors", resolved(120, count=2), True),
+    ("alerts resolved 57 s ago, no monitors", resolved(57), False),
+    ("alerts resolved, time unknown", TenantHealth(resolved_alerts=1), False),
+    ("one alert still firing", TenantHealth(firing_alerts=1, resolved_alerts=1), False),
+    ("firing alert, monitors UP", TenantHealth((up("a", 500),), firing_alerts=1), False),
+    # The issue's case: monitors UP for long, the alert resolved 57 s ago — the hold counts
+    # from the resolution, not from the monitors.
+    ("monitors UP 10 min, alert resolved 57 s ago", with_monitors(resolved(57), up("a", 600)),
+     False),
+    ("monitors UP 10 min, alert resolved 2 min ago", with_monitors(resolved(120), up("a", 600)),
+     True),
+    ("alert resolved long ago, monitor UP too briefly", with_monitors(resolved(900), up("a", 10)),
+     False),
+    ("alerts resolved, a monitor DOWN", with_monitors(resolved(900), up("a", 900, is_up=False)),
+     False),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("health", "recovered", "cleared"),
+    ("health", "recovered"),
     [c[1:] for c in HEALTH_CASES],
     ids=[str(c[0]) for c in HEALTH_CASES],
 )
-def test_tenant_recovered_and_alerts_cleared(
-    health: TenantHealth, recovered: bool, cleared: bool
-) -> None:
+def test_the_one_recovery_rule(health: TenantHealth, recovered: bool) -> None:
     assert tenant_recovered(health, TH.recovery_hold_s, NOW) is recovered
-    assert alerts_cleared(health) is cleared
+
+
+def test_the_rule_holds_as_the_clock_moves() -> None:
+    """An injected clock: the same facts, not recovered until the hold has passed."""
+    health = with_monitors(resolved(0), up("a", 600))
+    since = recovered_since(health)
+    assert since == NOW
+    for seconds, expected in ((0, False), (57, False), (119.9, False), (120, True), (900, True)):
+        at = NOW + timedelta(seconds=seconds)
+        assert tenant_recovered(health, 120, at) is expected, seconds
+    assert tenant_recovered(health, 0, NOW), "a hold of 0 s: at once"
 
 
 def test_recovery_comment_names_resolved_alerts() -> None:
@@ -213,19 +241,22 @@ def test_recovery_comment_names_resolved_alerts() -> None:
         datetime(2026, 12, 1, 11, 58, tzinfo=UTC),
         kind="alert",
     )
-    text = recovery_comment([alert], None, NOW)
+    text = recovery_comment([alert], 120, NOW)
     assert text.startswith(
         "Восстановление подтверждено автоматически 2026-12-01 12:00:00 UTC: "
-        "ни один монитор не DOWN, все оповещения Alertmanager сняты."
+        "все оповещения Alertmanager сняты ≥ 120 с."
     )
     assert (
-        "Recovery verified automatically at 2026-12-01 12:00:00 UTC: no monitor DOWN, "
-        "all Alertmanager alerts resolved." in text
+        "Recovery verified automatically at 2026-12-01 12:00:00 UTC: "
+        "all Alertmanager alerts resolved for ≥ 120 s." in text
     )
     assert (
         "- alert PortalDown (acme): firing since 2026-12-01 11:50:00 UTC, "
         "resolved at 2026-12-01 11:58:00 UTC" in text
     )
     assert "- оповещение PortalDown (acme): с 2026-12-01 11:50:00 UTC" in text
-    with_hold = recovery_comment([alert], 120, NOW)
-    assert "all monitors UP for ≥ 120 s, all Alertmanager alerts resolved." in with_hold
+    monitor = Recovered("acme", "acme-http", None, datetime(2026, 12, 1, 11, 57, tzinfo=UTC))
+    with_monitor = recovery_comment([alert, monitor], 120, NOW)
+    assert (
+        "all monitors UP for ≥ 120 s, all Alertmanager alerts resolved for ≥ 120 s." in with_monitor
+    )

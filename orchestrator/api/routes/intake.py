@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hmac
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -19,6 +20,12 @@ from orchestrator.incidents.alertmanager import MAX_BODY_BYTES, AlertmanagerWebh
 router = APIRouter(prefix="/api/v1/intake", tags=["intake"])
 
 
+class RefusedAlertOut(BaseModel):
+    fingerprint: str = Field(description="the alert's fingerprint, escaped to printable ASCII")
+    tenant: str = Field(description="its tenant label, escaped to printable ASCII")
+    reason: str
+
+
 class AlertmanagerIntakeOut(BaseModel):
     created: list[str] = Field(description="numbers of the tickets opened by firing alerts")
     joined: list[str] = Field(
@@ -27,6 +34,12 @@ class AlertmanagerIntakeOut(BaseModel):
     resolved: list[str] = Field(description="tickets moved to solution_provided")
     ignored: int = Field(
         description="repeats of alerts already seen, resolved alerts without a firing one"
+    )
+    refused: list[RefusedAlertOut] = Field(
+        default_factory=list,
+        description="alerts of tenants not in the registry, refused "
+        "(CPDOPS_ALERTMANAGER_UNKNOWN_TENANTS=refuse; by default they join the fleet-level "
+        "ticket instead)",
     )
 
 
@@ -102,9 +115,14 @@ async def read_limited(request: Request, limit: int) -> bytes:
         "(Alertmanager: `http_config.authorization.credentials`); 401 when missing or wrong, "
         "503 when no secret is configured. Each alert is read by its own status. A firing "
         "alert with a `tenant` (or `smartcpd_tenant`) label opens or joins that tenant's "
-        "incident (`tenant:<slug>`) and takes part in mass-incident correlation; its last "
-        "firing alert resolved (and no monitor of the tenant DOWN) moves the incident to "
-        "`solution_provided` with an automatic comment. An alert without a tenant opens (or "
+        "incident (`tenant:<slug>`) and takes part in mass-incident correlation; the "
+        "incident moves to `solution_provided` (automatic comment) once none of its alerts "
+        "fires and the tenant's monitors are UP, for `incidents.recovery_hold` from the last "
+        "resolution (the rule of the periodic recovery check; `resolved` lists it when the hold "
+        "has already passed). A tenant label that is no registered tenant's slug is an unknown "
+        "tenant: its alerts join ONE fleet-level ticket (`fleet:unknown-tenants`, no tenant), "
+        "or are refused (`refused`) with CPDOPS_ALERTMANAGER_UNKNOWN_TENANTS=refuse. "
+        "An alert without a tenant opens (or "
         "joins) the ticket of `am:<fingerprint>`; resolved, it moves that ticket to "
         "`solution_provided`. The same alert delivered again (same fingerprint and "
         "`startsAt`) changes nothing. 413 over 1 MiB, 422 names the malformed field."
@@ -128,12 +146,19 @@ async def alertmanager(ctx: CtxDep, request: Request) -> AlertmanagerIntakeOut:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
         raise RequestValidationError(errors) from exc
 
-    result = await run_in_threadpool(ctx.incidents.on_alerts, body)
+    result = await run_in_threadpool(
+        partial(ctx.incidents.on_alerts, unknown_tenants=ctx.settings.alertmanager_unknown_tenants),
+        body,
+    )
     return AlertmanagerIntakeOut(
         created=result.created,
         joined=result.joined,
         resolved=result.resolved,
         ignored=result.ignored,
+        refused=[
+            RefusedAlertOut(fingerprint=r.fingerprint, tenant=r.tenant, reason=r.reason)
+            for r in result.refused
+        ],
     )
 
 
