@@ -212,6 +212,7 @@ def _tenant_alert(
             "name": rec.alertname or fp,
             "down_since": rec.starts_at.isoformat(),
             "up_since": ended.isoformat(),
+            **({"unknown_tenant": d.unknown_tenant} if d.unknown_tenant is not None else {}),
         },
     )
     s.flush()

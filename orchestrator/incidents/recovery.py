@@ -194,7 +194,7 @@ def _recovered(tickets: list[Incident]) -> list[Recovered]:
             down = event.data.get("down_since")
             out.append(
                 Recovered(
-                    tenant=ticket.tenant or "",
+                    tenant=ticket.tenant or str(event.data.get("unknown_tenant", "")),
                     name=str(event.data.get("name") or event.data.get("monitor")),
                     down_since=datetime.fromisoformat(down) if down else None,
                     up_since=datetime.fromisoformat(event.data["up_since"]),

@@ -447,6 +447,10 @@ def test_made_up_tenants_one_fleet_level_ticket(
     )
     done = ingest(factory, unknown_body("resolved", ends=T1))
     assert sorted(done.resolved) == sorted([fleet.number, acme.number])
+    fleet = next(t for t in tickets(factory) if t.id == fleet.id)
+    (solution,) = [e for e in fleet.events if e.kind == "solution"]
+    assert "- alert Down 0 (nosuch): firing since" in solution.body
+    assert "(acme\\r\\nX-Injected: yes)" in solution.body and "\r" not in solution.body
 
 
 def test_made_up_tenants_refused_when_configured(factory: sessionmaker[Session]) -> None:
@@ -458,3 +462,18 @@ def test_made_up_tenants_refused_when_configured(factory: sessionmaker[Session])
     assert acme.open_key == "tenant:acme" and len(result.created) == 1
     with factory() as s:
         assert [r.fingerprint for r in s.scalars(select(AlertRecord))] == ["real"]
+
+
+def test_subjects_are_one_line_and_unknown_tenants_never_get_their_own_ticket() -> None:
+    a = AlertmanagerAlert.model_validate(
+        {**alert(), "annotations": {"summary": "portal\r\ndown\tnow\u2028X-Injected: 1"}}
+    )
+    d = draft(a, REGISTERED)
+    assert d.subject == "acme: portal down now X-Injected: 1"
+    for labels in (
+        {"tenant": "nosuch", "severity": "mass"},
+        {"tenant": "", "smartcpd_tenant": "Globex"},
+    ):
+        d = draft(one(**labels), REGISTERED)
+        assert (d.open_key, d.type, d.tenant) == ("fleet:unknown-tenants", "incident", None)
+        assert is_tenant_failure(d)
