@@ -527,7 +527,7 @@ def test_all_errors_are_reported_together_in_line_order() -> None:
     assert rows[1].startswith("  fleet.yaml:4: hosts[0].url: unsupported scheme 'http://'")
     assert rows[7] == (
         "  fleet.yaml:15: flavour: unknown key 'flavour'; expected one of: "
-        "version, hosts, tenants, monitors, incidents, notifiers"
+        "version, environment, hosts, tenants, monitors, incidents, notifiers"
     )
     assert caught.value.line is None
 
