@@ -140,9 +140,12 @@ class Probe(Protocol):
 
 def public_target(target: str) -> str:
     """``target`` fit to show (API, CLI, tickets): a password in a URL's user part or in a libpq
-    ``password=`` keyword is replaced by ``***``, e.g. ``postgresql://mon:***@db:5432/acme``."""
+    ``password=`` keyword is replaced by ``***``, e.g. ``postgresql://mon:***@db:5432/acme``,
+    and so is the value of a query parameter that names a secret (``?token=***``)."""
+    from orchestrator.incidents.redact import redact_query  # late: probes import this module
+
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", target)
-    return _KV_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}", text)
+    return redact_query(_KV_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}", text))
 
 
 def timeout_reason(timeout_s: float) -> str:

@@ -25,6 +25,7 @@ from orchestrator.api.routes import (
     rollouts,
     tokens,
 )
+from orchestrator.api.serving import install_log_redaction, trust_proxies
 from orchestrator.auth.tokens import is_active
 from orchestrator.context import AppContext, build_context, start_monitors
 from orchestrator.db.models import ApiToken
@@ -130,7 +131,8 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         app.include_router(module.router)
     mount_webui(app)
     secure(app)
-    # outermost last: CORS (when configured) → audit → body limit → the routes
+    # outermost last: proxy headers (when configured) → CORS (when configured) → audit →
+    # body limit → the routes
     app.add_middleware(
         BodyLimit,
         limit=settings.max_body_bytes,
@@ -144,6 +146,8 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    trust_proxies(app, settings)  # outermost: every part sees the client it gives
+    install_log_redaction()
     return app
 
 

@@ -80,6 +80,7 @@ def serve(bind_host: str | None, bind_port: int | None) -> None:
     """Run the API, web UI, scheduler, monitors and incident engine in one process."""
     import uvicorn
 
+    from orchestrator.api.serving import QueryRedaction, uvicorn_options
     from orchestrator.app import create_app
     from orchestrator.settings import Settings
 
@@ -88,10 +89,11 @@ def serve(bind_host: str | None, bind_port: int | None) -> None:
         settings.bind_host = bind_host
     if bind_port:
         settings.bind_port = bind_port
-    logging.getLogger().setLevel(logging.INFO)
-    uvicorn.run(
-        create_app(settings), host=settings.bind_host, port=settings.bind_port, log_level="info"
-    )
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in root.handlers:  # cpdops's own lines: no secret query parameter either
+        handler.addFilter(QueryRedaction())
+    uvicorn.run(create_app(settings), **uvicorn_options(settings))
 
 
 @main.group()

@@ -36,6 +36,7 @@ from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import DockerHost
 from orchestrator.incidents.engine import IncidentEngine
 from orchestrator.incidents.evidence import HostEvidence
+from orchestrator.incidents.known_secrets import settings_secrets
 from orchestrator.leader import Leadership
 from orchestrator.metrics import MetricsRegistry, StoreCollector, make_registry
 from orchestrator.monitor_history import flush
@@ -106,6 +107,7 @@ def build_context(settings: Settings, *, migrate: bool = True) -> AppContext:
         system_id=settings.system_id,
         registry=registry,
         container_evidence=HostEvidence(hosts),
+        secrets=settings_secrets(settings),
     )
     executor = RolloutExecutor(
         factory,

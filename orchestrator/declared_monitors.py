@@ -109,8 +109,9 @@ def audit_removal(session: Session, monitor_id: str, *, source: str, actor: str)
 
 
 def specs(session: Session, defaults: Mapping[str, Any]) -> list[MonitorSpec]:
-    """The declared monitors as specs, defaults filled in and ``${VAR}`` references resolved;
-    a monitor whose variable is unset (or that no longer validates) is skipped with a warning."""
+    """The declared monitors as specs, defaults filled in and the fleet file's ``${VAR}``
+    references resolved (:func:`resolved_target`); a monitor whose variable is unset (or that
+    no longer validates) is skipped with a warning."""
     out = []
     for row in session.scalars(select(DeclaredMonitor).order_by(DeclaredMonitor.id)):
         try:
@@ -118,6 +119,21 @@ def specs(session: Session, defaults: Mapping[str, Any]) -> list[MonitorSpec]:
         except (CpdopsError, ValueError) as exc:
             log.warning("declared monitor skipped monitor=%s: %s", row.id, exc)
     return out
+
+
+def resolved_target(row: DeclaredMonitor) -> str:
+    """The target to probe: ``${VAR}`` references resolved for a monitor of the fleet file
+    (whose references ``cpdops apply`` checked against its ``environment`` list); one declared
+    any other way (the API) is never resolved: a ``${`` in it (stored before the API refused
+    them) skips the monitor, so an API token cannot make the server send its environment."""
+    if row.source == "fleet":
+        return resolve_secret(row.target, key=f"monitor {row.id} target")
+    if "${" in row.target:
+        raise ValueError(
+            f"its target holds '${{' and it was declared through the {row.source}: references "
+            "are resolved only in the fleet file; delete it and declare it again"
+        )
+    return row.target
 
 
 def to_spec(row: DeclaredMonitor, defaults: Mapping[str, Any]) -> MonitorSpec:
@@ -132,7 +148,7 @@ def to_spec(row: DeclaredMonitor, defaults: Mapping[str, Any]) -> MonitorSpec:
         tenant=row.tenant,
         host=row.host,
         kind=row.kind,
-        target=resolve_secret(row.target, key=f"monitor {row.id} target"),
+        target=resolved_target(row),
         interval_s=interval,
         timeout_s=min(timeout, interval),
         failure_threshold=row.failure_threshold or int(defaults["failure_threshold"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -171,6 +172,13 @@ class Settings(BaseSettings):
         description="origins allowed to call the API from a browser (comma-separated); "
         "empty: CORS off (no CORS headers)",
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="reverse proxies whose X-Forwarded-For is believed (comma-separated IPs "
+        "and CIDRs, e.g. 10.0.0.5,172.18.0.0/16); the client address (audit log, access log) "
+        "is the rightmost address of the header that is not one of them. Empty: the header is "
+        "ignored and the connection's address is the client. X-Real-IP is never read",
+    )
     run_monitors: bool = True
     run_scheduler: bool = True
 
@@ -179,6 +187,20 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        for item in value if isinstance(value, list) else []:
+            try:
+                ipaddress.ip_network(str(item), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or CIDR (e.g. 10.0.0.5 or 172.18.0.0/16)"
+                ) from None
         return value
 
     @field_validator("smtp_listen")

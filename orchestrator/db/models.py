@@ -381,8 +381,8 @@ class DeclaredMonitor(Base):
     """A monitor somebody declared (``POST /api/v1/monitors`` or the fleet file's
     ``monitors.declared``), as opposed to one generated from the registry and the labels.
 
-    ``target`` is kept as written: ``${VAR}`` references are resolved when the monitor is
-    configured. Unset timing fields take the monitor defaults."""
+    ``target`` is kept as written: ``${VAR}`` references (fleet file only) are resolved when the
+    monitor is configured. Unset timing fields take the monitor defaults."""
 
     __tablename__ = "declared_monitors"
 

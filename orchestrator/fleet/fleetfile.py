@@ -77,6 +77,7 @@ __all__ = [
     "TenantSpec",
     "TlsConfig",
     "WebhookNotifier",
+    "env_references",
     "format_duration",
     "is_name",
     "is_secret_field",
@@ -102,6 +103,9 @@ Loc: TypeAlias = tuple[str | int, ...]
 Problem: TypeAlias = tuple[str, int | None, str]  # (key path, line, message)
 
 _FILE_CONTEXT = "fleet_file"  # validation context key: input comes from YAML text
+# validation context key: ``${NAME}`` in a monitor's target is a reference (the fleet file);
+# without it (the API) a target holding ``${`` is refused
+_ENV_CONTEXT = "env_references"
 
 # --------------------------------------------------------------------------- durations
 
@@ -191,7 +195,7 @@ class SecretMarker:
 SECRET = SecretMarker()
 
 
-def _env_references(value: str) -> list[str]:
+def env_references(value: str) -> list[str]:
     """Names referenced as ``${NAME}``; ``$${`` is a literal ``${``. Never quotes the value."""
     names = []
     for match in _ENV_REF_RE.finditer(value):
@@ -209,12 +213,39 @@ def _env_references(value: str) -> list[str]:
     return names
 
 
+def _cpdops_settings() -> frozenset[str]:
+    """The environment variables cpdops reads itself: ``CPDOPS_<SETTING>``, their
+    ``…_FILE`` forms (the image's entrypoint) and ``CPDOPS_DATABASE_PASSWORD``."""
+    from orchestrator.settings import Settings  # late: the fleet file needs no settings
+
+    names = [f"CPDOPS_{name.upper()}" for name in Settings.model_fields]
+    names.append("CPDOPS_DATABASE_PASSWORD")
+    return frozenset(names + [f"{name}_FILE" for name in names])
+
+
+def _check_env_name(name: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not an environment variable name (letters, digits, '_', "
+            "not starting with a digit)"
+        )
+    if name.upper() in _cpdops_settings():
+        raise ValueError(
+            f"{name} is a setting of cpdops itself (the server's own secret or configuration); "
+            "a fleet file cannot read it: give the value its own variable"
+        )
+    return name
+
+
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
+
+
 def _check_secret(value: str | None) -> str | None:
     if value is None:
         return None
     if not value:
         raise ValueError("must not be empty (leave the key out instead)")
-    _env_references(value)
+    env_references(value)
     return value
 
 
@@ -274,7 +305,7 @@ def resolve_secret(value: str, environ: Mapping[str, str] | None = None, *, key:
     env = os.environ if environ is None else environ
     where = f" (needed by {key})" if key else ""
     try:
-        names = _env_references(value)
+        names = env_references(value)
     except ValueError as exc:
         raise FleetFileError(f"{exc}{where}", errors=[(key, None, str(exc))]) from None
     missing = [name for name in dict.fromkeys(names) if name not in env]
@@ -648,7 +679,7 @@ def _status_codes(codes: list[int] | None) -> list[int] | None:
 
 def _check_target(target: str) -> str:
     _check_not_blank(target)
-    _env_references(target)  # a ${VAR} reference must be well formed
+    env_references(target)  # a ${VAR} reference must be well formed
     return target.strip()
 
 
@@ -657,8 +688,9 @@ class MonitorDeclaration(_Spec):
 
     Its id is ``<tenant>/<name>``. ``target`` and ``options`` are checked by the probe kind
     (``monitors.probes.VALIDATORS``); ``target`` may hold ``${VAR}`` references (a DSN's
-    password), resolved when the monitor is configured and never shown. Unset timing fields take
-    the monitor defaults."""
+    password) in the fleet file only, resolved when the monitor is configured and never shown;
+    declared through the API (no ``env_references`` validation context) a target holding
+    ``${`` is refused. Unset timing fields take the monitor defaults."""
 
     name: Annotated[Name, Field(description="unique within the tenant; the id is <tenant>/<name>")]
     tenant: Annotated[Name, Field(description="slug of a tenant in the registry")]
@@ -708,6 +740,13 @@ class MonitorDeclaration(_Spec):
     @field_validator("target")
     @classmethod
     def _target_for_kind(cls, target: str, info: ValidationInfo) -> str:
+        if "${" in target and not (info.context and info.context.get(_ENV_CONTEXT)):
+            raise ValueError(
+                "'${' is refused here: environment references are resolved only in the fleet "
+                "file (cpdops apply), never for a monitor declared through the API, which must "
+                "not read the server's environment; write the value itself, or declare the "
+                "monitor in the fleet file"
+            )
         problem = _kind_problem(info.data.get("kind"), target, {})
         if problem is not None and problem[0] == "target":
             raise ValueError(problem[1])
@@ -834,12 +873,21 @@ NOTIFIER_KINDS: Mapping[str, type[_Spec]] = types.MappingProxyType(
 NotifierSpec = Annotated[
     SmtpNotifier | TelegramNotifier | WebhookNotifier | OtrsNotifier, Field(discriminator="kind")
 ]
+# The secret fields (:data:`SecretText`): "" a tenant's, else a notifier kind's.
+_SECRET_MODELS: dict[str, type[BaseModel]] = {"": TenantSpec, **NOTIFIER_KINDS}
+_SECRET_KEYS: Mapping[str, tuple[str, ...]] = {
+    kind: tuple(name for name in model.model_fields if is_secret_field(model, name))
+    for kind, model in _SECRET_MODELS.items()
+}
 
 
 class FleetFile(_Spec):
     """The whole fleet file. Durations are seconds (float); they dump back as ``"1h30m"``."""
 
     version: Annotated[int, Field(strict=True), AfterValidator(_check_version)]
+    # The environment variables of the orchestrator that ${NAME} references may read; a
+    # reference to any other name is an error (docs/fleet-file.md, "Secrets").
+    environment: Annotated[list[EnvName], _none_as(list)] = Field(default_factory=list)
     hosts: Annotated[list[HostSpec], _none_as(list)] = Field(default_factory=list)
     tenants: Annotated[list[TenantSpec], _none_as(list)] = Field(default_factory=list)
     monitors: Annotated[MonitorsSection, _none_as(dict)] = Field(default_factory=MonitorsSection)
@@ -929,6 +977,51 @@ def _cross_check(data: Any, lines: Mapping[Loc, int]) -> list[tuple[Loc, str]]:
                 )
             )
     problems += _check_declared(data, lines, hosts)
+    problems += _check_references(data)
+    return problems
+
+
+def _secret_values(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """Every value where ``${NAME}`` is a reference: the secret fields and the declared
+    monitors' targets, with their paths."""
+    found: list[tuple[Loc, Any]] = []
+    tenants = data.get("tenants")
+    for index, tenant in enumerate(tenants if isinstance(tenants, list) else []):
+        if isinstance(tenant, dict):
+            found += [(("tenants", index, key), tenant.get(key)) for key in _SECRET_KEYS[""]]
+    notifiers = data.get("notifiers")
+    for index, notifier in enumerate(notifiers if isinstance(notifiers, list) else []):
+        if isinstance(notifier, dict):
+            keys = _SECRET_KEYS.get(str(notifier.get("kind")), ())
+            found += [(("notifiers", index, key), notifier.get(key)) for key in keys]
+    section = data.get("monitors")
+    declared = section.get("declared") if isinstance(section, dict) else None
+    for index, item in enumerate(declared if isinstance(declared, list) else []):
+        if isinstance(item, dict):
+            found.append((("monitors", "declared", index, "target"), item.get("target")))
+    return [(loc, value) for loc, value in found if isinstance(value, str)]
+
+
+def _check_references(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """Each ``${NAME}`` names a variable of the top-level ``environment`` list."""
+    listed = data.get("environment")
+    allowed = {n for n in listed if isinstance(n, str)} if isinstance(listed, list) else set()
+    problems: list[tuple[Loc, str]] = []
+    for loc, value in _secret_values(data):
+        try:
+            names = env_references(value)
+        except ValueError:
+            continue  # malformed: reported by the field's own check
+        for name in dict.fromkeys(names):
+            if name not in allowed:
+                problems.append(
+                    (
+                        loc,
+                        f"${{{name}}} is not declared: list {name} under the top-level "
+                        "'environment' (the variables of cpdops's environment this file may "
+                        "read)",
+                    )
+                )
     return problems
 
 
@@ -1300,7 +1393,7 @@ def parse_fleet_text(text: str, *, path: str = "<string>") -> FleetFile:
     problems += [(_format_path(loc), _line_of(loc, reader.lines), msg) for loc, msg in cross]
     fleet: FleetFile | None = None
     try:
-        fleet = FleetFile.model_validate(data, context={_FILE_CONTEXT: True})
+        fleet = FleetFile.model_validate(data, context={_FILE_CONTEXT: True, _ENV_CONTEXT: True})
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             if error["type"] == "fleet_consistency" and cross:

@@ -48,9 +48,10 @@ from orchestrator.incidents.correlation import (
     recent,
 )
 from orchestrator.incidents.evidence import ContainerEvidence
+from orchestrator.incidents.known_secrets import known_secrets, target_secrets
 from orchestrator.incidents.locks import one_writer
 from orchestrator.incidents.recovery import verify_host_recovery, verify_recovery
-from orchestrator.incidents.redact import redact, redact_text
+from orchestrator.incidents.redact import Redactor
 from orchestrator.incidents.tickets import add_event, open_or_join
 from orchestrator.incidents.workflow import ACTIVE
 from rollouts.executor import RolloutFailure
@@ -58,6 +59,7 @@ from rollouts.executor import RolloutFailure
 log = logging.getLogger(__name__)
 
 AUTHOR = "cpdops"
+_REDACTOR = "cpdops.redactor"  # Session.info key: the redactor of that session's tickets
 Clock = Callable[[], datetime]
 
 
@@ -88,8 +90,15 @@ class IncidentEngine:
         registry: CollectorRegistry,
         clock: Clock = utc_now,
         container_evidence: ContainerEvidence | None = None,
+        secrets: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self._factory = factory
+        # What ticket text and evidence never show, besides the patterns of redact.py: these
+        # (cpdops's own secrets, from its settings) and, read at each ticket, the fleet file's
+        # secrets and the environment variables it references (``environ``: the process's).
+        self._secrets = tuple(secrets)
+        self._environ = environ
         self._system_id = system_id
         self._clock = clock
         # Whether a Docker host's monitors are held now (host_checks.HostChecker.confirm): the
@@ -117,6 +126,14 @@ class IncidentEngine:
             if container_evidence is not None
             else None
         )
+
+    def _redactor(self, s: Session) -> Redactor:
+        """The redactor of the known secrets, read once per session (a batch of changes)."""
+        found = s.info.get(_REDACTOR)
+        if not isinstance(found, Redactor):
+            found = Redactor(known_secrets(s, self._environ, extra=self._secrets))
+            s.info[_REDACTOR] = found
+        return found
 
     def close(self) -> None:
         """Stop the evidence thread (evidence not fetched yet is dropped)."""
@@ -245,20 +262,21 @@ class IncidentEngine:
             rec.down_since = None
         if change.new == MonitorStatus.DOWN and not suppressed:
             target = public_target(spec.target)
+            red = self._redactor(s).extended(target_secrets(spec.target))
             incident, created = open_or_join(
                 s,
                 system_id=self._system_id,
                 open_key=f"tenant:{spec.tenant}",
                 type="incident",
-                subject=redact_text(f"{spec.tenant}: {spec.name} is DOWN ({reason})"),
-                description=redact_text(
+                subject=red.text(f"{spec.tenant}: {spec.name} is DOWN ({reason})"),
+                description=red.text(
                     f"Monitor {spec.name} ({spec.kind} {target}) on host {spec.host} "
                     f"went DOWN: {reason}."
                 ),
                 author=AUTHOR,
                 source="monitor",
                 tenant=spec.tenant,
-                evidence=redact(monitor_evidence(change)),
+                evidence=red.value(monitor_evidence(change)),
             )
             return True, (incident.id, incident.number, created)
         if change.new == MonitorStatus.UP and was_down:
@@ -413,7 +431,7 @@ class IncidentEngine:
                 author=AUTHOR,
                 kind="evidence",
                 body=f"Container state and logs of {tenant} on {host}",
-                data=redact(jsonable(data)),
+                data=self._redactor(s).value(jsonable(data)),
             )
 
     def _under_rollout(self, tenant: str, host: str) -> bool:
@@ -692,18 +710,19 @@ class IncidentEngine:
     def on_rollout_failure(self, failure: RolloutFailure) -> None:
         """A failed rollout opens one mass incident linked to the rollout."""
         with session_scope(self._factory) as s:
+            red = self._redactor(s)
             _incident, created = open_or_join(
                 s,
                 system_id=self._system_id,
                 open_key=f"rollout:{failure.rollout_id}",
                 type="mass_incident",
-                subject=(
+                subject=red.text(
                     f"Rollout {failure.rollout_id} to {failure.image} failed on "
                     f"{failure.tenant}@{failure.host}"
                     if failure.tenant
                     else f"Rollout {failure.rollout_id} to {failure.image}: {failure.reason}"
                 ),
-                description=(
+                description=red.text(
                     f"Rollout {failure.rollout_id} (image {failure.image}) failed on tenant "
                     f"{failure.tenant}, host {failure.host}: {failure.reason}. The instance was "
                     "restored to its previous container and the rollout was stopped."
@@ -712,7 +731,7 @@ class IncidentEngine:
                 source="rollout",
                 tenant=None,
                 rollout_id=failure.rollout_id,
-                evidence=redact(
+                evidence=red.value(
                     jsonable({"tenant": failure.tenant, "host": failure.host, **failure.evidence})
                 ),
             )

@@ -11,6 +11,7 @@ from datetime import datetime
 import httpx
 import uvicorn
 
+from orchestrator.api.serving import uvicorn_options
 from orchestrator.app import create_app
 from orchestrator.auth.tokens import Role, create_token
 from orchestrator.context import build_context
@@ -49,9 +50,9 @@ def bearer(token: str) -> dict[str, str]:
 @contextmanager
 def running_server(settings: Settings) -> Iterator[str]:
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
+    options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": port}
+    options.update(log_level="warning", lifespan="on")
+    config = uvicorn.Config(create_app(settings), **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="cpdops-serve", daemon=True)
     thread.start()

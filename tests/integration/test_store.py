@@ -297,6 +297,7 @@ def test_migrations_match_the_models(db_url: str) -> None:
 
 DECLARING = """
 version: 1
+environment: [CPDOPS_TEST_UNSET_PW]
 tenants:
   - slug: acme
     name: ACME

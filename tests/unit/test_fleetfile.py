@@ -461,6 +461,82 @@ def test_error_names_key_and_line(text: str, key: str, line: int, message: str) 
     assert isinstance(error, InputError)
 
 
+ENV_HEAD = "version: 1\nenvironment: [DECLARED]\n"
+ENV_CASES = [
+    # (case, text, key, line, message): every place a ${NAME} is read, and the list itself
+    (
+        "tenant db_dsn",
+        ENV_HEAD + "tenants:\n  - slug: a\n    name: A\n    db_dsn: 'x:${NOPE}@h'\n",
+        "tenants[0].db_dsn",
+        6,
+        "${NOPE} is not declared: list NOPE under the top-level 'environment'",
+    ),
+    (
+        "smtp password",
+        ENV_HEAD + "notifiers:\n  - {name: m, kind: smtp, host: h, username: u,\n"
+        "     password: '${DECLARED}${NOPE}', sender: a@b.c}\n",
+        "notifiers[0].password",
+        5,
+        "${NOPE} is not declared",
+    ),
+    (
+        "telegram bot_token",
+        ENV_HEAD + "notifiers:\n  - {name: t, kind: telegram, bot_token: '${NOPE}'}\n",
+        "notifiers[0].bot_token",
+        4,
+        "${NOPE} is not declared",
+    ),
+    (
+        "declared monitor target",
+        ENV_HEAD + "tenants: [{slug: a, name: A}]\nmonitors:\n  declared:\n"
+        "    - {name: p, tenant: a, kind: http, target: 'http://h/x?t=${CPDOPS_DATABASE_URL}'}\n",
+        "monitors.declared[0].target",
+        6,
+        "${CPDOPS_DATABASE_URL} is not declared",
+    ),
+    (
+        "a setting of cpdops",
+        "version: 1\nenvironment:\n  - A_OK\n  - CPDOPS_ALERTMANAGER_SECRET_FILE\n",
+        "environment[1]",
+        4,
+        "CPDOPS_ALERTMANAGER_SECRET_FILE is a setting of cpdops itself",
+    ),
+    (
+        "not a name",
+        "version: 1\nenvironment: [A_OK, 'X-Y']\n",
+        "environment[1]",
+        2,
+        "'X-Y' is not an environment variable name",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "message"),
+    [case[1:] for case in ENV_CASES],
+    ids=[case[0] for case in ENV_CASES],
+)
+def test_references_read_only_declared_names(text: str, key: str, line: int, message: str) -> None:
+    test_error_names_key_and_line(text, key, line, message)
+
+
+def test_declared_references_and_escapes_are_accepted() -> None:
+    fleet = parse(
+        ENV_HEAD + "tenants:\n  - {slug: a, name: A, db_dsn: 'postgresql://u:${DECLARED}@h/a'}\n"
+        "notifiers:\n  - {name: w, kind: webhook, url: 'http://h', secret: '$${NOPE}'}\n"
+    )
+    assert fleet.environment == ["DECLARED"]
+    assert fleet.tenants[0].db_dsn == "postgresql://u:${DECLARED}@h/a"
+
+
+def test_a_declaration_outside_the_fleet_file_refuses_references() -> None:
+    """The API validates MonitorDeclaration without the fleet file's context."""
+    body = {"name": "p", "tenant": "a", "kind": "http", "target": "http://h/?t=${HOME}"}
+    with pytest.raises(ValidationError, match="resolved only in the fleet file"):
+        MonitorDeclaration.model_validate(body)
+    assert MonitorDeclaration.model_validate({**body, "target": "http://h/?t=1"}).target
+
+
 WHOLE_FILE_CASES = [
     ("syntax", "version: 1\nhosts:\n  - name: a\n   url: x\n", 4, "YAML syntax error: "),
     ("unclosed", "version: 1\ntenants: [\n", 3, "YAML syntax error: "),
@@ -527,7 +603,7 @@ def test_all_errors_are_reported_together_in_line_order() -> None:
     assert rows[1].startswith("  fleet.yaml:4: hosts[0].url: unsupported scheme 'http://'")
     assert rows[7] == (
         "  fleet.yaml:15: flavour: unknown key 'flavour'; expected one of: "
-        "version, hosts, tenants, monitors, incidents, notifiers"
+        "version, environment, hosts, tenants, monitors, incidents, notifiers"
     )
     assert caught.value.line is None
 

@@ -207,6 +207,15 @@ def test_a_bad_target_is_named_as_the_target(kind: str, target: str) -> None:
         ("http://127.0.0.1:8080/health", "http://127.0.0.1:8080/health"),
         ("sip:ping@10.0.0.7:5060", "sip:ping@10.0.0.7:5060"),
         ("unix:///var/run/docker.sock#acme", "unix:///var/run/docker.sock#acme"),
+        # credentials in a URL's query (issue 12: a ticket showed them)
+        (
+            "http://u:pw@127.0.0.1:1/leak?tenant=acme&token=t0k&api_key=k&am=1",
+            "http://u:***@127.0.0.1:1/leak?tenant=acme&token=***&api_key=***&am=1",
+        ),
+        (
+            "https://h/x?access_token=cpd_abc&sig=s&page=2",
+            "https://h/x?access_token=***&sig=***&page=2",
+        ),
     ],
 )
 def test_public_target_hides_passwords_only(target: str, shown: str) -> None:

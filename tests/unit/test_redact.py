@@ -115,3 +115,98 @@ def test_redacting_twice_changes_nothing_more() -> None:
 )
 def test_secret_keys(key: str, secret: bool) -> None:
     assert is_secret_key(key) is secret
+
+
+# The forms a container log showed in ticket evidence unredacted (issue 12, item 2).
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "DB_PASS=hunter2-XYZ --password hunter2-XYZ",
+            "DB_PASS=*** --password ***",
+        ),
+        ("login pass=hunter2 user=app", "login pass=*** user=app"),
+        ("SMTP_PASS: hunter2", "SMTP_PASS: ***"),
+        ("credentials=admin:hunter2 next", "credentials=*** next"),
+        ("AWS_CREDENTIALS=abc", "AWS_CREDENTIALS=***"),
+        ("<password>hunter2</password>", "<password>***</password>"),
+        ('<Password type="clear">hunter 2</Password>', '<Password type="clear">***</Password>'),
+        ("<db><dbPasswd>x1</dbPasswd></db>", "<db><dbPasswd>***</dbPasswd></db>"),
+        ("MYSQL_PASSWD=zz9", "MYSQL_PASSWD=***"),
+        ("GITHUB_TOKEN=ghp_abc", "GITHUB_TOKEN=***"),
+        ("SSH_KEY_FILE=/run/k", "SSH_KEY_FILE=***"),
+        ("SIGNING_KEY=abc123", "SIGNING_KEY=***"),
+        ("mysql -u root -p hunter2 -h db", "mysql -u root -p *** -h db"),
+        ("pg_restore --password hunter2", "pg_restore --password ***"),
+        ("tool --api-key k-123 --verbose", "tool --api-key *** --verbose"),
+        ("tool --token abc --password --x", "tool --token *** --password --x"),
+        ("Authorization: Token abc", "Authorization: Token ***"),
+        ("Proxy-Authorization: Basic dXNlcjpw", "Proxy-Authorization: Basic ***"),
+        (
+            "client used cpd_0123456789ab_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcd",
+            "client used cpd_***",
+        ),
+        ("GET /x?access_token=cpd_0123456789ab_xyzxyzxyz", "GET /x?access_token=***"),
+        ("x-auth=abc&sig=def", "x-auth=***&sig=***"),
+    ],
+)
+def test_common_secret_forms_are_redacted(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "bypass=on compass=north passenger=3",
+        "ssh -i key.pem host -l app",
+        "authored by the ops team",
+        "the passes so far: 2/3",
+    ],
+)
+def test_words_near_secret_keys_are_kept(text: str) -> None:
+    assert redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "known", "expected"),
+    [
+        # a tenant DSN's password, in a log line that has no secret-looking key
+        ("connecting as app/Zq81-pw-acme to db", ["Zq81-pw-acme"], "connecting as app/*** to db"),
+        # the whole DSN, as the application echoed it without a scheme
+        ("dsn app:Zq81@db/acme", ["app:Zq81@db/acme"], "dsn ***"),
+        # percent-encoded in a URL
+        ("GET /hook?h=s%2Fcr%40t", ["s/cr@t"], "GET /hook?h=***"),
+        # a notifier's webhook secret, several times
+        ("sig whsec-778899 and whsec-778899", ["whsec-778899"], "sig *** and ***"),
+        # too short to search for: kept
+        ("port 123", ["123"], "port 123"),
+    ],
+)
+def test_known_secret_values_are_redacted(text: str, known: list[str], expected: str) -> None:
+    assert redact_text(text, known) == expected
+
+
+def test_known_values_in_mappings_and_lists() -> None:
+    data = {"logs": "boot hunter2-XYZ", "list": ["a", "x hunter2-XYZ"], "n": 1}
+    assert redact(data, ["hunter2-XYZ"]) == {
+        "logs": "boot ***",
+        "list": ["a", "x ***"],
+        "n": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("DB_PASS", True),
+        ("pass", True),
+        ("x-auth", True),
+        ("credentials", True),
+        ("SIGNING_KEY", True),
+        ("bypass", False),
+        ("passes", False),
+        ("author", False),
+    ],
+)
+def test_more_secret_keys(key: str, secret: bool) -> None:
+    assert is_secret_key(key) is secret

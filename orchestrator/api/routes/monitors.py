@@ -110,8 +110,10 @@ def _apply(ctx: AppContext) -> None:
         "checked by the kind (e.g. http: `body_contains`, `max_latency_s`, `tls_verify`; sip: "
         "`transport`, `accept_codes`); unset `interval`, `timeout` and thresholds take the "
         'monitor defaults. `interval` and `timeout` are seconds or durations such as `"30s"`. '
-        "A target may hold `${VAR}` references (a DSN's password), resolved from cpdops's "
-        "environment; passwords are never shown. Stored in the database and applied to the "
+        "A target never holds `${VAR}` references (422): they are resolved only in the fleet "
+        "file, and an API token must not read the server's environment. A target's "
+        "credentials (URL password, secret query parameters such as `token`) are never shown, "
+        "nor in tickets. Stored in the database and applied to the "
         "running engine at once. Errors: 422 for a malformed body (the `loc` names the field, "
         "e.g. `options` or `target`), 400 for an unknown tenant or host, 409 when the id is "
         "taken."
@@ -119,7 +121,7 @@ def _apply(ctx: AppContext) -> None:
     responses={
         400: {"description": "unknown tenant or host"},
         409: {"description": "a monitor with this id exists (declared or generated)"},
-        422: {"description": "invalid field; `loc` names it"},
+        422: {"description": "invalid field, or a target holding `${`; `loc` names it"},
     },
 )
 def declare_monitor(
