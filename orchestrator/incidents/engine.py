@@ -30,7 +30,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.db.session import session_scope
 from orchestrator.fleet.fleetfile import IncidentThresholds
-from orchestrator.incidents import outbox
+from orchestrator.incidents import mail, outbox, telegram
 from orchestrator.incidents.alert_intake import SOURCE as ALERTMANAGER
 from orchestrator.incidents.alert_intake import IntakeResult, ingest
 from orchestrator.incidents.alertmanager import AlertmanagerWebhook
@@ -53,12 +53,28 @@ from orchestrator.incidents.recovery import verify_host_recovery, verify_recover
 from orchestrator.incidents.redact import redact, redact_text
 from orchestrator.incidents.tickets import add_event, open_or_join
 from orchestrator.incidents.workflow import ACTIVE
+from orchestrator.metrics import at_zero
 from rollouts.executor import RolloutFailure
 
 log = logging.getLogger(__name__)
 
 AUTHOR = "cpdops"
 Clock = Callable[[], datetime]
+
+
+# Every (type, source) a ticket is counted with in cpdops_incidents_created_total, and every type
+# of cpdops_detection_seconds: created at 0 with the engine (orchestrator.metrics.at_zero).
+CREATED_LABELS = (
+    ("incident", "monitor"),
+    ("mass_incident", "host"),
+    ("mass_incident", "correlation"),
+    ("mass_incident", "rollout"),
+    ("incident", ALERTMANAGER),
+    ("mass_incident", ALERTMANAGER),
+    (mail.TICKET_TYPE, mail.SOURCE),
+    (telegram.TICKET_TYPE, telegram.SOURCE),
+)
+DETECTION_TYPES = ("incident", "mass_incident")
 
 
 def utc_now() -> datetime:
@@ -109,6 +125,8 @@ class IncidentEngine:
             buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600),
             registry=registry,
         )
+        at_zero(self.created, CREATED_LABELS)
+        at_zero(self.detection, [(t,) for t in DETECTION_TYPES])
         # Container state and logs are fetched after the ticket is committed, on their own
         # thread: a slow Docker engine never delays a ticket nor the monitor notifications.
         self._container_evidence = container_evidence
