@@ -41,6 +41,7 @@ from orchestrator.incidents.correlation import (
     MassDecision,
     OpenMass,
     Thresholds,
+    current_mass,
     decide_mass,
     host_key,
     host_of_key,
@@ -629,12 +630,7 @@ class IncidentEngine:
             open_key=decision.key,
             type="mass_incident",
             subject=decision.subject,
-            description=(
-                f"{len(decision.tenants)} tenants failed (monitors DOWN, Alertmanager alerts "
-                f"firing) within the correlation "
-                f"window ({decision.scope} {decision.name or 'fleet'}): "
-                f"{', '.join(decision.tenants)}. The tenant incidents are linked as children."
-            ),
+            description=decision.description,
             author=AUTHOR,
             source="correlation",
             evidence={
@@ -682,6 +678,11 @@ class IncidentEngine:
         ).first()
         if created is not None:
             outbox.enqueue_event(s, mass, created)
+        # A correlated mass incident says how many tenants it has now (this transaction).
+        tenants = s.scalars(select(Incident.tenant).where(Incident.parent_id == mass.id))
+        now = current_mass(mass.open_key or "", [t for t in tenants if t is not None])
+        if now is not None and (mass.subject, mass.description) != (now.subject, now.description):
+            mass.subject, mass.description = now.subject, now.description
         log.info("incident linked child=%s parent=%s", child.number, mass.number)
 
     # --- verified recovery ------------------------------------------------------------------
