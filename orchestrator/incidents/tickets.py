@@ -113,33 +113,59 @@ def add_evidence(
 ) -> IncidentEvent:
     """Evidence on ``incident``'s timeline, aggregated (see the module docstring): the entry of
     the same :func:`evidence_key` takes ``data`` and ``body`` as its latest sample and counts
-    one more occurrence, else a new entry counts the first. The ticket's row is locked first
-    (PostgreSQL; SQLite has one writer), so concurrent repeats are all counted, in one entry."""
-    now = datetime.now(UTC).isoformat()
+    one more occurrence, else a new entry counts the first."""
+    now = datetime.now(UTC)
     key = evidence_key(author, data)
-    if incident.id is not None:
+    entries = _evidence_entries(session, incident)
+    entry = entries.get(key)
+    if entry is not None:
+        seen = dict(entry.data.get(OCCURRENCES) or {})
+        seen.update(count=int(seen.get("count", 1)) + 1, last_seen=now.isoformat())
+        entry.data = {**data, OCCURRENCES: seen}
+        entry.body = body
+        incident.updated_at = now
+        return entry
+    at = now.isoformat()
+    seen = {"key": key, "count": 1, "first_seen": at, "last_seen": at}
+    entry = add_event(
+        session, incident, author=author, kind=EVIDENCE, body=body, data={**data, OCCURRENCES: seen}
+    )
+    entries[key] = entry
+    return entry
+
+
+_ENTRIES = "cpdops_evidence_entries"
+
+
+def _evidence_entries(session: Session, incident: Incident) -> dict[str, IncidentEvent]:
+    """The ticket's aggregated evidence entries by key, read once per transaction after its
+    row is locked (PostgreSQL ``FOR UPDATE``; SQLite has one writer): concurrent repeats wait
+    for each other and are all counted, in one entry. A ticket not flushed yet has none."""
+    transaction = session.get_transaction()
+    cached = session.info.get(_ENTRIES)
+    if cached is None or cached[0] is not transaction:
+        cached = (transaction, {})
+        session.info[_ENTRIES] = cached
+    by_ticket: dict[int, dict[str, IncidentEvent]] = cached[1]
+    if incident.id is None:
+        return {}
+    entries = by_ticket.get(incident.id)
+    if entries is None:
         session.execute(select(Incident.id).where(Incident.id == incident.id).with_for_update())
-        entry = session.scalars(
+        key = IncidentEvent.data[(OCCURRENCES, "key")].as_string()
+        entries = {}
+        for event in session.scalars(
             select(IncidentEvent)
             .where(
                 IncidentEvent.incident_id == incident.id,
                 IncidentEvent.kind == EVIDENCE,
-                IncidentEvent.data[(OCCURRENCES, "key")].as_string() == key,
+                key.is_not(None),
             )
             .order_by(IncidentEvent.id)
-            .limit(1)
-        ).first()
-        if entry is not None:
-            seen = dict(entry.data.get(OCCURRENCES) or {})
-            seen.update(count=int(seen.get("count", 1)) + 1, last_seen=now)
-            entry.data = {**data, OCCURRENCES: seen}
-            entry.body = body
-            incident.updated_at = datetime.now(UTC)
-            return entry
-    seen = {"key": key, "count": 1, "first_seen": now, "last_seen": now}
-    return add_event(
-        session, incident, author=author, kind=EVIDENCE, body=body, data={**data, OCCURRENCES: seen}
-    )
+        ):
+            entries.setdefault(str(event.data[OCCURRENCES]["key"]), event)
+        by_ticket[incident.id] = entries
+    return entries
 
 
 def open_or_join(
