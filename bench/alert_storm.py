@@ -16,7 +16,9 @@ scheduled at a random moment of the ``--seconds`` window; its second copy follow
 (a quarter of them at the same moment, so both copies are in flight together). At most
 ``--concurrency`` requests are in flight (Alertmanager's parallel notifications). Reported:
 the store's figures afterwards (mass incidents, children per tenant, tenant incidents per
-tenant, evidence entries per alert = duplicates, total tickets), intake latency p50/p99/max per
+tenant, the alerts the evidence entries count minus the alerts = duplicates, evidence entries
+per ticket (one per alert name), the mass incident's subject (naming every tenant), total
+tickets), intake latency p50/p99/max per
 request, how late the last answer came after the window, and alerts/s.
 """
 
@@ -159,7 +161,9 @@ def store_figures(url: str, tenants: int, alerts: int) -> dict[str, Any]:
     try:
         with engine.connect() as c:
             masses = c.execute(
-                select(Incident.id, Incident.open_key).where(Incident.type == "mass_incident")
+                select(Incident.id, Incident.open_key, Incident.subject).where(
+                    Incident.type == "mass_incident"
+                )
             ).all()
             per_tenant = dict(
                 c.execute(
@@ -176,18 +180,27 @@ def store_figures(url: str, tenants: int, alerts: int) -> dict[str, Any]:
                     .group_by(Incident.tenant)
                 ).all()
             )
-            evidence = c.execute(
-                select(func.count()).where(
+            # one entry per ticket and alert name, counting its alerts (data.occurrences)
+            entries = c.execute(
+                select(IncidentEvent.incident_id, IncidentEvent.data).where(
                     IncidentEvent.kind == "evidence", IncidentEvent.author == "alertmanager"
                 )
-            ).scalar_one()
+            ).all()
             total = c.execute(select(func.count()).select_from(Incident)).scalar_one()
             rows = c.execute(select(func.count()).select_from(AlertRecord)).scalar_one()
     finally:
         engine.dispose()
+    evidence = sum(int((data.get("occurrences") or {}).get("count", 1)) for _, data in entries)
+    per_ticket: dict[int, int] = {}
+    for incident_id, _ in entries:
+        per_ticket[incident_id] = per_ticket.get(incident_id, 0) + 1
+    subject = f"Mass incident: {tenants} tenants DOWN"
     return {
         "mass_incidents": len(masses),
         "mass_keys": [m.open_key for m in masses],
+        "mass_subjects": [m.subject for m in masses],
+        "evidence_entries": len(entries),
+        "max_evidence_entries_per_ticket": max(per_ticket.values(), default=0),
         "tenants_with_incident": len(per_tenant),
         "max_incidents_per_tenant": max(per_tenant.values(), default=0),
         "tenants_linked": len(children),
@@ -201,6 +214,8 @@ def store_figures(url: str, tenants: int, alerts: int) -> dict[str, Any]:
         and max(children.values(), default=0) <= 1
         and max(per_tenant.values(), default=0) == 1
         and evidence == alerts
+        and max(per_ticket.values(), default=0) <= len(NAMES)
+        and [m.subject for m in masses] == [subject]
         and rows == alerts,
     }
 

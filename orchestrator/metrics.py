@@ -1,17 +1,22 @@
 """Prometheus metrics of cpdops: collectors that read state at scrape time.
 
 Everything is registered into a :class:`MetricsRegistry` made per app, never the global one.
+
+A labelled counter or histogram is created with every label set it can have at 0
+(:func:`at_zero`), where it is made: Prometheus takes a series' first sample as its start, so a
+series that first appears at 1 is never counted by ``increase()``/``rate()`` (the dashboards'
+"created in the range", "per hour" and p95 panels would stay at 0 after the first event).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -144,6 +149,13 @@ def _solution_histogram(
 def _le(bound: float) -> str:
     """A bucket bound as prometheus_client writes ``le`` ("300.0", "+Inf")."""
     return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def at_zero(metric: Counter | Histogram, label_sets: Iterable[Sequence[str]]) -> None:
+    """Create each of ``label_sets`` (label values in the metric's label order) at 0, so that
+    its first event is an increase Prometheus sees (see the module docstring)."""
+    for values in label_sets:
+        metric.labels(*values)
 
 
 @runtime_checkable

@@ -41,6 +41,7 @@ from orchestrator.errors import (
 from orchestrator.fleet.discovery import discover
 from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import VERSION_LABEL, DockerHost
+from orchestrator.metrics import at_zero
 from rollouts import decide, faults
 from rollouts.decide import (
     Approve,
@@ -101,6 +102,7 @@ class RolloutMetrics:
         self.results = Counter(
             "cpdops_rollouts", "Finished rollouts by result", ["result"], registry=registry
         )
+        at_zero(self.results, [(result,) for result in decide.FINAL])
         self.duration = Histogram(
             "cpdops_rollout_duration_seconds",
             "Wall time of a rollout from start to end",

@@ -24,10 +24,13 @@ from typing import Generic, TypeVar
 from prometheus_client import Counter
 
 from orchestrator.db.outage import database_unavailable, describe
+from orchestrator.metrics import at_zero
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# The ``why`` of the ``dropped`` counter.
+DROPPED_WHY = ("queue_full", "error")
 
 
 def retry_delay(attempt: int, *, first_s: float = 0.5, max_s: float = 5.0) -> float:
@@ -62,6 +65,7 @@ class RetryQueue(Generic[T]):
         self._capacity = capacity
         self._delay = delay
         self._dropped = dropped
+        at_zero(dropped, [(why,) for why in DROPPED_WHY])
         self._label = label
         self._noun, self._plural = noun, plural
         self._thread_name = thread_name

@@ -11,7 +11,9 @@ seconds, failures span
 * ≥ ``min_tenants`` tenants anywhere (``mass:tenants:<bucket>``, the window bucket of the
   earliest failure in the group, so every delivery and every replica computes the same key).
 
-The most specific scope wins (database server, then host, then the fleet).
+The most specific scope wins (database server, then host, then the fleet). A mass incident's
+subject and description count the tenants linked to it so far (``current_mass``): tenants that
+fail later and join it are counted as they join.
 
 A Docker host that does not answer (``orchestrator/fleet/host_health.py``) has an incident of
 its own, key ``host:<name>:<unreachable since, ISO 8601>``: its tenants' failures join it, and
@@ -68,6 +70,29 @@ class MassDecision:
         if self.scope == "host":
             return f"Mass incident: host {self.name} — {count} tenants DOWN"
         return f"Mass incident: {count} tenants DOWN"
+
+    @property
+    def description(self) -> str:
+        return (
+            f"{len(self.tenants)} tenants failed (monitors DOWN, Alertmanager alerts firing) "
+            f"within the correlation window ({self.scope} {self.name or 'fleet'}): "
+            f"{', '.join(self.tenants)}. The tenant incidents are linked as children."
+        )
+
+
+SCOPES = ("db", "host", "tenants")
+
+
+def current_mass(key: str, tenants: Iterable[str]) -> MassDecision | None:
+    """The open correlated mass incident ``key`` as it stands with ``tenants`` (its children's):
+    its subject and description say how many tenants it has now, not how many it was opened
+    with. None for a key that is not a correlated mass incident's."""
+    if not key.startswith(MASS_PREFIX):
+        return None
+    scope, _, name = key[len(MASS_PREFIX) :].partition(":")
+    if scope not in SCOPES:
+        return None
+    return MassDecision(key, scope, "" if scope == "tenants" else name, tuple(sorted(set(tenants))))
 
 
 def host_key(host: str, since: datetime) -> str:

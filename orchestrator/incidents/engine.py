@@ -30,7 +30,7 @@ from orchestrator.db.models import (
 )
 from orchestrator.db.session import session_scope
 from orchestrator.fleet.fleetfile import IncidentThresholds
-from orchestrator.incidents import outbox
+from orchestrator.incidents import mail, outbox, telegram
 from orchestrator.incidents.alert_intake import SOURCE as ALERTMANAGER
 from orchestrator.incidents.alert_intake import IntakeResult, ingest
 from orchestrator.incidents.alertmanager import AlertmanagerWebhook, UnknownTenants
@@ -41,6 +41,7 @@ from orchestrator.incidents.correlation import (
     MassDecision,
     OpenMass,
     Thresholds,
+    current_mass,
     decide_mass,
     host_key,
     host_of_key,
@@ -54,6 +55,7 @@ from orchestrator.incidents.recovery import verify_host_recovery, verify_recover
 from orchestrator.incidents.redact import Redactor
 from orchestrator.incidents.tickets import add_event, open_or_join
 from orchestrator.incidents.workflow import ACTIVE
+from orchestrator.metrics import at_zero
 from rollouts.executor import RolloutFailure
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,21 @@ log = logging.getLogger(__name__)
 AUTHOR = "cpdops"
 _REDACTOR = "cpdops.redactor"  # Session.info key: the redactor of that session's tickets
 Clock = Callable[[], datetime]
+
+
+# Every (type, source) a ticket is counted with in cpdops_incidents_created_total, and every type
+# of cpdops_detection_seconds: created at 0 with the engine (orchestrator.metrics.at_zero).
+CREATED_LABELS = (
+    ("incident", "monitor"),
+    ("mass_incident", "host"),
+    ("mass_incident", "correlation"),
+    ("mass_incident", "rollout"),
+    ("incident", ALERTMANAGER),
+    ("mass_incident", ALERTMANAGER),
+    (mail.TICKET_TYPE, mail.SOURCE),
+    (telegram.TICKET_TYPE, telegram.SOURCE),
+)
+DETECTION_TYPES = ("incident", "mass_incident")
 
 
 def utc_now() -> datetime:
@@ -118,6 +135,8 @@ class IncidentEngine:
             buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600),
             registry=registry,
         )
+        at_zero(self.created, CREATED_LABELS)
+        at_zero(self.detection, [(t,) for t in DETECTION_TYPES])
         # Container state and logs are fetched after the ticket is committed, on their own
         # thread: a slow Docker engine never delays a ticket nor the monitor notifications.
         self._container_evidence = container_evidence
@@ -639,12 +658,7 @@ class IncidentEngine:
             open_key=decision.key,
             type="mass_incident",
             subject=decision.subject,
-            description=(
-                f"{len(decision.tenants)} tenants failed (monitors DOWN, Alertmanager alerts "
-                f"firing) within the correlation "
-                f"window ({decision.scope} {decision.name or 'fleet'}): "
-                f"{', '.join(decision.tenants)}. The tenant incidents are linked as children."
-            ),
+            description=decision.description,
             author=AUTHOR,
             source="correlation",
             evidence={
@@ -692,6 +706,11 @@ class IncidentEngine:
         ).first()
         if created is not None:
             outbox.enqueue_event(s, mass, created)
+        # A correlated mass incident says how many tenants it has now (this transaction).
+        tenants = s.scalars(select(Incident.tenant).where(Incident.parent_id == mass.id))
+        now = current_mass(mass.open_key or "", [t for t in tenants if t is not None])
+        if now is not None and (mass.subject, mass.description) != (now.subject, now.description):
+            mass.subject, mass.description = now.subject, now.description
         log.info("incident linked child=%s parent=%s", child.number, mass.number)
 
     # --- verified recovery ------------------------------------------------------------------

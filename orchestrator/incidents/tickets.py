@@ -1,8 +1,16 @@
-"""Tickets: numbering, creation with exactly-once open keys, timeline, status changes."""
+"""Tickets: numbering, creation with exactly-once open keys, timeline, status changes.
+
+Evidence is aggregated (:func:`add_evidence`): a ticket keeps one ``evidence`` entry per kind
+of evidence (:func:`evidence_key`: an alert's name, a monitor, else the data's shape with its
+tenant and host). A repeat updates that entry — its data becomes the latest sample and
+``data["occurrences"]`` counts it (``count``, ``first_seen``, ``last_seen``, ``key``) — so an
+alert storm leaves a handful of entries with their counts, not one per alert.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -83,6 +91,83 @@ def add_event(
     return event
 
 
+OCCURRENCES = "occurrences"
+EVIDENCE = "evidence"
+
+
+def evidence_key(author: str, data: Mapping[str, Any]) -> str:
+    """Which evidence entry of a ticket ``data`` (written by ``author``) repeats: the same alert
+    name (Alertmanager), the same monitor (a DOWN), else the same field names, tenant and host
+    (a host's, a correlation's, a rollout's, the containers')."""
+    for field, what in (("alertname", "alert"), ("monitor", "monitor")):
+        value = data.get(field)
+        if isinstance(value, str) and value:
+            return f"{author}:{what}:{value}"
+    shape = ",".join(sorted(k for k in data if k != OCCURRENCES))
+    where = "@".join(str(data.get(k) or "") for k in ("tenant", "host"))
+    return f"{author}:{shape}:{where}"
+
+
+def add_evidence(
+    session: Session, incident: Incident, *, author: str, body: str, data: Mapping[str, Any]
+) -> IncidentEvent:
+    """Evidence on ``incident``'s timeline, aggregated (see the module docstring): the entry of
+    the same :func:`evidence_key` takes ``data`` and ``body`` as its latest sample and counts
+    one more occurrence, else a new entry counts the first."""
+    now = datetime.now(UTC)
+    key = evidence_key(author, data)
+    entries = _evidence_entries(session, incident)
+    entry = entries.get(key)
+    if entry is not None:
+        seen = dict(entry.data.get(OCCURRENCES) or {})
+        seen.update(count=int(seen.get("count", 1)) + 1, last_seen=now.isoformat())
+        entry.data = {**data, OCCURRENCES: seen}
+        entry.body = body
+        incident.updated_at = now
+        return entry
+    at = now.isoformat()
+    seen = {"key": key, "count": 1, "first_seen": at, "last_seen": at}
+    entry = add_event(
+        session, incident, author=author, kind=EVIDENCE, body=body, data={**data, OCCURRENCES: seen}
+    )
+    entries[key] = entry
+    return entry
+
+
+_ENTRIES = "cpdops_evidence_entries"
+
+
+def _evidence_entries(session: Session, incident: Incident) -> dict[str, IncidentEvent]:
+    """The ticket's aggregated evidence entries by key, read once per transaction after its
+    row is locked (PostgreSQL ``FOR UPDATE``; SQLite has one writer): concurrent repeats wait
+    for each other and are all counted, in one entry. A ticket not flushed yet has none."""
+    transaction = session.get_transaction()
+    cached = session.info.get(_ENTRIES)
+    if cached is None or cached[0] is not transaction:
+        cached = (transaction, {})
+        session.info[_ENTRIES] = cached
+    by_ticket: dict[int, dict[str, IncidentEvent]] = cached[1]
+    if incident.id is None:
+        return {}
+    entries = by_ticket.get(incident.id)
+    if entries is None:
+        session.execute(select(Incident.id).where(Incident.id == incident.id).with_for_update())
+        key = IncidentEvent.data[(OCCURRENCES, "key")].as_string()
+        entries = {}
+        for event in session.scalars(
+            select(IncidentEvent)
+            .where(
+                IncidentEvent.incident_id == incident.id,
+                IncidentEvent.kind == EVIDENCE,
+                key.is_not(None),
+            )
+            .order_by(IncidentEvent.id)
+        ):
+            entries.setdefault(str(event.data[OCCURRENCES]["key"]), event)
+        by_ticket[incident.id] = entries
+    return entries
+
+
 def open_or_join(
     session: Session,
     *,
@@ -104,7 +189,7 @@ def open_or_join(
     """
     existing = session.scalars(select(Incident).where(Incident.open_key == open_key)).first()
     if existing is not None:
-        add_event(session, existing, author=author, kind="evidence", body=subject, data=evidence)
+        add_evidence(session, existing, author=author, body=subject, data=evidence or {})
         return existing, False
     check_type(type)
     incident = Incident(
@@ -124,11 +209,11 @@ def open_or_join(
             session.flush()
     except IntegrityError:
         winner = session.scalars(select(Incident).where(Incident.open_key == open_key)).one()
-        add_event(session, winner, author=author, kind="evidence", body=subject, data=evidence)
+        add_evidence(session, winner, author=author, body=subject, data=evidence or {})
         return winner, False
     add_event(session, incident, author=author, kind="created", body=description)
     if evidence:
-        add_event(session, incident, author=author, kind="evidence", body=subject, data=evidence)
+        add_evidence(session, incident, author=author, body=subject, data=evidence)
     log.info("incident opened number=%s type=%s tenant=%s", incident.number, type, tenant)
     return incident, True
 

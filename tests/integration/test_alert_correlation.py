@@ -264,6 +264,85 @@ def test_concurrent_deliveries_two_engines_one_mass_incident(
     assert sum(e.kind == "child" for e in mass.events) == 5
 
 
+STORM_TENANTS = [f"s{i:02d}" for i in range(12)]
+STORM_NAMES = ("PortalDown", "SipDown")
+STORM_INSTANCES = 8
+
+
+def test_an_alert_storm_leaves_a_handful_of_entries_per_ticket_and_a_current_subject(
+    store: sessionmaker[Session],
+) -> None:
+    """12 tenants, each with 2 alert names of 8 instances (192 alerts, one body per tenant and
+    alert name as Alertmanager groups them), every body delivered twice at once through two
+    engines; 3 tenants first (the mass incident opens with 3), the other 9 joining it later.
+    Each tenant's ticket has one entry per alert name counting its 8 alerts, and the mass
+    incident's subject and description name the 12 tenants it has now."""
+    clock = Clock()
+    replicas = [engine_on(store, clock), engine_on(store, clock)]
+    starts = clock() - timedelta(seconds=5)
+
+    def storm_bodies(tenants: list[str]) -> list[dict[str, Any]]:
+        return [
+            webhook(
+                *(am_alert(t, name, starts, instance=f"{t}-{k}") for k in range(STORM_INSTANCES))
+            )
+            for t in tenants
+            for name in STORM_NAMES
+        ]
+
+    def deliver(tenants: list[str]) -> None:
+        jobs = [(replicas[i], body) for body in storm_bodies(tenants) for i in (0, 1)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda job: job[0].on_alerts(parsed(job[1])), jobs))
+
+    deliver(STORM_TENANTS[:3])
+    (mass,), _ = tickets(store)
+    assert mass.subject == "Mass incident: 3 tenants DOWN"
+    for tenant in STORM_TENANTS[3:]:
+        clock.move(2)
+        deliver([tenant])
+
+    masses, children = tickets(store)
+    assert [m.id for m in masses] == [mass.id] and len(children) == len(STORM_TENANTS)
+    assert {c.parent_id for c in children} == {mass.id}
+    (mass,) = masses
+    assert mass.subject == f"Mass incident: {len(STORM_TENANTS)} tenants DOWN"
+    assert mass.description.startswith(f"{len(STORM_TENANTS)} tenants failed")
+    assert ", ".join(STORM_TENANTS) in mass.description
+    for child in children:
+        entries = [e for e in child.events if e.kind == "evidence"]
+        assert sorted(e.data["alertname"] for e in entries) == sorted(STORM_NAMES), child.tenant
+        for entry in entries:
+            seen = entry.data["occurrences"]
+            assert seen["count"] == STORM_INSTANCES, (child.tenant, seen)
+            assert seen["first_seen"] <= seen["last_seen"]
+            assert entry.data["labels"]["tenant"] == child.tenant  # the latest alert, a sample
+
+
+def test_a_flapping_monitor_is_one_evidence_entry_that_counts(
+    store: sessionmaker[Session],
+) -> None:
+    """DOWN, UP, DOWN, UP, DOWN of one monitor: its ticket counts 3 DOWNs in one entry."""
+    clock = Clock()
+    engine = engine_on(store, clock)
+    spec = MonitorSpec(
+        id="t0/http", name="t0-http", tenant="t0", host="h0", kind="http",
+        target="http://127.0.0.1:1/",
+    )  # fmt: skip
+    old = MonitorStatus.PENDING
+    for i in range(5):
+        clock.move(30)
+        new = MonitorStatus.DOWN if i % 2 == 0 else MonitorStatus.UP
+        result = ProbeResult(ok=new == MonitorStatus.UP, duration_s=0.01, reason="x", at=clock())
+        engine.on_monitor_change(StateChange(spec, old, new, result, f"check {i}", clock()))
+        old = new
+    _, (ticket,) = tickets(store)
+    (entry,) = [e for e in ticket.events if e.kind == "evidence"]
+    assert entry.data["monitor"] == "t0/http" and entry.data["occurrences"]["count"] == 3
+    assert entry.data["reason"] == "x" and entry.data["at"] == clock().isoformat()
+    assert sum(e.kind == "recovered" for e in ticket.events) == 2
+
+
 def test_resolved_alerts_provide_the_solution(store: sessionmaker[Session]) -> None:
     """The one recovery rule at the intake: a resolution solves its ticket only once the
     recovery hold (120 s) has passed since it — here by ``check-recovery`` as the clock moves;

@@ -3,14 +3,20 @@ watches stand-in tenants on the test Docker daemons and the test PostgreSQL; eve
 every dashboard panel returns data, every alert rule evaluates, and a tenant going down fires
 an alert that a real Alertmanager delivers to cpdops's intake as a ticket.
 
+The counter panels count the rollout and the ticket of the test (``increase()``/``rate()`` over
+a range that starts before them is above 0): the counters exist at 0 before their first event,
+as Prometheus needs (orchestrator/metrics.py, ``at_zero``).
+
 Prometheus and Alertmanager are the Debian packages (``prometheus``,
 ``prometheus-alertmanager``): skipped when missing, unless ``CPDOPS_REQUIRE_PROMETHEUS=1``.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,39 @@ def services() -> Iterator[list[Any]]:
             service.stop()
 
 
+# Panels whose expression must show a number above 0 at some point after one finished rollout
+# and one ticket opened by a monitor DOWN (Grafana draws them over the dashboard's range).
+POSITIVE = frozenset(
+    {
+        "Tickets created per hour by type and source",
+        "Created in the range",
+        "Detection time p95 (failure → ticket)",
+        "Rollouts finished in the range",
+        "Rollouts finished (all time)",
+        "Rollouts finished per hour",
+        "Rollout duration p50 / p95",
+        "Average rollout duration (all time)",
+    }
+)
+# Panels that must show a number (0 is right: no rollout failed), never NaN or nothing.
+NUMBER = frozenset({"Rolled back or failed (share, range)"})
+
+
+def none_left(find: Callable[[], list[str]], *, what: str, left: str) -> None:
+    """Wait (60 s) until ``find()`` finds nothing; else fail listing what it found last."""
+    found: list[str] = []
+
+    def done() -> bool:
+        nonlocal found
+        found = find()
+        return not found
+
+    try:
+        wait_for(done, timeout=60, what=what, interval=1)
+    except AssertionError:
+        raise AssertionError(f"{left}:\n" + "\n".join(found)) from None
+
+
 def series_of(prom: Prometheus, expr: str) -> list[Any]:
     data = prom.api("query", query=expr)
     assert data["resultType"] in ("vector", "scalar", "matrix"), data
@@ -111,10 +150,17 @@ def test_dashboards_and_alerts_against_a_real_prometheus(
         assert resp.status_code == 201, resp.text
         am = Alertmanager(alertmanager_bin, tmp_path, f"{base}{INTAKE}", SECRET)
         services.append(am)
+        start = time.time()
         prom = Prometheus(
             prometheus_bin, tmp_path, base.removeprefix("http://"), f"127.0.0.1:{am.port}"
         )
         services.append(prom)
+        # Prometheus has scraped cpdops before the rollout and the ticket (their counters' 0).
+        wait_for(
+            lambda: series_of(prom, 'up{job="cpdops"} == 1'),
+            timeout=60,
+            what="Prometheus's first scrape of cpdops",
+        )
 
         # A rollout, so that the rollout series exist.
         resp = api.post(
@@ -197,19 +243,30 @@ def test_dashboards_and_alerts_against_a_real_prometheus(
                     empty.append(f"{where}: {concrete(query)}")
             return empty
 
-        empty: list[str] = []
+        none_left(missing, what="every dashboard query to return data", left="queries without data")
 
-        def all_answer() -> bool:
-            nonlocal empty
-            empty = missing()
-            return not empty
+        # The counter panels count the rollout and the ticket, over the range Grafana shows.
+        counted = [
+            (f"{name} {title!r} {ref_id}", title, concrete(expr))
+            for name, model in load_dashboards().items()
+            for title, ref_id, expr in panel_queries(model)
+            if title in POSITIVE | NUMBER
+        ]
+        assert {t for _, t, _ in counted} == POSITIVE | NUMBER, "a panel of POSITIVE was renamed"
 
-        try:
-            wait_for(
-                all_answer, timeout=60, what="every dashboard query to return data", interval=1
-            )
-        except AssertionError:
-            raise AssertionError("queries without data:\n" + "\n".join(empty)) from None
+        def values(expr: str) -> list[float]:
+            data = prom.api("query_range", query=expr, start=start, end=time.time(), step="1s")
+            return [float(v) for series in data["result"] for _, v in series["values"]]
+
+        def uncounted() -> list[str]:
+            wrong = []
+            for where, title, expr in counted:
+                found = [v for v in values(expr) if not math.isnan(v)]
+                if not found or (title in POSITIVE and max(found) <= 0):
+                    wrong.append(f"{where}: {expr} -> {sorted(set(found))[-3:]}")
+            return wrong
+
+        none_left(uncounted, what="the counter panels to count", left="panels that did not count")
 
         # Every rule was evaluated, without an error.
         def evaluated() -> list[dict[str, Any]]:
