@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from orchestrator.api import errors
 from orchestrator.api.auth import secure
+from orchestrator.api.docs import install_docs
 from orchestrator.api.middleware import Audit, BodyLimit
 from orchestrator.api.routes import (
     audit,
@@ -113,6 +114,8 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package's files by install_docs: no CDN
+        redoc_url=None,
     )
     errors.install(app)
     for module in (
@@ -129,6 +132,7 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
     ):
         app.include_router(module.router)
     mount_webui(app)
+    install_docs(app)
     secure(app)
     # outermost last: CORS (when configured) → audit → body limit → the routes
     app.add_middleware(
