@@ -589,7 +589,8 @@ class DockerHost:
 
 class StatsStream:
     """An open stats stream (:meth:`DockerHost.stats_stream`): iterate for the samples (dicts);
-    :meth:`close` from any thread ends the iteration at the next sample at the latest."""
+    the iteration closes it when it ends. Close it from the iterating thread only (between two
+    samples): closing the socket under another thread's blocked read is not safe."""
 
     def __init__(self, host: DockerHost, ref: str, response: requests.Response) -> None:
         self._host = host
