@@ -10,7 +10,8 @@ Every series has the labels ``monitor`` (the monitor id), ``tenant``, ``kind``, 
 ``probe_*`` series appear once a monitor has been checked; ``monitor_status`` appears at once.
 ``probe_http_status_code`` is 0 when an http check got no response (as blackbox_exporter does).
 
-The ``samples`` of each monitor's last result are exported too, one gauge family per name:
+The ``samples`` of each monitor's last result are exported too, one family per name, of the
+first sample's ``type`` (gauge unless the probe says counter or untyped):
 
 * ``pg_*`` series carry the sample's own labels (``server``, ``datname``, …) and *not* the
   monitor labels, so postgres_exporter dashboards work unchanged. Several monitors may watch one
@@ -21,6 +22,12 @@ The ``samples`` of each monitor's last result are exported too, one gauge family
 
 Within a family every series has the same label names (a label a series lacks is exported
 empty); a sample named like one of the families above, or with an invalid name, is skipped.
+
+A counter sample is written under its own name with ``# TYPE <name> counter``, as
+postgres_exporter writes ``pg_stat_database_xact_commit`` (no ``_total``) — a line
+prometheus_client cannot write: its writer always names a counter's TYPE ``<name>_total``.
+So :meth:`MonitorCollector.exposition` (what ``/metrics`` serves) and ``collect()`` agree
+byte for byte except there: ``collect()`` gives a counter not named ``…_total`` as untyped.
 """
 
 from __future__ import annotations
@@ -215,9 +222,9 @@ def _monitor_labels(spec: MonitorSpec) -> str:
     )
 
 
-def _header(name: str, documentation: str) -> str:
+def _header(name: str, documentation: str, kind: str = "gauge") -> str:
     doc = documentation.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {name} {doc}\n# TYPE {name} gauge\n"
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
 
 
 def _families() -> tuple[
@@ -240,11 +247,16 @@ def _families() -> tuple[
 _Key = tuple[tuple[str, str], ...]
 
 
+SAMPLE_TYPES = frozenset({"gauge", "counter", "untyped"})
+
+
 class _SampleFamilies:
-    """Samples gathered into one gauge family per name, with one label set per family."""
+    """Samples gathered into one family per name (the first sample's type), with one label
+    set per family."""
 
     def __init__(self) -> None:
         self._help: dict[str, str] = {}
+        self._type: dict[str, str] = {}
         self._rows: dict[str, dict[_Key, float]] = {}
 
     def add(self, sample: MetricSample, labels: Mapping[str, str]) -> None:
@@ -254,6 +266,7 @@ class _SampleFamilies:
         if not all(_LABEL.fullmatch(k) and not k.startswith("__") for k in labels):
             return
         rows = self._rows.setdefault(name, {})
+        self._type.setdefault(name, sample.type if sample.type in SAMPLE_TYPES else "gauge")
         if sample.help and not self._help.get(name):
             self._help[name] = sample.help
         key = tuple(sorted((k, str(v)) for k, v in labels.items()))
@@ -267,17 +280,22 @@ class _SampleFamilies:
             names += sorted(present - set(names))
             yield name, self._help.get(name) or "Reported by a probe", names, rows
 
-    def families(self) -> Iterator[GaugeMetricFamily]:
+    def families(self) -> Iterator[Metric]:
         for name, documentation, names, rows in self._layout():
-            family = GaugeMetricFamily(name, documentation, labels=names)
+            kind, family_name = self._type[name], name
+            if kind == "counter" and name.endswith("_total"):
+                family_name = name.removesuffix("_total")  # the writer adds it back
+            elif kind == "counter":
+                kind = "unknown"  # see the module's docstring
+            family = Metric(family_name, documentation, kind)
             for key, value in rows.items():
                 values = dict(key)
-                family.add_metric([values.get(k, "") for k in names], value)
+                family.add_sample(name, {k: values.get(k, "") for k in names}, value)
             yield family
 
     def text(self) -> Iterator[str]:
         for name, documentation, names, rows in self._layout():
-            yield _header(name, documentation)
+            yield _header(name, documentation, self._type[name])
             for key, value in rows.items():
                 values = dict(key)
                 labels = _label_string({k: values.get(k, "") for k in names})

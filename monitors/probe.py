@@ -87,6 +87,9 @@ class MetricSample:
     value: float
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     help: str = ""
+    # the Prometheus type: "gauge", "counter" (exported under ``name`` as it is, as
+    # postgres_exporter does: ``pg_stat_database_xact_commit`` is a counter) or "untyped"
+    type: str = "gauge"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from orchestrator.api import errors
 from orchestrator.api.auth import secure
+from orchestrator.api.docs import install_docs
 from orchestrator.api.middleware import Audit, BodyLimit
 from orchestrator.api.routes import (
     audit,
@@ -114,6 +115,8 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from the package's files by install_docs: no CDN
+        redoc_url=None,
     )
     errors.install(app)
     for module in (
@@ -130,6 +133,7 @@ def create_app(settings: Settings | None = None, *, ctx: AppContext | None = Non
     ):
         app.include_router(module.router)
     mount_webui(app)
+    install_docs(app)
     secure(app)
     # outermost last: proxy headers (when configured) → CORS (when configured) → audit →
     # body limit → the routes

@@ -3,8 +3,17 @@
 Target: ``<docker url>#<container name or id>`` (``unix:///var/run/docker.sock#acme-app``), or
 the options ``docker_url`` and ``container`` (which win over the target). Docker is reached
 through :class:`orchestrator.fleet.runtime.DockerHost` (one per engine URL, owned by the probe);
-the SDK is synchronous, so each check runs ``inspect`` and, for a running container, a one-shot
-``stats`` in the probe's own bounded thread pool.
+the SDK is synchronous, so each check runs ``inspect`` in the probe's own bounded thread pool.
+
+A check waits for ``inspect`` only (state, health, restarts, OOM: milliseconds). CPU and memory
+come from the engine's stats *stream* of the container, opened by the first check of a running
+container and read by a daemon thread of its own (:class:`StatsReader`), which keeps the latest
+sample; a check takes that sample when it is fresh, and reports no CPU/memory when there is
+none yet. A one-shot ``stats`` call would sit on the check's critical path, and it takes about
+a second on docker 20.10 (the engine waits for its collector's next tick): at a 1 s timeout,
+healthy containers failed. A stream nobody checked for a while, or of a container that no
+longer runs, is closed; the streams have a DockerHost of their own, with a read timeout of
+several seconds (a read waits for the next sample).
 
 The judgement is the pure :func:`judge`: a container passes when it is running, not unhealthy
 (when it has a HEALTHCHECK), not OOM-killed and restarted at most ``max_restarts`` times since
@@ -15,7 +24,7 @@ Samples (the collector adds the monitor's labels): ``container_restarts``,
 ``container_memory_usage_bytes`` (usage without the inactive page cache, as ``docker stats``),
 ``container_memory_limit_bytes`` (the host's memory when unlimited, as ``docker stats``) and
 ``container_cpu_usage_ratio`` (CPUs busy: 1.0 is one full core, ``docker stats`` CPU % / 100),
-which needs two checks, since one-shot stats carry no previous sample.
+between the stream's last two samples.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import logging
 import math
 import threading
 import time
@@ -33,9 +43,15 @@ from typing import Any
 
 from monitors.probe import MetricSample, MonitorSpec, ProbeResult
 from orchestrator.errors import DockerError
-from orchestrator.fleet.runtime import DockerHost
+from orchestrator.fleet.runtime import DockerHost, StatsStream
+
+log = logging.getLogger(__name__)
 
 HEALTH_OUTPUT_CHARS = 200
+STREAM_READ_TIMEOUT_S = 10  # a stream's read waits this long for the next sample (one a second)
+SAMPLE_FRESH_S = 5.0  # an older sample (a stalled stream) is not reported
+STREAM_IDLE_S = 60.0  # a stream no check asked for in max(this, 3 intervals) is closed
+MAX_STREAMS = 1024  # streams (threads) at once; beyond, checks report no CPU/memory
 OPTION_KEYS = ("docker_url", "container", "tls", "ssh", "max_restarts")
 
 
@@ -217,21 +233,87 @@ def container_details(attrs: Mapping[str, Any], restarts: int) -> dict[str, Any]
     }
 
 
+# ------------------------------------------------------------------ the stats streams
+
+
+class StatsReader:
+    """One container's stats stream, read by a daemon thread that keeps the latest sample.
+
+    The thread opens the stream itself (the engine answers with its first sample, up to a
+    second later) and ends when the stream does (container removed, engine gone, a read timed
+    out) or, after :meth:`close`, at the next sample. Nothing here raises to the caller."""
+
+    def __init__(
+        self, host: DockerHost, container_id: str, client_lock: threading.Lock, now: float
+    ) -> None:
+        self.container_id = container_id
+        self.idle_after = now + STREAM_IDLE_S  # closed when no check wanted it by then
+        self._host = host
+        self._client_lock = client_lock
+        self._lock = threading.Lock()
+        self._latest: tuple[float, dict[str, Any]] | None = None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"cpdops-stats-{container_id[:12]}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed.is_set()
+
+    def latest(self, now: float, max_age_s: float = SAMPLE_FRESH_S) -> dict[str, Any] | None:
+        """The last sample, if the stream sent it within ``max_age_s``."""
+        with self._lock:
+            latest = self._latest
+        if latest is None or now - latest[0] > max_age_s:
+            return None
+        return latest[1]
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        stream: StatsStream | None = None
+        try:
+            with self._client_lock:  # the client is created lazily; create it once
+                self._host.client  # noqa: B018
+            stream = self._host.stats_stream(self.container_id)
+            for sample in stream:
+                with self._lock:
+                    self._latest = (time.monotonic(), sample)
+                if self._closed.is_set():
+                    break
+        except DockerError as exc:
+            log.debug("stats stream of %s ended: %s", self.container_id[:12], exc)
+        finally:
+            self._closed.set()
+            if stream is not None:
+                stream.close()
+
+
 # ------------------------------------------------------------------ the probe
 
 
 class ContainerProbe:
     """Checks containers through DockerHost in a bounded thread pool; never raises."""
 
-    def __init__(self, *, max_workers: int = 16) -> None:
+    def __init__(self, *, max_workers: int = 16, max_streams: int = MAX_STREAMS) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
         self._max_workers = max_workers
+        self._max_streams = max_streams
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._hosts: dict[tuple[str, str, str, int], DockerHost] = {}
         self._client_lock = threading.Lock()
         self._seen: dict[str, Seen] = {}
         self._inflight: set[concurrent.futures.Future[Any]] = set()
+        # (the streams' DockerHost, container id) -> its reader
+        self._readers: dict[tuple[DockerHost, str], StatsReader] = {}
+        self._swept_at = 0.0
 
     async def check(self, spec: MonitorSpec) -> ProbeResult:
         at = datetime.now(UTC)
@@ -248,7 +330,7 @@ class ContainerProbe:
         future = self._pool.submit(self._observe, host, opts.container)
         self._inflight.add(future)
         try:
-            attrs, stats = await asyncio.wrap_future(future)
+            attrs = await asyncio.wrap_future(future)
         except DockerError as exc:
             return ProbeResult.failure(str(exc), duration_s=time.perf_counter() - started, at=at)
         finally:
@@ -264,6 +346,8 @@ class ContainerProbe:
                 ok=False, duration_s=duration, reason=problems[0], at=at, details=details
             )
         container_id = str(attrs.get("Id"))
+        running = (attrs.get("State") or {}).get("Status") == "running"
+        stats = self._latest_stats(spec, opts, container_id, running)
         restart_count = int(attrs.get("RestartCount") or 0)
         found: list[MetricSample] = [
             MetricSample("container_restarts", restart_count, help="Restarts by the engine")
@@ -301,12 +385,58 @@ class ContainerProbe:
             running = [asyncio.wrap_future(f) for f in self._inflight]
             if running:
                 await asyncio.wait(running, timeout=5.0)
+        readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            reader.close()
+        if readers:  # each ends at its stream's next sample (about a second)
+            await asyncio.to_thread(_join_all, readers, STREAM_READ_TIMEOUT_S + 1.0)
         hosts, self._hosts = list(self._hosts.values()), {}
         for host in hosts:
             host.close()
 
-    def _host(self, spec: MonitorSpec, opts: ContainerOptions) -> DockerHost:
-        timeout = max(1, math.ceil(spec.timeout_s))
+    def _latest_stats(
+        self, spec: MonitorSpec, opts: ContainerOptions, container_id: str, running: bool
+    ) -> dict[str, Any] | None:
+        """The latest fresh sample of the container's stream; opens the stream of a running
+        container that has none, closes that of one that stopped, sweeps idle ones."""
+        now = time.monotonic()
+        self._sweep(now)
+        key = (self._host(spec, opts, STREAM_READ_TIMEOUT_S), container_id)
+        reader = self._readers.get(key)
+        if not running:
+            if reader is not None:
+                reader.close()
+                del self._readers[key]
+            return None
+        if reader is not None and not reader.alive:
+            del self._readers[key]  # ended (engine restarted, a read timed out): open anew
+            stats = reader.latest(now)
+            reader = None
+        else:
+            stats = None
+        if reader is None:
+            if len(self._readers) >= self._max_streams:
+                return stats
+            reader = self._readers[key] = StatsReader(key[0], container_id, self._client_lock, now)
+        reader.idle_after = now + max(STREAM_IDLE_S, 3 * spec.interval_s)
+        return reader.latest(now) or stats
+
+    def _sweep(self, now: float) -> None:
+        """Close the streams no check wanted lately (at most once a second)."""
+        if now - self._swept_at < 1.0:
+            return
+        self._swept_at = now
+        for key, reader in list(self._readers.items()):
+            if not reader.alive or now > reader.idle_after:
+                reader.close()
+                del self._readers[key]
+
+    def _host(
+        self, spec: MonitorSpec, opts: ContainerOptions, timeout: int | None = None
+    ) -> DockerHost:
+        """The probe's DockerHost of the engine, one per timeout: the check's (its timeout),
+        the streams' (their read timeout)."""
+        timeout = timeout or max(1, math.ceil(spec.timeout_s))
         access = json.dumps([dict(opts.tls or {}), dict(opts.ssh or {})], sort_keys=True)
         key = (spec.host, opts.docker_url, access, timeout)
         host = self._hosts.get(key)
@@ -320,19 +450,14 @@ class ContainerProbe:
             )
         return host
 
-    def _observe(
-        self, host: DockerHost, ref: str
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """Worker thread: inspect, and one-shot stats when the container runs."""
+    def _observe(self, host: DockerHost, ref: str) -> dict[str, Any] | None:
+        """Worker thread: inspect (None: no such container)."""
         with self._client_lock:  # the client is created lazily; create it once
             host.client  # noqa: B018
-        attrs = host.inspect_or_none(ref)
-        if attrs is None:
-            return None, None
-        state = attrs.get("State") or {}
-        if state.get("Status") != "running":
-            return attrs, None
-        try:
-            return attrs, host.stats(str(attrs["Id"]))
-        except DockerError:  # stopped or removed between the two calls: judge the inspect
-            return attrs, None
+        return host.inspect_or_none(ref)
+
+
+def _join_all(readers: list[StatsReader], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for reader in readers:
+        reader.join(max(0.0, deadline - time.monotonic()))

@@ -3,9 +3,10 @@
 The target is a libpq DSN (``postgresql://user:pw@host:5432/db`` or ``host=… dbname=…``; a
 SQLAlchemy ``postgresql+psycopg2://`` URL is accepted too). Each check opens one connection,
 runs a handful of catalog queries (pg_settings, pg_stat_activity, pg_locks, pg_database,
-pg_stat_database, the replay timestamp) and closes it; the numbers become ``samples``
-(``pg_up``, ``pg_stat_activity_count{datname,state}``, …, each labelled ``server``) and the
-pure :func:`judge` decides the check::
+pg_stat_database, pg_stat_database_conflicts, pg_stat_bgwriter, the replay timestamp) and closes
+it; the numbers become ``samples`` (``pg_up``, ``pg_stat_activity_count{datname,state}``, …,
+each labelled ``server``; the statistics views' columns under postgres_exporter's default names,
+labels and types: :func:`stat_samples`) and the pure :func:`judge` decides the check::
 
     event loop ──submit──▶ worker thread (bounded pool owned by the probe)
                             libpq non-blocking API polled against one deadline
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import math
 import select
 import threading
@@ -63,6 +65,35 @@ LOCK_MODES = (
     "accessexclusivelock",
     "sireadlock",
 )
+
+
+# postgres_exporter's default pg_stat_database / pg_stat_database_conflicts / pg_stat_bgwriter
+# series (its version in Debian 12, 0.11): names, labels and types, so that stock dashboards
+# (transactions/s, tuples, temp files, bgwriter) work on cpdops's /metrics. Columns of
+# pg_stat_database the exporter does not know (PostgreSQL 12+: checksum_*, 14+: session_*)
+# are ``untyped``, as it exports them. Every other column is a counter but numbackends.
+STAT_DATABASE_COUNTERS = frozenset(
+    {
+        "xact_commit", "xact_rollback", "blks_read", "blks_hit", "tup_returned", "tup_fetched",
+        "tup_inserted", "tup_updated", "tup_deleted", "conflicts", "temp_files", "temp_bytes",
+        "deadlocks", "blk_read_time", "blk_write_time", "stats_reset",
+    }
+)  # fmt: skip
+STAT_DATABASE_GAUGES = frozenset({"numbackends"})
+STAT_LABELS = ("datid", "datname")
+BGWRITER_COLUMNS = (
+    "checkpoints_timed", "checkpoints_req", "checkpoint_write_time", "checkpoint_sync_time",
+    "buffers_checkpoint", "buffers_clean", "maxwritten_clean", "buffers_backend",
+    "buffers_backend_fsync", "buffers_alloc", "stats_reset",
+)  # fmt: skip
+# PostgreSQL 17 moved the checkpoint columns to pg_stat_checkpointer: their old names
+CHECKPOINTER_AS_BGWRITER = {
+    "num_timed": "checkpoints_timed",
+    "num_requested": "checkpoints_req",
+    "write_time": "checkpoint_write_time",
+    "sync_time": "checkpoint_sync_time",
+    "buffers_written": "buffers_checkpoint",
+}
 
 
 # ------------------------------------------------------------------ configuration
@@ -162,11 +193,18 @@ class PgSnapshot:
     lag_seconds: float | None = 0.0
     activity: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (db, state)
     max_tx_by_db: Mapping[str, float] = field(default_factory=dict)
+    max_tx: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (db, state)
     waiting_by_db: Mapping[str, int] = field(default_factory=dict)
     locks: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (db, mode)
     databases: tuple[Database, ...] = ()
     oldest_tx: Session | None = None
     waiters: tuple[Session, ...] = ()
+    # rows of pg_stat_database and pg_stat_database_conflicts, pg_stat_bgwriter's one row (with
+    # pg_stat_checkpointer's columns under their old names): column -> value as the server
+    # gave it (timestamps as datetimes); empty when the check did not read them
+    stat_database: tuple[Mapping[str, Any], ...] = ()
+    stat_conflicts: tuple[Mapping[str, Any], ...] = ()
+    bgwriter: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def connections(self) -> int:
@@ -266,12 +304,13 @@ def samples(snap: PgSnapshot, server: str) -> tuple[MetricSample, ...]:
         for state in states:
             count = snap.activity.get((db, state), 0)
             add("pg_stat_activity_count", count, "Connections by state", datname=db, state=state)
-        add(
-            "pg_stat_activity_max_tx_duration",
-            snap.max_tx_by_db.get(db, 0.0),
-            "Age of the oldest open transaction, seconds",
-            datname=db,
-        )
+            add(
+                "pg_stat_activity_max_tx_duration",
+                snap.max_tx.get((db, state), 0.0),
+                "Age of the oldest open transaction by state, seconds",
+                datname=db,
+                state=state,
+            )
         add(
             "pg_stat_activity_waiting_count",
             snap.waiting_by_db.get(db, 0),
@@ -286,15 +325,56 @@ def samples(snap: PgSnapshot, server: str) -> tuple[MetricSample, ...]:
         add("pg_database_wraparound_age", d.wraparound_age, "age(datfrozenxid)", datname=d.name)
         if d.size_bytes is not None:
             add("pg_database_size_bytes", d.size_bytes, "Database size", datname=d.name)
-        if d.deadlocks is not None:
-            add("pg_stat_database_deadlocks", d.deadlocks, "Deadlocks detected", datname=d.name)
-        if d.blks_hit is not None and d.blks_read is not None:
-            add("pg_stat_database_blks_hit", d.blks_hit, "Buffer cache hits", datname=d.name)
-            add("pg_stat_database_blks_read", d.blks_read, "Blocks read", datname=d.name)
-            if d.blks_hit + d.blks_read > 0:
-                ratio = d.blks_hit / (d.blks_hit + d.blks_read)
-                add("pg_stat_database_blks_hit_ratio", ratio, "Cache hit ratio", datname=d.name)
+        if d.blks_hit is not None and d.blks_read is not None and d.blks_hit + d.blks_read > 0:
+            ratio = d.blks_hit / (d.blks_hit + d.blks_read)
+            add("pg_stat_database_blks_hit_ratio", ratio, "Cache hit ratio", datname=d.name)
+    out.extend(stat_samples(snap, server))
     return tuple(out)
+
+
+def stat_samples(snap: PgSnapshot, server: str) -> list[MetricSample]:
+    """postgres_exporter's ``pg_stat_database_*``, ``pg_stat_database_conflicts_*`` and
+    ``pg_stat_bgwriter_*_total`` series of the snapshot (its names, labels and types)."""
+    out: list[MetricSample] = []
+    for view, rows in (
+        ("pg_stat_database", snap.stat_database),
+        ("pg_stat_database_conflicts", snap.stat_conflicts),
+    ):
+        for row in rows:
+            labels = {"server": server, "datid": str(row.get("datid") or 0)}
+            labels["datname"] = str(row.get("datname") or "")
+            for column, value in row.items():
+                if column in STAT_LABELS:
+                    continue
+                if view == "pg_stat_database_conflicts" or column in STAT_DATABASE_COUNTERS:
+                    kind, help = "counter", f"{column} of {view}"
+                elif column in STAT_DATABASE_GAUGES:
+                    kind, help = "gauge", f"{column} of {view}"
+                else:
+                    kind, help = "untyped", f"Unknown metric from {view}"
+                out.append(MetricSample(f"{view}_{column}", _stat_value(value), labels, help, kind))
+    for column in BGWRITER_COLUMNS:
+        if column in snap.bgwriter:
+            out.append(
+                MetricSample(
+                    f"pg_stat_bgwriter_{column}_total",
+                    _stat_value(snap.bgwriter[column]),
+                    {"server": server},
+                    f"{column} of pg_stat_bgwriter",
+                    "counter",
+                )
+            )
+    return out
+
+
+def _stat_value(value: Any) -> float:
+    """A statistics column as postgres_exporter exports it: timestamps as whole Unix seconds,
+    NULL as NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, datetime):
+        return float(math.floor(value.timestamp()))
+    return float(value)
 
 
 # ------------------------------------------------------------------ the probe
@@ -445,6 +525,12 @@ FROM pg_database d LEFT JOIN pg_stat_database s ON s.datid = d.oid ORDER BY 1
 """
 
 
+_STAT_DATABASE_SQL = "SELECT * FROM pg_stat_database"
+_STAT_CONFLICTS_SQL = "SELECT * FROM pg_stat_database_conflicts"
+_BGWRITER_SQL = "SELECT * FROM pg_stat_bgwriter"
+_CHECKPOINTER_SQL = "SELECT * FROM pg_stat_checkpointer"  # PostgreSQL 17+
+
+
 def _collect(params: Mapping[str, str], deadline: float, cancel: threading.Event) -> PgSnapshot:
     """Connect, query, close: runs in a worker thread; raises only the three errors above."""
     budget_ms = max(1, math.floor((deadline - time.monotonic()) * 1000))
@@ -464,17 +550,22 @@ def _collect(params: Mapping[str, str], deadline: float, cancel: threading.Event
             raise _ConnectFailed(_first_line(exc)) from None
 
         def query(sql: str) -> list[tuple[Any, ...]]:
+            return query_rows(sql)[1]
+
+        def query_rows(sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
             cur = conn.cursor()
             try:
                 cur.execute(sql)
                 _wait(conn, deadline, cancel)
-                return list(cur.fetchall())
+                return [c.name for c in cur.description or ()], list(cur.fetchall())
             except psycopg2.Error as exc:
                 raise _QueryFailed(_first_line(exc)) from None
             finally:
                 cur.close()
 
-        return _snapshot(query)
+        snap = _snapshot(query)
+        version = int(query("SELECT current_setting('server_version_num')")[0][0])
+        return _with_stats(snap, query_rows, version)
     finally:
         conn.close()
 
@@ -482,11 +573,13 @@ def _collect(params: Mapping[str, str], deadline: float, cancel: threading.Event
 def _snapshot(query: Callable[[str], list[tuple[Any, ...]]]) -> PgSnapshot:
     ((max_conn, in_recovery, lag),) = query(_SETTINGS_SQL)
     activity: dict[tuple[str, str], int] = {}
-    max_tx: dict[str, float] = {}
+    max_tx: dict[tuple[str, str], float] = {}
+    max_tx_by_db: dict[str, float] = {}
     waiting: dict[str, int] = {}
     for db, state, count, tx_age, waits in query(_ACTIVITY_SQL):
         activity[(db, state)] = int(count)
-        max_tx[db] = max(max_tx.get(db, 0.0), float(tx_age))
+        max_tx[(db, state)] = float(tx_age)
+        max_tx_by_db[db] = max(max_tx_by_db.get(db, 0.0), float(tx_age))
         waiting[db] = waiting.get(db, 0) + int(waits)
     oldest = [Session(int(p), d, s, float(sec)) for p, d, s, sec in query(_OLDEST_TX_SQL)]
     waiters = tuple(
@@ -503,12 +596,38 @@ def _snapshot(query: Callable[[str], list[tuple[Any, ...]]]) -> PgSnapshot:
         is_replica=bool(in_recovery),
         lag_seconds=None if lag is None else float(lag),
         activity=activity,
-        max_tx_by_db=max_tx,
+        max_tx_by_db=max_tx_by_db,
+        max_tx=max_tx,
         waiting_by_db=waiting,
         locks=locks,
         databases=databases,
         oldest_tx=oldest[0] if oldest else None,
         waiters=waiters,
+    )
+
+
+def _with_stats(
+    snap: PgSnapshot,
+    query_rows: Callable[[str], tuple[list[str], list[tuple[Any, ...]]]],
+    version: int,
+) -> PgSnapshot:
+    """``snap`` with the rows of the statistics views (every column, as the server has them)."""
+
+    def rows(sql: str) -> tuple[dict[str, Any], ...]:
+        names, found = query_rows(sql)
+        return tuple(dict(zip(names, row, strict=True)) for row in found)
+
+    bgwriter = dict(rows(_BGWRITER_SQL)[0])
+    if version >= 170000:
+        checkpointer = rows(_CHECKPOINTER_SQL)[0]
+        for column, old in CHECKPOINTER_AS_BGWRITER.items():
+            if column in checkpointer:
+                bgwriter[old] = checkpointer[column]
+    return dataclasses.replace(
+        snap,
+        stat_database=rows(_STAT_DATABASE_SQL),
+        stat_conflicts=rows(_STAT_CONFLICTS_SQL),
+        bgwriter=bgwriter,
     )
 
 

@@ -13,6 +13,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -375,17 +376,22 @@ class DockerHost:
         except ENGINE_ERRORS as exc:
             raise self._fail(f"inspect {ref}", exc) from exc
 
-    def stats(self, ref: str) -> dict[str, Any]:
-        """One stats sample of a running container (``docker stats --no-stream``), without
-        waiting a second for the engine's second sample (``one-shot``, API >= 1.41), so
-        ``precpu_stats`` is empty: CPU usage comes from two calls."""
+    def stats_stream(self, ref: str) -> StatsStream:
+        """The engine's stats stream of a container (``docker stats``): a sample about every
+        second, each with its ``precpu_stats``, until the container stops or the stream is
+        closed. Each read waits at most this host's ``timeout``; give the stream a host of its
+        own with a timeout of several seconds (a read between samples waits for the next)."""
+        api = self.client.api
         try:
-            try:
-                return dict(self.client.api.stats(ref, stream=False, one_shot=True))
-            except docker.errors.InvalidVersion:  # engine API < 1.41: the slower two-sample form
-                return dict(self.client.api.stats(ref, stream=False))
+            # the SDK's stats(stream=True) hides the response, so a reader blocked in it could
+            # not be woken; the same request, keeping the response to close
+            response = api._get(
+                api._url("/containers/{0}/stats", ref), params={"stream": True}, stream=True
+            )
+            api._raise_for_status(response)
         except ENGINE_ERRORS as exc:
             raise self._fail(f"stats {ref}", exc) from exc
+        return StatsStream(self, ref, response)
 
     def find(self, ref: str) -> ContainerInfo | None:
         try:
@@ -579,6 +585,30 @@ class DockerHost:
             return fn(*args, **kwargs)
         except ENGINE_ERRORS as exc:
             raise self._fail(what, exc) from exc
+
+
+class StatsStream:
+    """An open stats stream (:meth:`DockerHost.stats_stream`): iterate for the samples (dicts);
+    the iteration closes it when it ends. Close it from the iterating thread only (between two
+    samples): closing the socket under another thread's blocked read is not safe."""
+
+    def __init__(self, host: DockerHost, ref: str, response: requests.Response) -> None:
+        self._host = host
+        self._ref = ref
+        self._response = response
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            for sample in self._host.client.api._stream_helper(self._response, decode=True):
+                yield dict(sample)
+        except (*ENGINE_ERRORS, OSError, ValueError, AttributeError) as exc:  # or closed
+            if not self._response.raw.closed:
+                raise self._host._fail(f"stats {self._ref}", exc) from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._response.close()
 
 
 def clone_config(

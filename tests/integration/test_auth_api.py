@@ -36,6 +36,8 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("HEAD", "/docs/oauth2-redirect"): "public",
     ("GET", "/redoc"): "public",
     ("HEAD", "/redoc"): "public",
+    ("GET", "/redoc/logo-mini.svg"): "public",
+    ("HEAD", "/redoc/logo-mini.svg"): "public",
     ("GET", "/healthz"): "public",
     ("GET", "/metrics"): "public",
     ("GET", "/api/v1/hosts"): "viewer",

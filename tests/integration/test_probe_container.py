@@ -28,6 +28,7 @@ from monitors.probes.container import (
 from tests.integration.dockerd import DockerdHandle, run_test_container
 
 DEADLINE_S = 60.0
+CHECKS_AT_1S = 20
 
 
 # ------------------------------------------------------------------ pure parts (no Docker)
@@ -163,7 +164,10 @@ def test_memory_and_cpu_from_stats() -> None:
     assert cpu_ratio(stats, Seen("other", 0, 1_000, 10_000), "c1") is None
 
 
-def spec(target: str, name: str = "m", host: str = "d1", **options: Any) -> MonitorSpec:
+def spec(
+    target: str, name: str = "m", host: str = "d1", timeout_s: float = 1.0, **options: Any
+) -> MonitorSpec:
+    """A container monitor with the 1 s timeout of a 1 s interval (docs/monitors.md)."""
     return MonitorSpec(
         id=name,
         name=name,
@@ -171,6 +175,8 @@ def spec(target: str, name: str = "m", host: str = "d1", **options: Any) -> Moni
         host=host,
         kind="container",
         target=target,
+        interval_s=1.0,
+        timeout_s=timeout_s,
         options=options,
     )
 
@@ -204,14 +210,19 @@ def test_options_win_over_the_target() -> None:
 
 
 class Checker:
-    """One ContainerProbe (it keeps restart counts between checks) on one event loop."""
+    """One ContainerProbe (it keeps restart counts between checks) on one event loop; each
+    check is cut off at the monitor's timeout, as the engine does (a TimeoutError fails)."""
 
     def __init__(self) -> None:
         self._runner = asyncio.Runner()
         self.probe = ContainerProbe()
 
     def check(self, monitor: MonitorSpec) -> ProbeResult:
-        return self._runner.run(self.probe.check(monitor))
+        return self._runner.run(self._check(monitor))
+
+    async def _check(self, monitor: MonitorSpec) -> ProbeResult:
+        async with asyncio.timeout(monitor.timeout_s):
+            return await self.probe.check(monitor)
 
     def poll(self, monitor: MonitorSpec, done: Callable[[ProbeResult], bool]) -> ProbeResult:
         deadline = time.monotonic() + DEADLINE_S
@@ -263,12 +274,51 @@ def test_running_container_passes_with_cpu_and_memory(
     assert first.reason == "running"
     assert first.details["name"] == name
     assert sample(first, "container_restarts") == 0.0
-    assert (sample(first, "container_memory_usage_bytes") or 0) > 0
-    assert (sample(first, "container_memory_limit_bytes") or 0) > 0
-    # CPU needs two samples: the second check has it
-    second = checker.poll(monitor, lambda r: sample(r, "container_cpu_usage_ratio") is not None)
-    assert second.ok
-    assert (sample(second, "container_cpu_usage_ratio") or -1) >= 0
+    # memory and CPU come from the stream the first check opened, once it has sent samples
+    # (CPU needs two of them)
+    later = checker.poll(monitor, lambda r: sample(r, "container_cpu_usage_ratio") is not None)
+    assert later.ok
+    assert (sample(later, "container_memory_usage_bytes") or 0) > 0
+    assert (sample(later, "container_memory_limit_bytes") or 0) > 0
+    assert (sample(later, "container_cpu_usage_ratio") or -1) >= 0
+
+
+def test_a_healthy_container_passes_every_check_at_a_1s_timeout_and_interval(
+    d1: DockerdHandle, standin_images: dict[str, str], checker: Checker
+) -> None:
+    """Issue 12: a one-shot stats call takes about a second on docker 20.10, so a check that
+    waited for it timed out at 1 s; state comes from inspect, CPU/memory from the probe's
+    stats stream, and every check of a healthy container is UP."""
+    container, name = start(d1, standin_images["1"])
+    monitor = spec(f"{d1.url}#{name}")
+    checker.poll(monitor, lambda r: r.details.get("status") == "running")
+    results: list[ProbeResult | str] = []
+    for _ in range(CHECKS_AT_1S):
+        due = time.monotonic() + monitor.interval_s
+        try:
+            results.append(checker.check(monitor))
+        except TimeoutError:
+            results.append("timeout")
+        time.sleep(max(0.0, due - time.monotonic()))
+    failed = [
+        r if isinstance(r, str) else r.reason
+        for r in results
+        if r == "timeout" or not (isinstance(r, ProbeResult) and r.ok)
+    ]
+    assert not failed, f"{len(failed)} of {CHECKS_AT_1S} checks failed: {failed}"
+    # the stream's samples reach the checks (off their critical path)
+    with_stats = checker.poll(
+        monitor,
+        lambda r: (
+            sample(r, "container_cpu_usage_ratio") is not None
+            and (sample(r, "container_memory_usage_bytes") or 0) > 0
+        ),
+    )
+    assert with_stats.ok
+    # and a container that stops is DOWN at the same timeout
+    container.kill()
+    down = checker.poll(monitor, lambda r: not r.ok)
+    assert down.reason == "exited (code 137)"
 
 
 def test_killed_container_fails_with_its_exit_code(

@@ -137,7 +137,18 @@ def test_long_transaction_shows_up_and_fails_the_check(pg_db: tuple[str, str]) -
         try:
             result = poll(
                 lambda: check(spec_for(dsn, max_tx_seconds=1)),
-                lambda r: (sample(r, "pg_stat_activity_max_tx_duration", datname=db) or 0) > 1,
+                lambda r: (
+                    (
+                        sample(
+                            r,
+                            "pg_stat_activity_max_tx_duration",
+                            datname=db,
+                            state="idle in transaction",
+                        )
+                        or 0
+                    )
+                    > 1
+                ),
                 "the open transaction to pass 1s",
             )
             assert not result.ok

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitors.engine import MonitorView
-from monitors.metrics import MonitorCollector, register
+from monitors.metrics import MonitorCollector, _Families, _SampleFamilies, register
 from monitors.probe import MetricSample, MonitorSpec, ProbeResult
 from monitors.state import MonitorState, MonitorStatus
 from orchestrator.metrics import make_registry
@@ -282,3 +282,21 @@ def test_metrics_registry_render_is_generate_latest() -> None:
     registry.unregister(collector)
     assert registry.render() == generate_latest(registry)
     assert b"probe_success" not in registry.render()
+
+
+def test_a_counter_sample_is_written_under_its_own_name_as_postgres_exporter_does() -> None:
+    families = _SampleFamilies()
+    counter = MetricSample("pg_stat_database_xact_commit", 5.0, {"datname": "a"}, "x", "counter")
+    total = MetricSample("pg_stat_bgwriter_buffers_alloc_total", 7.0, {}, "y", "counter")
+    odd = MetricSample("pg_stat_database_sessions", 1.0, {"datname": "a"}, "z", "untyped")
+    for sample in (counter, total, odd):
+        families.add(sample, {**sample.labels, "server": "s"})
+    text = "".join(families.text())
+    assert "# TYPE pg_stat_database_xact_commit counter\n" in text
+    assert 'pg_stat_database_xact_commit{datname="a",server="s"} 5.0\n' in text
+    assert "# TYPE pg_stat_bgwriter_buffers_alloc_total counter\n" in text
+    assert "# TYPE pg_stat_database_sessions untyped\n" in text
+    # prometheus_client writes the _total counter and the untyped family the same way
+    written = generate_latest(_Families(list(families.families()))).decode()
+    assert "# TYPE pg_stat_bgwriter_buffers_alloc_total counter\n" in written
+    assert "# TYPE pg_stat_database_sessions untyped\n" in written

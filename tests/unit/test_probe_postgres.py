@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ HEALTHY = PgSnapshot(
     max_connections=100,
     activity={("app", "active"): 3, ("app", "idle"): 7},
     max_tx_by_db={"app": 2.0},
+    max_tx={("app", "active"): 2.0, ("app", "idle"): 0.0},
     waiting_by_db={"app": 0},
     databases=(Database("app", wraparound_age=1_000, size_bytes=8_000_000, deadlocks=0),),
     oldest_tx=Session(pid=42, datname="app", state="active", seconds=2.0),
@@ -220,6 +223,12 @@ def test_every_sample_carries_server_and_zero_filled_states_and_modes() -> None:
             Database("app", 1_000, 8_000_000, 1, blks_hit=90, blks_read=10),
             Database("template0", 2_000),
         ),
+        stat_database=(
+            {"datid": 16384, "datname": "app", "numbackends": 3, "deadlocks": 1, "x_new": 5},
+            {"datid": 0, "datname": None, "numbackends": 0, "deadlocks": 0, "x_new": None},
+        ),
+        stat_conflicts=({"datid": 16384, "datname": "app", "confl_lock": 0},),
+        bgwriter={"buffers_alloc": 7, "stats_reset": datetime(2026, 1, 1, tzinfo=UTC)},
     )
     found = samples(snap, "db1:5432")
     assert all(s.labels["server"] == "db1:5432" for s in found)
@@ -238,11 +247,25 @@ def test_every_sample_carries_server_and_zero_filled_states_and_modes() -> None:
     assert value("pg_stat_activity_count", datname="template0", state="idle") == 0.0
     assert value("pg_locks_count", datname="app", mode="accesssharelock") == 4.0
     assert value("pg_locks_count", datname="template0", mode="exclusivelock") == 0.0
-    assert value("pg_stat_activity_max_tx_duration", datname="app") == 2.0
+    assert value("pg_stat_activity_max_tx_duration", datname="app", state="active") == 2.0
+    assert value("pg_stat_activity_max_tx_duration", datname="app", state="idle") == 0.0
     assert value("pg_stat_activity_waiting_count", datname="app") == 0.0
     assert value("pg_database_size_bytes", datname="app") == 8_000_000.0
     assert value("pg_database_wraparound_age", datname="template0") == 2_000.0
-    assert value("pg_stat_database_deadlocks", datname="app") == 1.0
+    # postgres_exporter's names, labels (datid, datname) and types
+    assert value("pg_stat_database_deadlocks", datid="16384", datname="app") == 1.0
+    assert value("pg_stat_database_numbackends", datid="0", datname="") == 0.0
+    assert math.isnan(value("pg_stat_database_x_new", datid="0", datname=""))
+    assert value("pg_stat_database_conflicts_confl_lock", datid="16384", datname="app") == 0.0
+    assert value("pg_stat_bgwriter_buffers_alloc_total") == 7.0
+    reset = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert value("pg_stat_bgwriter_stats_reset_total") == reset
+    types = {s.name: s.type for s in found}
+    assert types["pg_stat_database_deadlocks"] == "counter"
+    assert types["pg_stat_database_numbackends"] == "gauge"
+    assert types["pg_stat_database_x_new"] == "untyped"
+    assert types["pg_stat_database_conflicts_confl_lock"] == "counter"
+    assert types["pg_stat_bgwriter_buffers_alloc_total"] == "counter"
     assert value("pg_stat_database_blks_hit_ratio", datname="app") == pytest.approx(0.9)
     counts = Counter(s.name for s in found)
     assert counts["pg_stat_activity_count"] == 2 * len(ACTIVITY_STATES) + 1
