@@ -14,6 +14,7 @@ from orchestrator.api.schemas import PlannedOut, PlanOut, RolloutDetail, Rollout
 from orchestrator.db.models import Incident, Rollout, RolloutInstance
 from orchestrator.errors import NotFoundError
 from orchestrator.scheduler import first_start, run_rollout_now, schedule_rollout
+from rollouts.executor import accepted_controls
 from rollouts.planner import waves_of
 from rollouts.spec import RolloutRequest
 
@@ -164,6 +165,12 @@ def rollout_detail(session: Session, rollout_id: int) -> RolloutDetail:
     if rollout is None:
         raise NotFoundError(f"no rollout {rollout_id}")
     out = RolloutDetail.model_validate(rollout)
+    actions = accepted_controls(
+        rollout_id, rollout.status, rollout.control, [i.state for i in rollout.instances]
+    )
     return out.model_copy(
-        update={"incident": _incident_numbers(session, [rollout_id]).get(rollout_id)}
+        update={
+            "incident": _incident_numbers(session, [rollout_id]).get(rollout_id),
+            "actions": actions,
+        }
     )
