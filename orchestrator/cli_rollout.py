@@ -68,7 +68,7 @@ def request_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--per-host", type=int, help="instances at once per host"),
         click.option("--max-unavailable", type=int, help="instances out of service at once"),
         click.option("--bake", type=float, help="seconds to wait after each wave"),
-        click.option("--budget", help="failed instances tolerated: N or N%% (default 0)"),
+        click.option("--budget", help="failed instances tolerated: N or N% (default 0)"),
         click.option(
             "--on-failure", type=click.Choice(["rollback", "pause"]), help="default rollback"
         ),
@@ -237,7 +237,8 @@ def rollout_start(as_json: bool, detach: bool, **kw: Any) -> None:
             click.echo(f"rollout {rollout_id} created", err=True)
             show = _progress_printer()
             ctx.executor.on_progress = lambda rid: show(rollout_dict(ctx, rid))
-        status = ctx.executor.run(rollout_id)
+        with _interrupted(rollout_id, at_server=False):
+            status = ctx.executor.run(rollout_id)
         data = rollout_dict(ctx, rollout_id)
     _emit(data, as_json)
     if status != "succeeded":
@@ -260,14 +261,40 @@ def _start_through_api(
     if not as_json:
         click.echo(f"rollout {rollout_id} created at {client.endpoint.url}", err=True)
     show = _progress_printer()
-    data = _follow(
-        lambda: client.get(client.path("rollouts", rollout_id)),
-        interval=1.0,
-        on_change=(lambda d: None) if as_json else show,
-    )
+    with _interrupted(rollout_id, at_server=True):
+        data = _follow(
+            lambda: client.get(client.path("rollouts", rollout_id)),
+            interval=1.0,
+            on_change=(lambda d: None) if as_json else show,
+        )
     _emit(data, as_json)
     if data["status"] != "succeeded":
         sys.exit(1)
+
+
+@contextmanager
+def _interrupted(rollout_id: int, *, at_server: bool) -> Iterator[None]:
+    """Ctrl-C while following a rollout stops the following, not the rollout: say so, and
+    how to watch or stop it (exit 130, as a shell reports SIGINT)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if at_server:
+            where = f"rollout {rollout_id} is still running at the server"
+        else:  # its lease lapses: `cpdops serve` takes it over, or `resume` goes on here
+            where = (
+                f"rollout {rollout_id} is still running: this process stopped running it, a "
+                f"running `cpdops serve` takes it over (else `cpdops rollout resume "
+                f"{rollout_id}` goes on here)"
+            )
+        click.echo(
+            f"\ninterrupted: {where}.\n"
+            f"  watch it: cpdops rollout status {rollout_id} --watch\n"
+            f"  stop it:  cpdops rollout abort {rollout_id}  "
+            f"(or pause / rollback {rollout_id})",
+            err=True,
+        )
+        sys.exit(130)
 
 
 def _emit(data: dict[str, Any], as_json: bool, line: str | None = None) -> None:
@@ -337,10 +364,45 @@ def _changes(data: dict[str, Any]) -> tuple[Any, ...]:
         (data.get("progress") or {}).get("reason"),
         data.get("incident"),
         tuple(
-            (i["state"], i["steps"][-1]["step"] if i["steps"] else None, i["error"])
+            (
+                i["state"],
+                i["steps"][-1]["step"] if i["steps"] else None,
+                i["error"],
+                gate_progress(i),
+            )
             for i in data["instances"]
         ),
     )
+
+
+def gate_progress(instance: dict[str, Any]) -> str | None:
+    """A running gate's progress, e.g. "gate 1/3 passes, last HTTP 500, 42 s left" (the
+    gate step's ``progress`` detail); None when no gate runs."""
+    last = instance["steps"][-1] if instance["steps"] else None
+    if last is None or last["step"] != "gate" or last["state"] != "started":
+        return None
+    p = (last.get("detail") or {}).get("progress")
+    if not p:
+        return "gate: first check"
+    return (
+        f"gate {p['passes']}/{p['needed']} passes, last {p['last']}, "
+        f"{float(p['left_s']):.0f} s left"
+    )
+
+
+def progress_counts(instances: list[dict[str, Any]]) -> tuple[int, str]:
+    """(instances updated, "2/6 updated, 1 failed, 1 reverted"): only an updated instance is
+    progress; failed, reverted and errors are counted apart."""
+    counts: dict[str, int] = {}
+    for i in instances:
+        counts[i["state"]] = counts.get(i["state"], 0) + 1
+    updated = counts.get(decide.UPDATED, 0)
+    others = [
+        f"{counts[state]} {state}"
+        for state in (decide.FAILED, decide.ERROR, decide.REVERTED, decide.REVERTING)
+        if counts.get(state)
+    ]
+    return updated, ", ".join([f"{updated}/{len(instances)} updated", *others])
 
 
 def _follow(
@@ -474,10 +536,10 @@ def print_rollout(data: dict[str, Any]) -> None:
     if data["incident"]:
         click.echo(f"  incident: {data['incident']}")
     insts = data["instances"]
-    done = sum(1 for i in insts if i["state"] in (decide.UPDATED, decide.REVERTED, decide.FAILED))
+    updated, counts = progress_counts(insts)
     width = 30
-    filled = width * done // max(1, len(insts))
-    click.echo(f"  [{'#' * filled}{'.' * (width - filled)}] {done}/{len(insts)}")
+    filled = width * updated // max(1, len(insts))
+    click.echo(f"  [{'#' * filled}{'.' * (width - filled)}] {counts}")
     _table(
         [
             (
@@ -487,7 +549,7 @@ def print_rollout(data: dict[str, Any]) -> None:
                 i["container_name"],
                 i["old_version"],
                 i["state"],
-                (i["steps"][-1]["step"] if i["steps"] else "-"),
+                gate_progress(i) or (i["steps"][-1]["step"] if i["steps"] else "-"),
                 i["error"],
             )
             for i in insts
@@ -498,27 +560,32 @@ def print_rollout(data: dict[str, Any]) -> None:
 
 def _progress_printer() -> Callable[[dict[str, Any]], None]:
     """Prints (on stderr) what changed since the last call: the status, each instance's state."""
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], tuple[str, str | None]] = {}
+    shown_at: dict[tuple[str, str], float] = {}
     last_status: list[str] = [""]
 
     def show(data: dict[str, Any]) -> None:
         rollout_id = data["id"]
         total = len(data["instances"])
-        done = sum(
-            1
-            for i in data["instances"]
-            if i["state"] in (decide.UPDATED, decide.REVERTED, decide.FAILED)
-        )
+        updated, _ = progress_counts(data["instances"])
         if data["status"] != last_status[0]:
             last_status[0] = data["status"]
             reason = (data.get("progress") or {}).get("reason") or ""
             click.echo(f"rollout {rollout_id}: {data['status']} {reason}".rstrip(), err=True)
         for i in data["instances"]:
             key = (i["tenant"], i["host"])
-            if seen.get(key, "pending") != i["state"]:
-                seen[key] = i["state"]
+            gate = gate_progress(i)
+            # a gate's line again when its passes or last answer change, or every 5 s
+            what = (i["state"], gate.rsplit(", ", 1)[0] if gate else None)
+            now = time.monotonic()
+            if seen.get(key, ("pending", None)) != what or (
+                gate and now - shown_at.get(key, now) >= 5.0
+            ):
+                seen[key], shown_at[key] = what, now
                 click.echo(
-                    f"[{done}/{total}] wave {i['wave'] + 1} {i['tenant']}@{i['host']}: {i['state']}"
+                    f"[{updated}/{total}] wave {i['wave'] + 1} {i['tenant']}@{i['host']}: "
+                    f"{i['state']}"
+                    + (f": {gate}" if gate else "")
                     + (f" ({i['error']})" if i["error"] else ""),
                     err=True,
                 )

@@ -14,6 +14,7 @@ import os
 import socket
 from datetime import UTC, datetime
 
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import ConflictingIdError
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -24,6 +25,7 @@ from sqlalchemy import select
 from orchestrator import monitor_changes
 from orchestrator.context import AppContext, apply_maintenance, sync_monitors
 from orchestrator.db.models import Rollout, Tenant
+from orchestrator.db.session import session_scope
 from orchestrator.errors import ConflictError, CpdopsError, InputError
 from orchestrator.incidents import outbox
 from orchestrator.monitor_history import flush
@@ -32,6 +34,9 @@ from rollouts.windows import next_window_start, window_open
 log = logging.getLogger(__name__)
 
 _bound: dict[str, AppContext] = {}
+# A scheduled rollout whose time passed while cpdops was down starts late within this; past
+# it the job is missed and the rollout ends aborted (``drop_missed_rollout``).
+MISFIRE_GRACE_S = 24 * 3600
 
 
 def bind(ctx: AppContext) -> None:
@@ -45,10 +50,15 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             "internal": MemoryJobStore(),
         },
         executors={"default": ThreadPoolExecutor(16)},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 24 * 3600},
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": MISFIRE_GRACE_S,
+        },
         timezone=UTC,
     )
     bind(ctx)
+    scheduler.add_listener(lambda event: drop_missed_rollout(ctx, event), EVENT_JOB_MISSED)
     if not with_loops:
         return scheduler
     if ctx.monitors is not None:
@@ -251,6 +261,32 @@ def run_scheduled_rollout(rollout_id: int) -> None:
         log.error("scheduled rollout %s fired with no context bound", rollout_id)
         return
     _run(ctx, rollout_id)
+
+
+def drop_missed_rollout(ctx: AppContext, event: JobExecutionEvent) -> int | None:
+    """A scheduled rollout's date job was missed (cpdops was down past the misfire grace,
+    24 h): APScheduler drops the job, so the rollout would stay ``scheduled`` forever,
+    holding its instances against every later rollout. It is ended ``aborted`` instead
+    (nothing was touched), with the reason; returns its id."""
+    prefix = "rollout-"
+    if not event.job_id.startswith(prefix) or not event.job_id[len(prefix) :].isdigit():
+        return None
+    rollout_id = int(event.job_id[len(prefix) :])
+    with session_scope(ctx.factory) as s:
+        r = s.get(Rollout, rollout_id)
+        if r is None or r.status != "scheduled":
+            return None
+        when = event.scheduled_run_time
+        r.status = "aborted"
+        r.error = (
+            f"its scheduled start ({when.isoformat()}) was missed by more than "
+            f"{MISFIRE_GRACE_S // 3600} h (cpdops was not running): nothing was changed; "
+            "start it again"
+        )
+        r.progress = {**(r.progress or {}), "reason": "scheduled start missed"}
+        r.finished_at = datetime.now(UTC)
+    log.warning("scheduled rollout missed rollout=%s at=%s", rollout_id, when.isoformat())
+    return rollout_id
 
 
 def first_start(ctx: AppContext, rollout_id: int) -> datetime:

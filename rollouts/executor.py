@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -80,6 +80,34 @@ CONTROL_ALLOWED = {
     ),
 }
 RUNNABLE = ("pending", "scheduled", *decide.ACTIVE)
+# Instance states with something a rollback can take back (a failed instance was put back
+# on its previous container by its own worker already).
+ROLLBACK_TODO = (decide.UPDATED, *decide.BUSY)
+
+
+def control_refusal(
+    rollout_id: int, action: str, status: str, control: str | None, states: Iterable[str]
+) -> str | None:
+    """Pure: why ``action`` is refused (409) on a rollout in ``status`` with a pending
+    ``control`` and instances in ``states`` — or None when it is accepted. The API lists
+    the accepted ones (``actions``), so the UI offers exactly what would be accepted."""
+    if status not in CONTROL_ALLOWED[action]:
+        return f"cannot {action} rollout {rollout_id}: it is {status}"
+    if control in ("abort", "rollback") and action != "rollback":
+        return f"rollout {rollout_id} is already being {control}ed"
+    if action == "rollback" and not any(s in ROLLBACK_TODO for s in states):
+        return f"nothing to roll back: no instance of rollout {rollout_id} was updated"
+    return None
+
+
+def accepted_controls(
+    rollout_id: int, status: str, control: str | None, states: Iterable[str]
+) -> list[str]:
+    """The controls ``control_refusal`` accepts now, in CONTROLS order."""
+    states = list(states)
+    return [a for a in CONTROLS if control_refusal(rollout_id, a, status, control, states) is None]
+
+
 CRASH_POINTS = ("after_backup", "after_stop_old", "after_start_new", "mid_bake")
 
 
@@ -288,11 +316,18 @@ class RolloutExecutor:
                 from orchestrator.errors import NotFoundError
 
                 raise NotFoundError(f"no rollout {rollout_id}")
-            if rollout.status not in CONTROL_ALLOWED[action]:
-                raise ConflictError(f"cannot {action} rollout {rollout_id}: it is {rollout.status}")
-            if rollout.control in ("abort", "rollback") and action != "rollback":
-                raise ConflictError(f"rollout {rollout_id} is already being {rollout.control}ed")
+            refusal = control_refusal(
+                rollout_id,
+                action,
+                rollout.status,
+                rollout.control,
+                [i.state for i in rollout.instances],
+            )
+            if refusal is not None:
+                raise ConflictError(refusal)
             rollout.control = action
+            if action == "approve":
+                _approve_now(rollout)
             if action == "rollback":
                 rollout.progress = {**rollout.progress, "manual_rollback": True}
                 if rollout.status in ("succeeded", "aborted"):
@@ -607,6 +642,8 @@ class RolloutExecutor:
             if action.status == "failed":
                 rollout.error = (rollout.progress or {}).get("reason") or action.reason
             rollout.control = None
+            # the reason it ended, not the last one it waited on ("approve to start wave 2")
+            rollout.progress = {**(rollout.progress or {}), "reason": action.reason}
             rollout.finished_at = datetime.now(UTC)
             if rollout.started_at is not None:
                 self._metrics.duration.observe(
@@ -775,6 +812,19 @@ def _with_approved(wave: int) -> Progress:
         return {**progress, "approved": sorted({*progress.get("approved", []), wave})}
 
     return apply
+
+
+def _approve_now(rollout: Rollout) -> None:
+    """Record an approval at once (not when the runner next looks): the wave that waits for
+    it is approved and the rollout is ``running`` from this answer on — the API's reply and
+    every list show it so; the runner starts the wave at its next decision."""
+    waiting = [i.wave for i in rollout.instances if i.state in (decide.PENDING, *decide.BUSY)]
+    if rollout.status != "awaiting_approval" or not waiting:
+        return  # the runner applies the request (decide.Approve)
+    wave = min(waiting)
+    progress = _with_approved(wave)(dict(rollout.progress or {}))
+    rollout.progress = {**progress, "reason": f"approved: wave {wave + 1} starts"}
+    rollout.status, rollout.control = "running", None
 
 
 def _tenant_window_open(tenant: Tenant | None, now: float) -> bool:

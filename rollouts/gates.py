@@ -21,6 +21,29 @@ class GateResult:
     version: str | None = None
 
 
+@dataclass(frozen=True)
+class GateProgress:
+    """Where a running gate stands after an attempt: published in the gate step's detail
+    (``progress``) so ``GET /api/v1/rollouts/{id}``, the CLI and the UI show it."""
+
+    passes: int  # consecutive passes so far
+    needed: int
+    attempts: int
+    last: str  # the last answer: "healthy", "HTTP 500", "ConnectError: …"
+    status_code: int | None
+    left_s: float  # until the deadline
+
+    def as_detail(self) -> dict[str, object]:
+        return {
+            "passes": self.passes,
+            "needed": self.needed,
+            "attempts": self.attempts,
+            "last": self.last,
+            "status_code": self.status_code,
+            "left_s": round(max(0.0, self.left_s), 1),
+        }
+
+
 def judge_health(
     status: int, body: str, expect_version: str | None
 ) -> tuple[bool, str, str | None]:
@@ -49,8 +72,10 @@ def http_gate(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     should_stop: Callable[[], bool] = lambda: False,
+    on_attempt: Callable[[GateProgress], None] | None = None,
 ) -> GateResult:
-    """Poll ``url`` until ``passes`` consecutive passes, or the deadline, or a fatal signal."""
+    """Poll ``url`` until ``passes`` consecutive passes, or the deadline, or a fatal signal;
+    ``on_attempt`` is told the progress after each attempt."""
     end = clock() + deadline_s
     consecutive = attempts = 0
     last = GateResult(False, 0, 0, "no answer yet")
@@ -67,6 +92,12 @@ def http_gate(
                 ok = False
                 last = GateResult(False, consecutive, attempts, f"{type(exc).__name__}: {exc}")
             consecutive = consecutive + 1 if ok else 0
+            if on_attempt is not None:
+                on_attempt(
+                    GateProgress(
+                        consecutive, passes, attempts, last.reason, last.status_code, end - clock()
+                    )
+                )
             if consecutive >= passes:
                 return GateResult(
                     True,

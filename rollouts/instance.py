@@ -28,7 +28,7 @@ from orchestrator.fleet.hosts import HostRegistry
 from orchestrator.fleet.runtime import PREVIOUS_IMAGE_LABEL, ROLLOUT_LABEL, DockerHost
 from orchestrator.incidents.evidence import LOG_LINES, container_state, log_excerpt
 from rollouts import dbsafety, decide, faults
-from rollouts.gates import GateResult, http_gate
+from rollouts.gates import GateProgress, GateResult, http_gate
 from rollouts.journal import Journal
 
 if TYPE_CHECKING:
@@ -490,6 +490,7 @@ class InstanceWorker:
         *,
         version: str | bool | None = True,
         gate: dict[str, Any] | None = None,
+        progress: Callable[[GateProgress], None] | None = None,
     ) -> GateResult:
         gate = gate if gate is not None else job.gate
         expect = job.target_version if version is True else (version or None)
@@ -516,6 +517,7 @@ class InstanceWorker:
             deadline_s=float(gate.get("deadline_s", 60)),
             interval_s=float(gate.get("interval_s", 0.5)),
             should_stop=crashed,
+            on_attempt=progress,
         )
 
     def _checked_gate(
@@ -524,7 +526,7 @@ class InstanceWorker:
         """The gate of a new container; HostLost instead of a failed gate when the daemon
         stopped answering meanwhile (its containers stopped with it: not the version's fault)."""
         try:
-            result = self._gate(job, host, new_id)
+            result = self._gate(job, host, new_id, progress=self._journal.gate_progress(step))
         except DockerError as exc:
             self._check_host(host, exc, step="gate", step_id=step)
             raise

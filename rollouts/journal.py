@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import RolloutInstance, RolloutStep
 from orchestrator.db.session import session_scope
+from rollouts.gates import GateProgress
 
 
 class Journal:
@@ -57,6 +60,34 @@ class Journal:
             )
             if instance is not None:
                 _set(s, instance[0], instance[1])
+
+    def note(self, step_id: int, **detail: Any) -> None:
+        """Add to an open step's detail while it runs (e.g. a gate's ``progress``); what it
+        began with stays as it was, so the step's end replaces the note."""
+        with self._lock:
+            began = dict(self._open.get(step_id) or {})
+        with session_scope(self._factory) as s:
+            s.execute(
+                update(RolloutStep)
+                .where(RolloutStep.id == step_id, RolloutStep.state == "started")
+                .values(detail={**began, **detail})
+            )
+
+    def gate_progress(
+        self, step_id: int, *, every_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> Callable[[GateProgress], None]:
+        """A gate's ``on_attempt``: notes its progress on the step — when the passes or the
+        last answer change, else at most every ``every_s``."""
+        last: list[Any] = [None, -every_s]
+
+        def report(p: GateProgress) -> None:
+            key = (p.passes, p.last)
+            if key == last[0] and clock() - last[1] < every_s:
+                return
+            last[:] = [key, clock()]
+            self.note(step_id, progress=p.as_detail())
+
+        return report
 
     def last(self, instance_id: int) -> tuple[str, str, dict[str, Any]] | None:
         """The instance's latest step: (step, state, detail), or None."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -94,7 +94,10 @@ class Strategy(BaseModel):
 class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    at: datetime | None = Field(default=None, description="start at this time (ISO 8601, zone)")
+    at: datetime | None = Field(
+        default=None,
+        description="start at this future time (ISO 8601, with a zone); a past one is refused",
+    )
     window: bool = Field(
         default=False,
         description="update each tenant only inside its maintenance window (fleet file)",
@@ -105,6 +108,13 @@ class Schedule(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2026-12-01T02:00:00+03:00")
+        now = datetime.now(UTC)
+        if value is not None and value < now:
+            # a past time would start at once (or, past the scheduler's misfire grace, never)
+            raise ValueError(
+                f"{value.isoformat()} is in the past (now {now.isoformat(timespec='seconds')}): "
+                "give a future time, or none to start now"
+            )
         return value
 
 

@@ -74,6 +74,17 @@ class InstancesOut(BaseModel):
     errors: dict[str, str] = Field(description="hosts that could not be asked, with the reason")
 
 
+class ImageOut(BaseModel):
+    ref: str = Field(description="repository:tag, as a rollout's `image`")
+    version: str | None = Field(description="its org.opencontainers.image.version label")
+    hosts: list[str] = Field(description="the hosts that have it")
+
+
+class ImagesOut(BaseModel):
+    images: list[ImageOut]
+    errors: dict[str, str] = Field(description="hosts that could not be asked, with the reason")
+
+
 class StepOut(ORM):
     step: str
     state: str
@@ -116,6 +127,13 @@ class RolloutOut(ORM):
 
 class RolloutDetail(RolloutOut):
     instances: list[RolloutInstanceOut]
+    actions: list[str] = Field(
+        default_factory=list,
+        description=(
+            "the controls accepted now (pause, resume, approve, abort, rollback); any other "
+            "is refused with 409 — e.g. rollback when no instance was updated"
+        ),
+    )
 
 
 class PlannedOut(BaseModel):

@@ -101,3 +101,31 @@ def discover(hosts: Sequence[DockerHost]) -> Discovery:
                 errors[name] = str(exc)
     instances.sort(key=lambda i: (i.tenant, i.component, i.host, i.name))
     return Discovery(instances, errors)
+
+
+@dataclass(frozen=True)
+class FleetImage:
+    ref: str
+    version: str | None
+    hosts: tuple[str, ...]
+
+
+def fleet_images(hosts: Sequence[DockerHost]) -> tuple[list[FleetImage], dict[str, str]]:
+    """The tagged images present on the hosts (what a rollout can use without a pull), by
+    reference, with the hosts that have each; hosts that fail are reported, not fatal."""
+    found: dict[str, tuple[str | None, list[str]]] = {}
+    errors: dict[str, str] = {}
+    if not hosts:
+        return [], errors
+    with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+        futures = {host.name: pool.submit(host.list_images) for host in hosts}
+        for name, fut in sorted(futures.items()):
+            try:
+                rows = fut.result()
+            except DockerError as exc:
+                errors[name] = str(exc)
+                continue
+            for ref, version in rows:
+                found.setdefault(ref, (version, []))[1].append(name)
+    images = [FleetImage(ref, v, tuple(names)) for ref, (v, names) in sorted(found.items())]
+    return images, errors

@@ -322,6 +322,19 @@ class DockerHost:
             raise self._fail(f"inspect image {ref}", exc) from exc
         return dict((attrs.get("Config") or {}).get("Labels") or {})
 
+    def list_images(self) -> list[tuple[str, str | None]]:
+        """The tagged images on this host: (repo:tag, its version label)."""
+        try:
+            rows = self.client.api.images()
+        except ENGINE_ERRORS as exc:
+            raise self._fail("list images", exc) from exc
+        return [
+            (tag, (row.get("Labels") or {}).get(VERSION_LABEL))
+            for row in rows
+            for tag in row.get("RepoTags") or []
+            if tag and not tag.startswith("<none>")
+        ]
+
     def image_config(self, ref: str) -> dict[str, Any]:
         try:
             attrs = self.client.api.inspect_image(ref)

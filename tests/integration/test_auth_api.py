@@ -43,6 +43,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/hosts"): "viewer",
     ("GET", "/api/v1/tenants"): "viewer",
     ("GET", "/api/v1/instances"): "viewer",
+    ("GET", "/api/v1/images"): "viewer",
     ("GET", "/api/v1/rollouts"): "viewer",
     ("GET", "/api/v1/rollouts/{rollout_id}"): "viewer",
     ("POST", "/api/v1/rollouts/plan"): "operator",

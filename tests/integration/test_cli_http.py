@@ -371,7 +371,7 @@ def test_rollouts_through_the_api_with_progress(
             assert f"rollout {rid}: awaiting_approval" in err and f"rollout {rid}: succeeded" in err
             assert "wave 2 " in err and ": updated" in err
             assert f"rollout {rid}: succeeded" in out and "[2/2]" not in out
-            assert out.count("updated") == 2
+            assert out.count("updated") == 3, "two instances and the bar's '2/2 updated'"
             for p in placed:
                 wait_health(p.tenant.health_url, version="2")
             assert "HTTP 409" in refused(env, "rollout", "pause", rid)

@@ -59,14 +59,22 @@ def test_operator_rolls_out_watches_and_comments_on_the_incident(
 
             page.get_by_role("link", name="Rollouts").click()
             page.get_by_text("No rollouts yet.").wait_for()
-            page.get_by_label("Image").fill(standin_images["2-fail-health"])
+            page.get_by_label("Image", exact=True).fill(standin_images["2-fail-health"])
             page.get_by_label("Tenants").fill("acme, globex")
             page.get_by_label("Health gate passes").fill("2")
             page.get_by_label("Health gate deadline (s)").fill("5")
+            # the image list offers what the hosts have
+            offered = page.locator("#ro-images option").evaluate_all("os => os.map(o => o.value)")
+            assert standin_images["2-fail-health"] in offered
+            assert page.get_by_label("Waves", exact=True).input_value() == "1, 25%, 100%"
             page.get_by_role("button", name="Plan (dry run)").click()
-            page.get_by_text("Plan: 1 wave(s) to version 2").wait_for()
+            page.get_by_text("Plan: 2 instance(s) in 2 wave(s) to version 2").wait_for()
             screenshot(page, "rollouts-plan")
             page.get_by_role("button", name="Start rollout").click()
+            dialog = page.locator("dialog[open]")
+            assert "2 instance(s) in 2 wave(s)" in dialog.get_by_role("heading").inner_text()
+            assert "Waves: 1 → 1" in dialog.inner_text()
+            dialog.get_by_role("button", name="Start rollout").click()
             page.wait_for_url("**/#/rollouts/*")
             rollout_id = int(page.url.rsplit("/", 1)[1])
             # live progress until the rollout is over (the page polls the API)
@@ -75,6 +83,11 @@ def test_operator_rolls_out_watches_and_comments_on_the_incident(
             )
             acme = page.locator("tr[data-tenant='acme']")
             assert acme.locator("td.state").inner_text() == "failed"
+            # the canary failed: globex (wave 2) was never touched
+            globex = page.locator("tr[data-tenant='globex']")
+            assert globex.locator("td.state").inner_text() == "pending"
+            assert page.locator("#rollout-progress progress").get_attribute("value") == "0"
+            assert page.get_by_role("button", name="rollback").is_disabled()
             assert "gate: failed" in acme.inner_text() and "rollback: ok" in acme.inner_text()
             assert "HTTP 500" in acme.inner_text()
             assert page.get_by_role("button", name="resume").is_disabled()

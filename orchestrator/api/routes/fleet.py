@@ -8,9 +8,16 @@ from sqlalchemy.orm import Session
 
 from orchestrator.api.auth import ViewerDep
 from orchestrator.api.deps import NO_NUL, CtxDep, LimitQuery, OffsetQuery, SessionDep, page
-from orchestrator.api.schemas import HostOut, InstanceOut, InstancesOut, TenantOut
+from orchestrator.api.schemas import (
+    HostOut,
+    ImageOut,
+    ImagesOut,
+    InstanceOut,
+    InstancesOut,
+    TenantOut,
+)
 from orchestrator.db.models import Host, Tenant
-from orchestrator.fleet.discovery import discover
+from orchestrator.fleet.discovery import discover, fleet_images
 from orchestrator.fleet.host_health import tenant_status
 
 router = APIRouter(prefix="/api/v1", tags=["fleet"])
@@ -119,3 +126,20 @@ def list_instances(
         if (tenant is None or i.tenant == tenant) and (host is None or i.host == host)
     ]
     return InstancesOut(instances=items, errors=found.errors)
+
+
+@router.get(
+    "/images",
+    response_model=ImagesOut,
+    summary="The tagged images on the fleet's hosts (what a rollout can use without a pull)",
+    description=(
+        "Asks every host's Docker engine; an image a rollout names must be on every target "
+        "host (or pullable). Hosts that do not answer are listed under `errors`."
+    ),
+)
+def list_images(ctx: CtxDep, _viewer: ViewerDep) -> ImagesOut:
+    images, errors = fleet_images(ctx.hosts.hosts())
+    return ImagesOut(
+        images=[ImageOut(ref=i.ref, version=i.version, hosts=list(i.hosts)) for i in images],
+        errors=errors,
+    )

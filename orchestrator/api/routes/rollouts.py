@@ -14,6 +14,7 @@ from orchestrator.api.schemas import PlannedOut, PlanOut, RolloutDetail, Rollout
 from orchestrator.db.models import Incident, Rollout, RolloutInstance
 from orchestrator.errors import NotFoundError
 from orchestrator.scheduler import first_start, run_rollout_now, schedule_rollout
+from rollouts.executor import accepted_controls
 from rollouts.planner import waves_of
 from rollouts.spec import RolloutRequest
 
@@ -82,7 +83,8 @@ def plan_rollout(body: RolloutRequest, ctx: CtxDep, _operator: OperatorDep) -> P
         "Validates the selection and the image (it must exist on every target host), refuses "
         "an instance already held by an active rollout (409), stores the plan and starts it in "
         "the background — or, with `schedule.at` / `schedule.window`, stores a persistent "
-        "scheduler job. Poll `GET /api/v1/rollouts/{id}` for progress."
+        "scheduler job (a `schedule.at` in the past is refused, 422). Poll "
+        "`GET /api/v1/rollouts/{id}` for progress."
     ),
     responses={400: {"description": "unknown tenant/host/image"}, 409: {"description": "overlap"}},
 )
@@ -133,14 +135,22 @@ _HOST_FAULT = (
 for _action, _summary, _description in (
     ("pause", "Pause: no new instance starts; those in progress finish", ""),
     ("resume", "Resume a paused rollout", "Goes on where it paused." + _HOST_FAULT),
-    ("approve", "Approve the next wave of a rollout awaiting approval", ""),
+    (
+        "approve",
+        "Approve the next wave of a rollout awaiting approval",
+        "Recorded at once: the answer says `running`; the runner starts the wave.",
+    ),
     (
         "abort",
         "Abort: stop where it is; updated instances stay updated",
         "No new instance starts; those in progress finish." + _HOST_FAULT + " Refused (409) "
         "while the host of such an instance does not answer: abort again when it is back.",
     ),
-    ("rollback", "Roll back every instance the rollout updated", ""),
+    (
+        "rollback",
+        "Roll back every instance the rollout updated",
+        "Refused (409) when no instance was updated: there is nothing to roll back.",
+    ),
 ):
     _control_route(_action, _summary, _description or _summary)
 
@@ -164,6 +174,12 @@ def rollout_detail(session: Session, rollout_id: int) -> RolloutDetail:
     if rollout is None:
         raise NotFoundError(f"no rollout {rollout_id}")
     out = RolloutDetail.model_validate(rollout)
+    actions = accepted_controls(
+        rollout_id, rollout.status, rollout.control, [i.state for i in rollout.instances]
+    )
     return out.model_copy(
-        update={"incident": _incident_numbers(session, [rollout_id]).get(rollout_id)}
+        update={
+            "incident": _incident_numbers(session, [rollout_id]).get(rollout_id),
+            "actions": actions,
+        }
     )

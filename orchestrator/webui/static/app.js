@@ -110,6 +110,22 @@ async function route() {
       clearTimeout(t);
       timers.delete(t);
     },
+    /** Live data: run `fn` every `ms` (each run after the last one ended) while the page is
+     * shown, until it returns false. Pages refresh only their data regions with it (see
+     * dom.js `update`): a form, a filter, a plan on the page is the user's and is never
+     * rebuilt by a refresh. A failed run is retried at the next tick. */
+    every(ms, fn) {
+      const tick = async () => {
+        let again = true;
+        try {
+          again = (await fn()) !== false;
+        } catch (err) {
+          if (err instanceof ApiError && err.status === 401) return;
+        }
+        if (again) ctx.later(tick, ms);
+      };
+      return ctx.later(tick, ms);
+    },
   };
   current = ctx;
   render(view, h("p", { class: "muted" }, "Loading…"));

@@ -34,6 +34,59 @@ export function render(el, ...children) {
   return append(el, children);
 }
 
+/** Refresh a data region: like `render`, but the <details> the user opened or closed in it
+ * keep that state (matched by their summary text and its occurrence) and the scroll position
+ * is kept. */
+export function update(el, ...children) {
+  const states = () => {
+    const seen = {};
+    return [...el.querySelectorAll("details")].map((d) => {
+      const text = d.dataset.key || d.querySelector("summary")?.textContent || "";
+      seen[text] = (seen[text] || 0) + 1;
+      return [`${text}#${seen[text]}`, d];
+    });
+  };
+  const before = new Map(states().map(([key, d]) => [key, d.open]));
+  const { scrollX, scrollY } = window;
+  render(el, ...children);
+  for (const [key, d] of states()) if (before.has(key)) d.open = before.get(key);
+  window.scrollTo(scrollX, scrollY);
+  return el;
+}
+
+/** A confirmation in the page (a modal <dialog>): resolves true on the confirm button, false
+ * on Cancel or Escape. `lines` are shown as paragraphs (text only). */
+export function confirmDialog(title, lines, confirmText, { danger = false } = {}) {
+  return new Promise((resolve) => {
+    const dialog = h(
+      "dialog",
+      { class: "confirm", "aria-labelledby": "confirm-title" },
+      h("h2", { id: "confirm-title" }, title),
+      lines.map((line) => (line instanceof Node ? line : h("p", null, line))),
+    );
+    const done = (answer) => {
+      dialog.close();
+      dialog.remove();
+      resolve(answer);
+    };
+    dialog.append(
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { type: "button", class: danger ? "danger" : "", onclick: () => done(true) }, confirmText),
+        h("button", { type: "button", class: "secondary", onclick: () => done(false) }, "Cancel"),
+      ),
+    );
+    dialog.addEventListener("cancel", (event) => {
+      event.preventDefault();
+      done(false);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    dialog.querySelector("button.secondary").focus();
+  });
+}
+
 /** A link to a page of this UI; the parts are URI-encoded. */
 export function link(text, ...parts) {
   return h("a", { href: "#/" + parts.map((p) => encodeURIComponent(String(p))).join("/") }, text);

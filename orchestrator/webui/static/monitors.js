@@ -1,40 +1,53 @@
 // Monitors: state and uptime over 1h/24h/7d/30d; one monitor's latency chart.
 import { api } from "./api.js";
-import { badge, fmtPct, fmtTime, h, message, render, table } from "./dom.js";
+import { badge, fmtPct, fmtTime, h, message, render, table, update } from "./dom.js";
 import { latencyChart } from "./chart.js";
 
 const WINDOWS = ["1h", "24h", "7d", "30d"];
 
+function monitorRows(monitors) {
+  return monitors.map((m) =>
+    h(
+      "tr",
+      { dataset: { monitor: m.id, status: m.status } },
+      h("td", null, badge(m.status)),
+      h("th", { scope: "row" }, h("a", { href: "#/monitors/" + encodeURIComponent(m.id) }, m.id)),
+      h("td", null, m.kind),
+      h("td", null, m.host),
+      h("td", { class: "target" }, m.target),
+      h("td", null, m.reason),
+      WINDOWS.map((w) => h("td", { class: "num" }, fmtPct(m.uptime?.[w]))),
+    ),
+  );
+}
+
+function statusCounts(monitors) {
+  const counts = {};
+  for (const m of monitors) counts[m.status] = (counts[m.status] || 0) + 1;
+  return Object.entries(counts).map(([st, n]) => [badge(st, `${n} ${st}`), " "]);
+}
+
 export async function monitorsPage(view, ctx) {
   const monitors = await api("/api/v1/monitors");
   if (!ctx.alive) return;
-  const body = h(
-    "tbody",
-    null,
-    monitors.map((m) =>
-      h(
-        "tr",
-        { dataset: { monitor: m.id, status: m.status } },
-        h("td", null, badge(m.status)),
-        h("th", { scope: "row" }, h("a", { href: "#/monitors/" + encodeURIComponent(m.id) }, m.id)),
-        h("td", null, m.kind),
-        h("td", null, m.host),
-        h("td", { class: "target" }, m.target),
-        h("td", null, m.reason),
-        WINDOWS.map((w) => h("td", { class: "num" }, fmtPct(m.uptime?.[w]))),
-      ),
-    ),
-  );
+  const body = h("tbody");
+  const summary = h("p", { class: "summary" });
   const filter = h("input", { type: "search", id: "mon-filter", placeholder: "tenant, kind, status" });
-  filter.addEventListener("input", () => {
+  const applyFilter = () => {
     const q = filter.value.trim().toLowerCase();
     for (const tr of body.rows) tr.hidden = Boolean(q) && !tr.textContent.toLowerCase().includes(q);
-  });
-  const counts = {};
-  for (const m of monitors) counts[m.status] = (counts[m.status] || 0) + 1;
+  };
+  // Only the counts and the rows are refreshed; the filter is the user's and is applied again.
+  const show = (list) => {
+    update(summary, statusCounts(list));
+    update(body, monitorRows(list));
+    applyFilter();
+  };
+  filter.addEventListener("input", applyFilter);
+  show(monitors);
   render(view, 
     h("h1", null, "Monitors"),
-    h("p", { class: "summary" }, Object.entries(counts).map(([st, n]) => [badge(st, `${n} ${st}`), " "])),
+    summary,
     h("div", { class: "toolbar" }, h("label", { for: "mon-filter" }, "Filter "), filter),
     h(
       "table",
@@ -43,7 +56,10 @@ export async function monitorsPage(view, ctx) {
       body,
     ),
   );
-  ctx.later(() => monitorsPage(view, ctx), 15000);
+  ctx.every(15000, async () => {
+    const list = await api("/api/v1/monitors");
+    if (ctx.alive) show(list);
+  });
 }
 
 export async function monitorPage(view, ctx, id) {
@@ -53,7 +69,8 @@ export async function monitorPage(view, ctx, id) {
   if (!ctx.alive) return;
   const m = all.find((x) => x.id === id);
   const href = (w) => "#/monitors/" + encodeURIComponent(id) + "?window=" + w;
-  render(view, 
+  // no input on this page: the refresh redraws it, keeping open details and the scroll
+  update(view, 
     h("h1", null, "Monitor ", h("span", null, id)),
     m
       ? h(

@@ -1,7 +1,7 @@
 // PostgreSQL health: each postgres monitor's last check (connections, long transactions,
 // lock waits, replication, wraparound) and its pg_* series.
 import { api } from "./api.js";
-import { badge, fmtTime, h, jsonBlock, message, render, table } from "./dom.js";
+import { badge, fmtTime, h, jsonBlock, message, table, update } from "./dom.js";
 
 function num(v, unit = "") {
   return v === null || v === undefined ? "—" : `${Number.isInteger(v) ? v : Number(v).toFixed(3)}${unit}`;
@@ -93,7 +93,8 @@ function server(p) {
 export async function postgresPage(view, ctx) {
   const servers = await api("/api/v1/postgres");
   if (!ctx.alive) return;
-  render(view, 
+  // no input on this page: the refresh redraws it, keeping open details and the scroll
+  update(view, 
     h("h1", null, "PostgreSQL"),
     servers.length ? servers.map(server) : message("info", "No postgres monitors. Declare one (kind postgres) in the fleet file or with POST /api/v1/monitors."),
   );
