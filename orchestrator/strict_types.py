@@ -74,5 +74,8 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-Int = Annotated[int, BeforeValidator(_whole_number)]
-"""An integer as JSON Schema says it (``3`` or ``3.0``), in a strict model (never ``"3"``)."""
+WHOLE = BeforeValidator(_whole_number)
+Int = Annotated[int, WHOLE]
+"""An integer as JSON Schema says it (``3`` or ``3.0``), in a strict model (never ``"3"``).
+With bounds: ``Annotated[int, Field(ge=1), WHOLE]`` (bounds after the validator would not reach
+the schema as ``minimum``/``maximum``)."""

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.errors import InputError
-from orchestrator.strict_types import Int, IsoTime, NoNul, NoNulTexts
+from orchestrator.strict_types import WHOLE, Int, IsoTime, NoNul, NoNulTexts
 
 IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/:@-]*$"
 WAVE_RE = re.compile(r"^(\d+)(%?)$")
@@ -18,6 +18,7 @@ WAVE_PATTERN = r"^(?:0*[1-9][0-9]{0,8}|0*(?:100|[1-9][0-9]?)%)$"
 # The API's request bodies are strict, as their schema says: 0 is no boolean, "3" no number.
 STRICT = ConfigDict(extra="forbid", strict=True)
 Item = Annotated[NoNul, Field(min_length=1, max_length=255)]
+Instances = Annotated[int, Field(ge=1, le=500), WHOLE]
 Ring = Literal["internal", "canary", "early", "general", "late"]  # fleetfile.RINGS
 
 
@@ -47,14 +48,11 @@ class Strategy(BaseModel):
         ),
     )
     parallelism: Int = Field(default=1, ge=1, le=500, description="instances at once, globally")
-    per_host_parallelism: Int | None = Field(
-        default=None, ge=1, le=500, description="instances at once on one host"
+    per_host_parallelism: Instances | None = Field(
+        default=None, description="instances at once on one host"
     )
-    max_unavailable: Int | None = Field(
-        default=None,
-        ge=1,
-        le=500,
-        description="instances out of service at once (default: parallelism)",
+    max_unavailable: Instances | None = Field(
+        default=None, description="instances out of service at once (default: parallelism)"
     )
     bake_s: float = Field(default=0, ge=0, le=86400, description="wait after each wave")
     failure_budget: str = Field(
@@ -66,7 +64,7 @@ class Strategy(BaseModel):
         default="rollback",
         description="when the budget is exceeded: roll every updated instance back, or pause",
     )
-    approve_after: list[Annotated[Int, Field(ge=1, le=100)]] = Field(
+    approve_after: list[Annotated[int, Field(ge=1, le=100), WHOLE]] = Field(
         default_factory=list,
         max_length=100,
         description="wave numbers (1-based) after which to wait for approve; each at most the "

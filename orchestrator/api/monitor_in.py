@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from orchestrator.api.schemas import SLUG_PATTERN, StrictIn
-from orchestrator.strict_types import Int, NoNul
+from orchestrator.strict_types import WHOLE, NoNul
 
 # --------------------------------------------------------------------------- target forms
 
@@ -51,7 +51,8 @@ Seconds = (
     | Annotated[str, Field(min_length=2, max_length=32, pattern=DURATION_PATTERN)]
 )
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN)]
-Count = Annotated[Int, Field(ge=1, le=1000)]
+HttpStatus = Annotated[int, Field(ge=100, le=599), WHOLE]
+Count = Annotated[int, Field(ge=1, le=1000), WHOLE]
 
 
 def _target(pattern: str, example: str, form: str) -> Any:
@@ -81,7 +82,7 @@ class TcpOptionsIn(StrictIn):
 
 
 AcceptCode = (
-    Annotated[Int, Field(ge=200, le=699)]
+    Annotated[int, Field(ge=200, le=699), WHOLE]
     | Annotated[str, Field(pattern=r"^(?:[2-6]xx|[2-6][0-9]{2})$")]
 )
 
@@ -101,9 +102,9 @@ class PostgresOptionsIn(StrictIn):
     )
     max_connections_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
     max_tx_seconds: Annotated[float, Field(ge=0)] = 300.0
-    max_waiting: Annotated[Int, Field(ge=0)] = 5
+    max_waiting: Annotated[int, Field(ge=0), WHOLE] = 5
     max_lag_seconds: Annotated[float, Field(ge=0)] = 60.0
-    max_wraparound_age: Annotated[Int, Field(ge=0)] = 1_500_000_000
+    max_wraparound_age: Annotated[int, Field(ge=0), WHOLE] = 1_500_000_000
 
 
 class DockerTlsIn(StrictIn):
@@ -116,7 +117,7 @@ class DockerTlsIn(StrictIn):
 
 
 class ContainerOptionsIn(StrictIn):
-    max_restarts: Annotated[Int, Field(ge=0, le=1_000_000)] = Field(
+    max_restarts: Annotated[int, Field(ge=0, le=1_000_000), WHOLE] = Field(
         default=0, description="restarts between two checks that still pass"
     )
     tls: DockerTlsIn | None = None
@@ -139,10 +140,9 @@ class _MonitorIn(StrictIn):
     )
     failure_threshold: Count | None = None
     recovery_threshold: Count | None = None
-    expect_status: (
-        Annotated[list[Annotated[Int, Field(ge=100, le=599)]], Field(min_length=1, max_length=100)]
-        | None
-    ) = Field(default=None, description="http: status codes that pass (default [200])")
+    expect_status: Annotated[list[HttpStatus], Field(min_length=1, max_length=100)] | None = Field(
+        default=None, description="http: status codes that pass (default [200])"
+    )
 
 
 class HttpMonitorIn(_MonitorIn):

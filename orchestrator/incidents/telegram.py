@@ -27,13 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
-
-from orchestrator.strict_types import Int
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,6 +42,7 @@ from orchestrator.fleet.fleetfile import resolve_secret
 from orchestrator.incidents import receipts
 from orchestrator.incidents.attachments import MAX_ATTACHMENT_BYTES, add_attachment
 from orchestrator.incidents.tickets import add_comment, add_event, create_ticket
+from orchestrator.strict_types import WHOLE, Int
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,7 @@ IGNORED_COMMANDS = ("/start", "/help")
 # JSON numbers as doubles (at 2**62 such a client's rounding left the schema's range).
 MAX_ID = 2**53 - 1
 _ID = Field(ge=-MAX_ID, le=MAX_ID)
+Size = Annotated[int, Field(ge=0, le=MAX_ID), WHOLE]
 
 
 # --------------------------------------------------------------------------- the Update
@@ -85,7 +85,7 @@ class TgPhotoSize(_Model):
     file_unique_id: str = Field(default="", max_length=200)
     width: Int = Field(default=0, ge=0, le=2**31)
     height: Int = Field(default=0, ge=0, le=2**31)
-    file_size: Int | None = Field(default=None, ge=0, le=MAX_ID)
+    file_size: Size | None = None
 
 
 class TgDocument(_Model):
@@ -93,7 +93,7 @@ class TgDocument(_Model):
     file_unique_id: str = Field(default="", max_length=200)
     file_name: str | None = Field(default=None, max_length=1000)
     mime_type: str | None = Field(default=None, max_length=255)
-    file_size: Int | None = Field(default=None, ge=0, le=MAX_ID)
+    file_size: Size | None = None
 
 
 class TgRepliedMessage(_Model):
