@@ -245,9 +245,16 @@ class CommentIn(StrictIn):
     )
 
 
+# not only spaces, and no NUL (NoNul's own pattern gives way to this one)
+SOLUTION_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
-        raise ValueError("the solution must say what it is (not only spaces)")
+        raise ValueError(
+            "status solution_provided («Решение предоставлено») requires a comment that says "
+            "what the solution is"
+        )
     return value
 
 
@@ -268,7 +275,7 @@ class SolutionIn(StrictIn):
     comment: Annotated[
         NoNul,
         AfterValidator(_not_blank),
-        Field(min_length=1, max_length=100_000, json_schema_extra={"pattern": r"\S"}),
+        Field(max_length=100_000, json_schema_extra={"minLength": 1, "pattern": SOLUTION_PATTERN}),
     ] = Field(
         description="the solution: required, not only spaces",
         examples=["Re-registered the trunk; calls complete again."],

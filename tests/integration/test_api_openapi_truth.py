@@ -243,6 +243,8 @@ def test_a_solution_needs_its_comment_in_the_schema(
 ) -> None:
     solution = _component(openapi, "SolutionIn")
     assert "comment" in solution["required"]
+    for refused in (" \t", "fixed\x00"):
+        assert _refuses(solution["properties"]["comment"]["pattern"], refused)
     number = _ticket(api)
     for status in ("open", "solution_provided"):
         res = api.post(
