@@ -208,6 +208,7 @@ class RolloutExecutor:
         Raises InputError for an unknown tenant/host/image and HostUnreachable when a target
         host does not answer. Nothing is stored or touched.
         """
+        request.strategy.check_rules()
         hosts = self._hosts.hosts()
         if request.hosts:
             unknown = sorted(set(request.hosts) - {h.name for h in hosts})

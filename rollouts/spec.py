@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.fleet.fleetfile import RINGS
+from orchestrator.errors import InputError
+from orchestrator.strict_types import WHOLE, Int, IsoTime, NoNul, NoNulTexts
 
 IMAGE_PATTERN = r"^[a-z0-9][a-z0-9._/:@-]*$"
 WAVE_RE = re.compile(r"^(\d+)(%?)$")
+# A count > 0, or a percent in 1..100 (leading zeros allowed, as WAVE_RE reads them).
+WAVE_PATTERN = r"^(?:0*[1-9][0-9]{0,8}|0*(?:100|[1-9][0-9]?)%)$"
+# The API's request bodies are strict, as their schema says: 0 is no boolean, "3" no number.
+STRICT = ConfigDict(extra="forbid", strict=True)
+Item = Annotated[NoNul, Field(min_length=1, max_length=255)]
+Instances = Annotated[int, Field(ge=1, le=500), WHOLE]
+Ring = Literal["internal", "canary", "early", "general", "late"]  # fleetfile.RINGS
 
 
 class GateSpec(BaseModel):
     """Health gate: ``passes`` consecutive healthy answers within ``deadline_s``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    passes: int = Field(default=3, ge=1, le=100)
+    passes: Int = Field(default=3, ge=1, le=100)
     deadline_s: float = Field(default=60.0, gt=0, le=3600)
     interval_s: float = Field(default=0.5, gt=0, le=60)
 
@@ -27,25 +35,24 @@ class GateSpec(BaseModel):
 class Strategy(BaseModel):
     """How a rollout proceeds: waves, parallelism, failure budget, manual gates."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    waves: list[str] = Field(
+    waves: list[Annotated[str, Field(pattern=WAVE_PATTERN)]] = Field(
         default_factory=lambda: ["100%"],
+        min_length=1,
+        max_length=100,
         description=(
             "cumulative targets, each a count or a percent of the selection: "
             '["1", "25%", "100%"] = one canary instance, then up to a quarter, then the rest; '
             "instances are taken in ring order (internal, canary, early, general, late)"
         ),
     )
-    parallelism: int = Field(default=1, ge=1, le=500, description="instances at once, globally")
-    per_host_parallelism: int | None = Field(
-        default=None, ge=1, le=500, description="instances at once on one host"
+    parallelism: Int = Field(default=1, ge=1, le=500, description="instances at once, globally")
+    per_host_parallelism: Instances | None = Field(
+        default=None, description="instances at once on one host"
     )
-    max_unavailable: int | None = Field(
-        default=None,
-        ge=1,
-        le=500,
-        description="instances out of service at once (default: parallelism)",
+    max_unavailable: Instances | None = Field(
+        default=None, description="instances out of service at once (default: parallelism)"
     )
     bake_s: float = Field(default=0, ge=0, le=86400, description="wait after each wave")
     failure_budget: str = Field(
@@ -57,8 +64,11 @@ class Strategy(BaseModel):
         default="rollback",
         description="when the budget is exceeded: roll every updated instance back, or pause",
     )
-    approve_after: list[int] = Field(
-        default_factory=list, description="wave numbers (1-based) after which to wait for approve"
+    approve_after: list[Annotated[int, Field(ge=1, le=100), WHOLE]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="wave numbers (1-based) after which to wait for approve; each at most the "
+        "number of waves (else 400)",
     )
     order: Literal["auto", "stop-first", "start-first"] = Field(
         default="auto",
@@ -76,12 +86,13 @@ class Strategy(BaseModel):
                 raise ValueError(f"bad wave {w!r}: expected a count like 3 or a percent like 25%")
         return [w.strip() for w in value]
 
-    @model_validator(mode="after")
-    def _approve_in_range(self) -> Strategy:
+    def check_rules(self) -> None:
+        """The rule across fields that no schema can state (so a 400, not a 422)."""
         for n in self.approve_after:
             if not 1 <= n <= len(self.waves):
-                raise ValueError(f"approve_after {n}: there are {len(self.waves)} wave(s)")
-        return self
+                raise InputError(
+                    f"strategy.approve_after: {n}: there are {len(self.waves)} wave(s)"
+                )
 
     def budget(self, total: int) -> int:
         """How many failed instances are tolerated in a selection of ``total``."""
@@ -92,9 +103,9 @@ class Strategy(BaseModel):
 
 
 class Schedule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    at: datetime | None = Field(
+    at: IsoTime | None = Field(
         default=None,
         description="start at this future time (ISO 8601, with a zone); a past one is refused",
     )
@@ -123,6 +134,7 @@ class RolloutRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -140,10 +152,14 @@ class RolloutRequest(BaseModel):
         pattern=IMAGE_PATTERN,
         description="image reference (repo:tag, optionally @sha256:…)",
     )
-    tenants: list[str] | None = Field(default=None, description="tenant slugs; all when omitted")
-    hosts: list[str] | None = Field(default=None, description="only instances on these hosts")
-    rings: list[str] | None = Field(default=None, description="only tenants in these rings")
-    labels: dict[str, str] | None = Field(
+    tenants: list[Item] | None = Field(
+        default=None, min_length=1, description="tenant slugs; all when omitted"
+    )
+    hosts: list[Item] | None = Field(
+        default=None, min_length=1, description="only instances on these hosts"
+    )
+    rings: list[Ring] | None = Field(default=None, description="only tenants in these rings")
+    labels: NoNulTexts | None = Field(
         default=None, description="only containers carrying all these labels"
     )
     gate: GateSpec = Field(default_factory=GateSpec)
@@ -151,30 +167,9 @@ class RolloutRequest(BaseModel):
     backup: bool = Field(
         default=True, description="pg_dump the tenant database first (tenants with a db_dsn)"
     )
-    migrate: list[str] | None = Field(
+    migrate: list[Annotated[NoNul, Field(min_length=1, max_length=10_000)]] | None = Field(
         default=None,
+        min_length=1,
         description="migration command, run in a one-off container of the new image first",
     )
     schedule: Schedule = Field(default_factory=Schedule)
-
-    @field_validator("rings")
-    @classmethod
-    def _known_rings(cls, value: list[str] | None) -> list[str] | None:
-        for ring in value or []:
-            if ring not in RINGS:
-                raise ValueError(f"unknown ring {ring!r}; expected one of {', '.join(RINGS)}")
-        return value
-
-    @field_validator("tenants", "hosts")
-    @classmethod
-    def _non_empty(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and not value:
-            raise ValueError("must name at least one, or be omitted")
-        return value
-
-    @field_validator("migrate")
-    @classmethod
-    def _command(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and (not value or not all(value)):
-            raise ValueError("the migration command must be a non-empty list of arguments")
-        return value

@@ -13,6 +13,9 @@ from sqlalchemy.orm import Session
 
 from orchestrator.context import AppContext
 
+# Free text in a query filter: PostgreSQL refuses NUL in text, so it is a 422 here, not a 500.
+from orchestrator.strict_types import NO_NUL as NO_NUL
+
 
 def get_ctx(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
@@ -39,10 +42,6 @@ def _iso_only(value: object) -> object:
 
 
 IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
-
-
-# Free text in a query filter: PostgreSQL refuses NUL in text, so it is a 422 here, not a 500.
-NO_NUL = r"^[^\x00]*$"
 
 
 # Optional paging of list routes: without ``limit`` the whole (filtered) list, as before.

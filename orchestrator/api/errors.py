@@ -59,6 +59,24 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(by_specificity[max(by_specificity)]) if by_specificity else []
 
 
+def method_not_allowed(allowed: list[str]) -> JSONResponse:
+    return JSONResponse(
+        {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)}
+    )
+
+
+def _undeclared_method(request: Request) -> JSONResponse | None:
+    """405 when the path's most specific routes do not declare the request's method.
+
+    Starlette takes the first route whose pattern and method match: ``GET /rollouts/plan``
+    reaches ``GET /rollouts/{rollout_id}`` and fails there as a bad id (422), though the path
+    ``/rollouts/plan`` exists and takes only POST (the answer OpenAPI says: 405)."""
+    allowed = _allowed_methods(request)
+    if allowed and request.method not in allowed:
+        return method_not_allowed(allowed)
+    return None
+
+
 def install(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, CpdopsError)
@@ -67,9 +85,12 @@ def install(app: FastAPI) -> None:
         extra: dict[str, object] = getattr(exc, "fields", {})
         return JSONResponse({**extra, "detail": str(exc)}, status_code=status_for(exc))
 
-    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+    async def invalid(request: Request, exc: Exception) -> Response:
         # Like FastAPI's own 422, but without echoing the rejected input (it may be a secret).
         assert isinstance(exc, RequestValidationError)
+        refused = _undeclared_method(request)
+        if refused is not None:
+            return refused
         detail = [
             {k: v for k, v in err.items() if k in ("type", "loc", "msg")} for err in exc.errors()
         ]

@@ -7,6 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from orchestrator.auth.tokens import TOKEN_LIFETIME_PATTERN
+from orchestrator.strict_types import NoNul
+
 
 class ORM(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -218,41 +221,39 @@ class IncidentDetail(IncidentOut):
     )
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
+class StrictIn(BaseModel):
+    """A request body as its schema says: unknown fields refused, types strict (``0`` is not a
+    boolean, ``"3"`` not a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-Clean = AfterValidator(_no_nul)
-Author = Annotated[str, Clean, Field(min_length=1, max_length=100, examples=["ivanov"])]
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+Author = Annotated[NoNul, Field(min_length=1, max_length=100, examples=["ivanov"])]
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN, examples=["acme"])]
 TicketType = Literal["incident", "mass_incident", "consultation", "development_request"]
 TicketStatus = Literal["new", "open", "awaiting_info", "solution_provided", "closed"]
 TicketPriority = Literal["low", "normal", "high", "critical"]
 
 
-class TicketCreate(BaseModel):
+class TicketCreate(StrictIn):
     """A ticket from the customer portal (JSON, or multipart/form-data with a screenshot)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     type: TicketType = Field(description="what kind of request this is")
-    subject: Annotated[str, Clean, Field(min_length=1, max_length=500)] = Field(
+    subject: Annotated[NoNul, Field(min_length=1, max_length=500)] = Field(
         examples=["Calls to extension 204 drop after 30 s"]
     )
-    description: Annotated[str, Clean, Field(max_length=100_000)] = ""
-    tenant: Annotated[str, Clean, Field(min_length=1, max_length=63)] | None = Field(
-        default=None, description="slug of a tenant in the registry", examples=["acme"]
+    description: Annotated[NoNul, Field(max_length=100_000)] = ""
+    tenant: Slug | None = Field(
+        default=None, description="slug of a tenant in the registry (404 if it is not)"
     )
     priority: TicketPriority = "normal"
     author: Author = Field(default="portal", description="who files it")
 
 
-class CommentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CommentIn(StrictIn):
     author: Author
-    body: Annotated[str, Clean, Field(min_length=1, max_length=100_000)] = Field(
+    body: Annotated[NoNul, Field(min_length=1, max_length=100_000)] = Field(
         examples=["Extension 204 still drops calls."]
     )
     customer: bool = Field(
@@ -262,21 +263,48 @@ class CommentIn(BaseModel):
     )
 
 
-class StatusIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# not only spaces, and no NUL (NoNul's own pattern gives way to this one)
+SOLUTION_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 
-    status: TicketStatus
-    comment: Annotated[str, Clean, Field(max_length=100_000)] = Field(
-        default="",
-        description="required for solution_provided (the solution, «Решение предоставлено»)",
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError(
+            "status solution_provided («Решение предоставлено») requires a comment that says "
+            "what the solution is"
+        )
+    return value
+
+
+class StatusIn(StrictIn):
+    """Any status but ``solution_provided``: a comment is optional."""
+
+    status: Literal["new", "open", "awaiting_info", "closed"]
+    comment: Annotated[NoNul, Field(max_length=100_000)] = Field(
+        default="", examples=["Waiting for the customer's trace."]
+    )
+    author: Author
+
+
+class SolutionIn(StrictIn):
+    """``solution_provided`` («Решение предоставлено») needs the solution as its comment."""
+
+    status: Literal["solution_provided"]
+    comment: Annotated[
+        NoNul,
+        AfterValidator(_not_blank),
+        Field(max_length=100_000, json_schema_extra={"minLength": 1, "pattern": SOLUTION_PATTERN}),
+    ] = Field(
+        description="the solution: required, not only spaces",
         examples=["Re-registered the trunk; calls complete again."],
     )
     author: Author
 
 
-class PriorityIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+StatusChange = Annotated[StatusIn | SolutionIn, Field(discriminator="status")]
 
+
+class PriorityIn(StrictIn):
     priority: TicketPriority
     author: Author
 
@@ -360,9 +388,7 @@ class DeclaredMonitorOut(ORM):
     updated_at: datetime
 
 
-class TokenIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TokenIn(StrictIn):
     name: str = Field(
         min_length=1,
         max_length=100,
@@ -374,7 +400,9 @@ class TokenIn(BaseModel):
     expires: str | None = Field(
         default=None,
         max_length=16,
-        description="lifetime such as 30m, 12h, 90d or 2w; none: never expires",
+        pattern=TOKEN_LIFETIME_PATTERN,
+        description="lifetime such as 30m, 12h, 90d or 2w (1 to 999999 of m, h, d or w); "
+        "none: never expires",
         examples=["90d"],
     )
 

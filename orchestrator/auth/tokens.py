@@ -27,6 +27,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,99}$")
 # last_used_at is written at most this often per token (not one write per request)
 TOUCH_EVERY = timedelta(seconds=60)
 UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# What the API accepts as a lifetime (its schema's pattern): what parse_duration reads, without
+# spaces, leading zeros or a zero.
+TOKEN_LIFETIME_PATTERN = r"^[1-9][0-9]{0,5}[mhdw]$"
 
 
 class Role(IntEnum):

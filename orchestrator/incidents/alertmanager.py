@@ -59,6 +59,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.fleet.fleetfile import is_name
+from orchestrator.strict_types import Int, IsoTime, NoNul, NoNulTexts
 
 AUTHOR = "alertmanager"
 SOURCE = "alertmanager"
@@ -86,18 +87,24 @@ def _no_nul(value: str) -> str:
     return value
 
 
+# strict, as the schema says (``0`` is no time); fields Alertmanager may add are ignored
+_STRICT = ConfigDict(extra="ignore", strict=True)
+# Stored label and annotation texts: NUL-free, as their schema says (keys and values).
+Texts = NoNulTexts
+
+
 class AlertmanagerAlert(BaseModel):
     """One alert of the webhook body."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime
-    endsAt: datetime | None = None
-    generatorURL: str = ""
-    fingerprint: str = Field(default="", max_length=200)
+    labels: Texts = Field(default_factory=dict)
+    annotations: Texts = Field(default_factory=dict)
+    startsAt: IsoTime
+    endsAt: IsoTime | None = None
+    generatorURL: NoNul = ""
+    fingerprint: NoNul = Field(default="", max_length=200)
 
     @field_validator("labels", "annotations")
     @classmethod
@@ -116,11 +123,11 @@ class AlertmanagerAlert(BaseModel):
 class AlertmanagerWebhook(BaseModel):
     """The body Alertmanager's ``webhook_configs`` receiver posts (version "4")."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     version: Literal["4"]
     groupKey: str = ""
-    truncatedAlerts: int = Field(default=0, ge=0)
+    truncatedAlerts: Int = Field(default=0, ge=0)
     status: Literal["firing", "resolved"]
     receiver: str = ""
     groupLabels: dict[str, str] = Field(default_factory=dict)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -42,6 +42,7 @@ from orchestrator.fleet.fleetfile import resolve_secret
 from orchestrator.incidents import receipts
 from orchestrator.incidents.attachments import MAX_ATTACHMENT_BYTES, add_attachment
 from orchestrator.incidents.tickets import add_comment, add_event, create_ticket
+from orchestrator.strict_types import WHOLE, Int
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +52,23 @@ TICKET_TYPE = "consultation"
 MAX_BODY_BYTES = 1024 * 1024
 MAX_SUBJECT = 200
 IGNORED_COMMANDS = ("/start", "/help")
-_ID = Field(ge=-(2**62), le=2**62)
+# Telegram's ids have at most 52 significant bits; 2**53 - 1 also survives a client that sends
+# JSON numbers as doubles (at 2**62 such a client's rounding left the schema's range).
+MAX_ID = 2**53 - 1
+_ID = Field(ge=-MAX_ID, le=MAX_ID)
+Size = Annotated[int, Field(ge=0, le=MAX_ID), WHOLE]
 
 
 # --------------------------------------------------------------------------- the Update
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # strict, as the schema says (``false`` is no message id); unknown fields are ignored
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
 
 
 class TgUser(_Model):
-    id: int = _ID
+    id: Int = _ID
     is_bot: bool = False
     first_name: str = Field(default="", max_length=256)
     last_name: str = Field(default="", max_length=256)
@@ -70,16 +76,16 @@ class TgUser(_Model):
 
 
 class TgChat(_Model):
-    id: int = _ID
+    id: Int = _ID
     type: str = Field(default="", max_length=32)
 
 
 class TgPhotoSize(_Model):
     file_id: str = Field(min_length=1, max_length=1000)
     file_unique_id: str = Field(default="", max_length=200)
-    width: int = Field(default=0, ge=0, le=2**31)
-    height: int = Field(default=0, ge=0, le=2**31)
-    file_size: int | None = Field(default=None, ge=0, le=2**62)
+    width: Int = Field(default=0, ge=0, le=2**31)
+    height: Int = Field(default=0, ge=0, le=2**31)
+    file_size: Size | None = None
 
 
 class TgDocument(_Model):
@@ -87,22 +93,22 @@ class TgDocument(_Model):
     file_unique_id: str = Field(default="", max_length=200)
     file_name: str | None = Field(default=None, max_length=1000)
     mime_type: str | None = Field(default=None, max_length=255)
-    file_size: int | None = Field(default=None, ge=0, le=2**62)
+    file_size: Size | None = None
 
 
 class TgRepliedMessage(_Model):
     """The message replied to (Telegram sends it without its own ``reply_to_message``)."""
 
-    message_id: int = _ID
+    message_id: Int = _ID
     text: str | None = None
     caption: str | None = None
 
 
 class TgMessage(_Model):
-    message_id: int = _ID
+    message_id: Int = _ID
     from_: TgUser | None = Field(default=None, alias="from")
     chat: TgChat
-    date: int = 0
+    date: Int = 0
     text: str | None = None
     caption: str | None = None
     photo: list[TgPhotoSize] = Field(default_factory=list, max_length=100)
@@ -113,7 +119,7 @@ class TgMessage(_Model):
 class TelegramUpdate(_Model):
     """A Bot API ``Update``; only ``message`` is read, other kinds are ignored."""
 
-    update_id: int = Field(ge=0, le=2**62)
+    update_id: Int = Field(ge=0, le=MAX_ID)
     message: TgMessage | None = None
 
 

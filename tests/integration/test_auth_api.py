@@ -276,7 +276,7 @@ def test_token_api_shows_the_token_once_and_revokes_at_once(api: Api) -> None:
         ):
             assert admin.post("/api/v1/tokens", json=bad).status_code == 422, bad
         r = admin.post("/api/v1/tokens", json={"name": "ci4", "role": "viewer", "expires": "soon"})
-        assert r.status_code == 400 and "expires" in r.json()["detail"]
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "expires"]
         assert admin.delete("/api/v1/tokens/424242").status_code == 404
 
 

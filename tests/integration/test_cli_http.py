@@ -166,11 +166,11 @@ def test_incidents_through_the_api(
     # a viewer may read, not act; the server's answer is the message
     err = refused(viewer, "incidents", "comment", number, "-m", "hello")
     assert "this needs role operator; token 'eyes' has role viewer" in err
-    # bad input is the server's 4xx naming the field: 400 (unknown tenant), 422 (empty body)
+    # bad input is the server's 4xx naming the field: 404 (unknown tenant), 422 (empty body)
     err = refused(
         operator, "incidents", "create", "--type", "incident", "--subject", "x", "--tenant", "nope"
     )
-    assert "tenant" in err and "nope" in err and "HTTP 400" in err
+    assert "tenant" in err and "nope" in err and "HTTP 404" in err
     err = refused(operator, "incidents", "comment", number, "-m", "")
     assert err.startswith("error: body: ") and "at least 1" in err and "HTTP 422" in err
     err = refused(operator, "incidents", "status", number, "awaiting_info")

@@ -171,7 +171,7 @@ def test_resolution_comment_names_the_alert_and_the_time() -> None:
         ({"version": "3"}, ("version",)),
         ({"alerts": [{**alert(), "status": "pending"}]}, ("alerts", 0, "status")),
         ({"alerts": [{**alert(), "startsAt": "yesterday"}]}, ("alerts", 0, "startsAt")),
-        ({"alerts": [{**alert(), "labels": {"a": "b\x00"}}]}, ("alerts", 0, "labels")),
+        ({"alerts": [{**alert(), "labels": {"a": "b\x00"}}]}, ("alerts", 0, "labels", "a")),
         ({"alerts": [{**alert(), "labels": {"a": 1}}]}, ("alerts", 0, "labels", "a")),
     ],
 )

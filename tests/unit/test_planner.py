@@ -1,9 +1,12 @@
+from typing import get_args
+
 import pytest
 
 from orchestrator.errors import InputError
 from orchestrator.fleet.discovery import Instance
+from orchestrator.fleet.fleetfile import RINGS as FLEET_RINGS
 from rollouts.planner import select_instances, wave_sizes, waves_of
-from rollouts.spec import RolloutRequest, Strategy
+from rollouts.spec import Ring, RolloutRequest, Strategy
 
 
 def inst(tenant: str, host: str = "h1") -> Instance:
@@ -122,13 +125,23 @@ def test_failure_budget(budget: str, total: int, allowed: int) -> None:
         {"waves": ["150%"]},
         {"waves": ["abc"]},
         {"failure_budget": "-1"},
-        {"approve_after": [3], "waves": ["1", "100%"]},
         {"parallelism": 0},
+        {"parallelism": "3"},  # strict, as the schema says
     ],
 )
 def test_strategy_validation(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Strategy(**bad)  # type: ignore[arg-type]
+
+
+def test_approve_after_beyond_the_waves_is_refused_by_the_rule_not_the_schema() -> None:
+    strategy = Strategy(approve_after=[3], waves=["1", "100%"])
+    with pytest.raises(InputError, match=r"strategy\.approve_after: 3: there are 2 wave"):
+        strategy.check_rules()
+
+
+def test_the_rings_of_the_schema_are_the_fleet_files() -> None:
+    assert get_args(Ring) == FLEET_RINGS
 
 
 def test_label_selection() -> None:

@@ -17,20 +17,21 @@ from starlette.datastructures import FormData, UploadFile
 from orchestrator.api.auth import OperatorDep, ViewerDep
 from orchestrator.api.deps import CtxDep, SessionDep
 from orchestrator.api.schemas import (
+    SLUG_PATTERN,
     CommentIn,
     IncidentDetail,
     IncidentOut,
     PriorityIn,
-    StatusIn,
+    StatusChange,
     TicketCreate,
     TicketPriority,
     TicketStatus,
     TicketType,
 )
 from orchestrator.context import AppContext
-from orchestrator.db.models import Incident
+from orchestrator.db.models import Incident, Tenant
 from orchestrator.db.session import session_scope
-from orchestrator.errors import InputError
+from orchestrator.errors import InputError, NotFoundError
 from orchestrator.incidents.attachments import (
     MAX_ATTACHMENT_BYTES,
     add_attachment,
@@ -141,10 +142,24 @@ def list_incidents(
 
 
 _CREATE_SCHEMA = TicketCreate.model_json_schema()
-_MULTIPART_SCHEMA = {
+# A form has no null: an empty tenant (or description) is no tenant (no description).
+_FORM_SCHEMA = {
     **_CREATE_SCHEMA,
     "properties": {
         **_CREATE_SCHEMA["properties"],
+        "tenant": {
+            "anyOf": [
+                {"type": "string", "pattern": SLUG_PATTERN},
+                {"type": "string", "maxLength": 0},
+            ],
+            "description": "slug of a tenant in the registry (404 if it is not); empty: none",
+        },
+    },
+}
+_MULTIPART_SCHEMA = {
+    **_FORM_SCHEMA,
+    "properties": {
+        **_FORM_SCHEMA["properties"],
         "screenshot": {
             "type": "string",
             "format": "binary",
@@ -160,13 +175,15 @@ _MULTIPART_SCHEMA = {
     response_model=IncidentDetail,
     summary="Portal intake: open a ticket",
     description=(
-        "Opens a new ticket in status `new` with a DateChecksum number. The body is JSON, or "
+        "Opens a new ticket in status `new` with a DateChecksum number. The body is JSON, "
         "`multipart/form-data` with the same fields and an optional `screenshot` file "
-        f"(at most {MAX_ATTACHMENT_BYTES} bytes, else 413). An unknown type, tenant or "
-        "priority is refused with a 4xx that names the field."
+        f"(at most {MAX_ATTACHMENT_BYTES} bytes, else 413), or a url-encoded form of the same "
+        "fields; any other content type is 415. A malformed field is 422 naming it; a tenant "
+        "not in the registry is 404."
     ),
     responses={
-        **ERRORS,
+        400: ERRORS[400],
+        404: {"description": "the tenant is not in the registry; `detail` names it"},
         413: {"description": "the screenshot is too large"},
         415: {"description": "neither JSON nor a form"},
         422: {"description": "a field is missing or malformed"},
@@ -186,6 +203,7 @@ _MULTIPART_SCHEMA = {
                     },
                 },
                 "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+                "application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA},
             },
         }
     },
@@ -248,6 +266,12 @@ def _create(
     ctx: AppContext, ticket: TicketCreate, screenshot: tuple[str | None, str | None, bytes] | None
 ) -> IncidentDetail:
     with session_scope(ctx.factory) as s:
+        if (
+            ticket.tenant is not None
+            and s.scalar(select(Tenant.id).where(Tenant.slug == ticket.tenant)) is None
+        ):
+            # a well-formed slug that names no tenant: not found (the schema cannot say it)
+            raise NotFoundError(f"tenant: unknown tenant {ticket.tenant!r}")
         incident = create_ticket(
             s,
             system_id=ctx.settings.system_id,
@@ -309,13 +333,14 @@ def post_comment(
     response_model=IncidentDetail,
     summary="Change a ticket's status",
     description="Moves the ticket along the workflow new → open → awaiting_info ⇄ open → "
-    "solution_provided → closed. `solution_provided` requires a `comment` (kept as "
-    "«Решение предоставлено»); `closed` on a mass incident closes its children. A forbidden "
-    "change is 409 naming the current and the allowed statuses; the same status is no change.",
+    "solution_provided → closed. `solution_provided` requires a `comment` that is not only "
+    "spaces (the schema's `SolutionIn`; kept as «Решение предоставлено»); `closed` on a mass "
+    "incident closes its children. A forbidden change is 409 naming the current and the "
+    "allowed statuses; the same status is no change.",
     responses=ERRORS,
 )
 def post_status(
-    number: NumberPath, body: StatusIn, session: SessionDep, _operator: OperatorDep
+    number: NumberPath, body: StatusChange, session: SessionDep, _operator: OperatorDep
 ) -> IncidentDetail:
     incident = get_by_number(session, number)
     change_status(session, incident, body.status, author=body.author, comment=body.comment)
@@ -342,10 +367,25 @@ def post_priority(
 @router.get(
     "/{number}/attachments/{attachment_id}",
     summary="An attachment's bytes",
-    description="The stored bytes with their content type, as a download.",
+    description="The stored bytes as a download: always `application/octet-stream` with "
+    "`Content-Disposition: attachment` and `X-Content-Type-Options: nosniff`, whatever the "
+    "uploader said (a browser never renders an uploaded file as a page). The uploader's "
+    "content type is in the attachment's metadata (`content_type` in the ticket).",
     response_class=Response,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+            "description": "the file",
+            "headers": {
+                "Content-Disposition": {
+                    "description": "attachment; filename=…",
+                    "schema": {"type": "string"},
+                },
+                "X-Content-Type-Options": {"schema": {"type": "string", "enum": ["nosniff"]}},
+            },
+        },
         404: {"description": "no such ticket or attachment"},
     },
 )
@@ -359,7 +399,7 @@ def get_attachment_bytes(
     ascii_name = att.filename.encode("ascii", "replace").decode().replace('"', "_")
     return Response(
         content=att.content,
-        media_type=att.content_type,
+        media_type="application/octet-stream",
         headers={
             "Content-Disposition": (
                 f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(att.filename)}"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Body, Path, Query, Response
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from monitors.probe import public_target
 from orchestrator import declared_monitors, monitor_changes
 from orchestrator.api.auth import AdminDep, ViewerDep
 from orchestrator.api.deps import NO_NUL, CtxDep, IsoTime, LimitQuery, OffsetQuery, SessionDep
+from orchestrator.api.monitor_in import MonitorIn, declaration_fields
 from orchestrator.api.schemas import (
     DeclaredMonitorOut,
     HistoryOut,
@@ -105,36 +107,49 @@ def _apply(ctx: AppContext) -> None:
     status_code=201,
     summary="Declare a monitor",
     description=(
-        "Declares a monitor of any probe kind (`http`, `tcp`, `sip`, `postgres`, `container`) "
-        "for a tenant of the registry; its id is `<tenant>/<name>`. `target` and `options` are "
-        "checked by the kind (e.g. http: `body_contains`, `max_latency_s`, `tls_verify`; sip: "
-        "`transport`, `accept_codes`); unset `interval`, `timeout` and thresholds take the "
-        'monitor defaults. `interval` and `timeout` are seconds or durations such as `"30s"`. '
-        "A target never holds `${VAR}` references (422): they are resolved only in the fleet "
-        "file, and an API token must not read the server's environment. A target's "
-        "credentials (URL password, secret query parameters such as `token`) are never shown, "
-        "nor in tickets. Stored in the database and applied to the "
-        "running engine at once. Errors: 422 for a malformed body (the `loc` names the field, "
-        "e.g. `options` or `target`), 400 for an unknown tenant or host, 409 when the id is "
-        "taken."
+        "Declares a monitor of any probe kind for a tenant of the registry; its id is "
+        "`<tenant>/<name>`. The body is one of five forms, chosen by `kind` (`http`, `tcp`, "
+        "`sip`, `postgres`, `container`): each says the form of its `target` (a `pattern`) and "
+        "its own `options`, so a body that satisfies the schema is accepted unless a rule the "
+        "schema cannot state refuses it. Unset `interval`, `timeout` and thresholds take the "
+        'monitor defaults; `interval` and `timeout` are seconds or durations such as `"30s"`. '
+        "A target holds no `${VAR}` reference (the API never reads the server's environment; "
+        "the fleet file may, for the names its `environment` list declares) and no IPv6 "
+        "literal (use a name, or the fleet file); a DSN's password and secret query "
+        "parameters (`token`, …) are never shown, nor in tickets. Stored in the database and "
+        "applied to the running engine at "
+        "once. Errors: 422 for a body against the schema (the `loc` names the field, e.g. "
+        "`target` or `options`), 400 for a timeout longer than the interval, 404 for an "
+        "unknown tenant or host, 409 when the id is taken."
     ),
     responses={
-        400: {"description": "unknown tenant or host"},
+        400: {"description": "a timeout longer than the interval; `detail` names the field"},
+        404: {"description": "unknown tenant or host; `detail` names the field"},
         409: {"description": "a monitor with this id exists (declared or generated)"},
-        422: {"description": "invalid field, or a target holding `${`; `loc` names it"},
+        422: {
+            "description": "a field against the schema, or a target holding `${`; `loc` names it"
+        },
     },
 )
 def declare_monitor(
-    body: MonitorDeclaration, ctx: CtxDep, session: SessionDep, admin: AdminDep
+    given: Annotated[MonitorIn, Body()], ctx: CtxDep, session: SessionDep, admin: AdminDep
 ) -> DeclaredMonitorOut:
+    try:
+        body = MonitorDeclaration.model_validate(declaration_fields(given))
+    except ValidationError as exc:
+        # a rule across fields (the schema says each field's form): 400 naming the field
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise InputError(f"{where}: {message}" if where else message) from None
     if session.scalars(select(Tenant.id).where(Tenant.slug == body.tenant)).first() is None:
-        raise InputError(
+        raise NotFoundError(
             f"tenant: unknown tenant {body.tenant!r}; apply it in the fleet file first"
         )
     if body.host is not None:
         known = set(session.scalars(select(Host.name))) | {h.name for h in ctx.hosts.hosts()}
         if body.host not in known:
-            raise InputError(
+            raise NotFoundError(
                 f"host: unknown host {body.host!r} (known: {', '.join(sorted(known))})"
             )
     existing = session.get(DeclaredMonitor, body.id)

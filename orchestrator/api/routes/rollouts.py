@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import select
@@ -20,6 +20,12 @@ from rollouts.spec import RolloutRequest
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 RolloutId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the rollout's id")]
+# Planning asks every target host: a host that does not answer, or a Docker error, is said.
+HOST_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "unknown tenant/host/image, or a rule across fields (`detail`)"},
+    502: {"description": "a Docker engine answered with an error"},
+    503: {"description": "a target host does not answer: `detail` names it (plan again later)"},
+}
 
 
 def _incident_numbers(session: Session, ids: list[int]) -> dict[int, str]:
@@ -55,7 +61,7 @@ def list_rollouts(
     response_model=PlanOut,
     summary="Dry run: the waves a rollout would take",
     description="Validates like `POST /rollouts` and returns the plan. Nothing is touched.",
-    responses={400: {"description": "unknown tenant/host/image"}},
+    responses=HOST_ERRORS,
 )
 def plan_rollout(body: RolloutRequest, ctx: CtxDep, _operator: OperatorDep) -> PlanOut:
     plan, version = ctx.executor.plan(body)
@@ -86,7 +92,7 @@ def plan_rollout(body: RolloutRequest, ctx: CtxDep, _operator: OperatorDep) -> P
         "scheduler job (a `schedule.at` in the past is refused, 422). Poll "
         "`GET /api/v1/rollouts/{id}` for progress."
     ),
-    responses={400: {"description": "unknown tenant/host/image"}, 409: {"description": "overlap"}},
+    responses={**HOST_ERRORS, 409: {"description": "overlap"}},
 )
 def create_rollout(
     request: Request, body: RolloutRequest, ctx: CtxDep, operator: OperatorDep
