@@ -466,7 +466,8 @@ ENV_CASES = [
     # (case, text, key, line, message): every place a ${NAME} is read, and the list itself
     (
         "tenant db_dsn",
-        ENV_HEAD + "tenants:\n  - slug: a\n    name: A\n    db_dsn: 'x:${NOPE}@h'\n",
+        ENV_HEAD
+        + "tenants:\n  - slug: a\n    name: A\n    db_dsn: 'postgresql://x:${NOPE}@h/db'\n",
         "tenants[0].db_dsn",
         6,
         "${NOPE} is not declared: list NOPE under the top-level 'environment'",

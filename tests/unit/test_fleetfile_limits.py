@@ -128,6 +128,12 @@ def test_long_values_are_echoed_short() -> None:
     assert all(len(row) < 400 for row in shown)
 
 
+# the variables the DSNs below may name (after the tenant, so the DSN stays on line 5)
+DSN_ENV = (
+    "environment: [PW, PORT, ACME_DB_DSN, ROMASHKA_DB_PASSWORD, DB_USER, DB_PW, DB_HOST, DB_PORT]\n"
+)
+
+
 @pytest.mark.parametrize(
     ("dsn", "reason"),
     [
@@ -148,7 +154,9 @@ def test_long_values_are_echoed_short() -> None:
 )
 def test_tenant_dsn_refused_without_echo(dsn: str, reason: str) -> None:
     quoted = dsn.replace("\n", "\\n")
-    error = refusal(f'version: 1\ntenants:\n  - slug: a\n    name: A\n    db_dsn: "{quoted}"\n')
+    error = refusal(
+        f'version: 1\ntenants:\n  - slug: a\n    name: A\n    db_dsn: "{quoted}"\n' + DSN_ENV
+    )
     assert str(error).startswith("fleet.yaml:5: tenants[0].db_dsn: "), str(error)
     assert reason in str(error)
     assert "s3cret" not in str(error) and "s3cret" not in repr(error.errors)
@@ -171,7 +179,7 @@ def test_tenant_dsn_refused_without_echo(dsn: str, reason: str) -> None:
 )
 def test_tenant_dsn_accepted(dsn: str) -> None:
     fleet = parse_fleet_text(
-        f'version: 1\ntenants:\n  - slug: a\n    name: A\n    db_dsn: "{dsn}"\n'
+        f'version: 1\ntenants:\n  - slug: a\n    name: A\n    db_dsn: "{dsn}"\n' + DSN_ENV
     )
     assert fleet.tenants[0].db_dsn == dsn
 
