@@ -482,7 +482,11 @@ class DockerdFleet:
                 break
             except BlockingIOError:
                 if time.monotonic() < deadline:
-                    time.sleep(1.0)
+                    try:
+                        time.sleep(1.0)
+                    except BaseException:  # e.g. pytest-timeout while waiting
+                        lock.close()
+                        raise
                     continue
             lock.close()
             raise DockerdError(
