@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -231,6 +232,19 @@ def _wait_stopped(pid: int, *, stopped: bool, timeout_s: float = 30.0) -> None:
                 f"dockerd pid {pid}: threads not {'stopped' if stopped else 'running'}: {states}"
             )
         time.sleep(0.02)
+
+
+def _answers_ping(path: Path, timeout_s: float = 10.0) -> bool:
+    """Whether the daemon on unix socket ``path`` answers ``GET /_ping`` with 200."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(str(path))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(64)
+        except OSError:
+            return False
+    return reply.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
 
 
 def _terminate(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -569,7 +583,10 @@ class DockerdFleet:
                     f"dockerd {layout.name} exited with status {code} during start; "
                     f"log {layout.log_path}:\n{log_tail(layout.log_path)}"
                 )
-            if layout.socket.exists():
+            # docker-py's client asks the version in its constructor and, when that fails,
+            # leaks the connection's file (a ResourceWarning: warnings are errors): asked only
+            # once the daemon answers a ping on a socket of our own
+            if layout.socket.exists() and _answers_ping(layout.socket):
                 try:
                     client = docker.DockerClient(base_url=layout.url, timeout=CLIENT_TIMEOUT_S)
                 except _DOCKER_ERRORS as exc:
