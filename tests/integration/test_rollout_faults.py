@@ -558,10 +558,10 @@ def test_dockerd_killed_right_after_the_rename_aside_is_a_host_fault(
 ) -> None:
     """Item 9: d2's dockerd is killed (SIGKILL, nothing cleaned up) right after the old
     container of d2's second instance (p3) was renamed aside, and started again 8 s later,
-    with a docker-proxy left holding p3's published port — docker.io 20.10's killed daemon
-    left its proxies running (this machine's dockerd ends them, so the test leaves one as
-    20.10 did: the real ``docker-proxy`` binary, forwarding to the address p3's container
-    had, which the restarted daemon may give another tenant). Starting p3's container then
+    with a port proxy left holding p3's published port — docker.io 20.10's killed daemon
+    left its docker-proxy processes running (this machine's dockerd ends them, so the test
+    leaves one as 20.10 did: a process holding the port and forwarding to the address p3's
+    container had, which the restarted daemon may give another tenant). Starting p3's container then
     fails with "port is already allocated": a host fault — cpdops waits and retries (the
     operator ends the stale proxy meanwhile, as the pause reason would say), never a failed
     instance: no rollback, the rollout finishes ``succeeded`` with every tenant running under
@@ -595,10 +595,12 @@ def test_dockerd_killed_right_after_the_rename_aside_is_a_host_fault(
         def kill_at_rename(point: str) -> None:
             # only p3 is updating (one by one) when its old container is renamed aside
             if point == "after_rename_old" and _state(ctx, target.id) == "updating":
-                if not killed.is_set():
-                    docker_fleet.kill_daemon("d2")
-                    stale.append(_stale_proxy(p3.tenant.port, old_ip))
-                killed.set()
+                try:
+                    if not killed.is_set():
+                        docker_fleet.kill_daemon("d2")
+                        stale.append(_stale_proxy(p3.tenant.port, old_ip))
+                finally:
+                    killed.set()
             crashpoint(point)
 
         worker._crashpoint = kill_at_rename
@@ -642,27 +644,44 @@ def test_dockerd_killed_right_after_the_rename_aside_is_a_host_fault(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(30)
+        if docker_fleet._find("d2").process.poll() is not None:  # never left dead for others
+            docker_fleet.start_daemon("d2")
         for h in docker_hosts:
             remove_test_containers(h.client)
 
 
+# What a docker-proxy does: listen on the host port, forward each connection to the
+# container's address (this dockerd's docker-proxy binary will not run without its daemon).
+_FORWARDER = """
+import asyncio, sys
+port, ip = int(sys.argv[1]), sys.argv[2]
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    finally:
+        w.close()
+async def serve(r, w):
+    try:
+        ur, uw = await asyncio.open_connection(ip, 8080)
+    except OSError:
+        w.close()
+        return
+    await asyncio.gather(pipe(r, uw), pipe(ur, w), return_exceptions=True)
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
 def _stale_proxy(port: int, container_ip: str) -> subprocess.Popen[bytes]:
-    """A docker-proxy as a killed docker.io 20.10 left it: 127.0.0.1:``port`` forwarded to
-    ``container_ip``:8080; once it listens."""
+    """A port proxy as a killed docker.io 20.10 left it (its docker-proxy): 127.0.0.1:``port``
+    held and forwarded to ``container_ip``:8080; returned once it listens."""
     proc = subprocess.Popen(
-        [
-            "/usr/sbin/docker-proxy",
-            "-proto",
-            "tcp",
-            "-host-ip",
-            "127.0.0.1",
-            "-host-port",
-            str(port),
-            "-container-ip",
-            container_ip,
-            "-container-port",
-            "8080",
-        ],
+        [sys.executable, "-c", _FORWARDER, str(port), container_ip],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -670,9 +689,9 @@ def _stale_proxy(port: int, container_ip: str) -> subprocess.Popen[bytes]:
     )
 
     def listening() -> bool:
-        assert proc.poll() is None, "docker-proxy exited"
+        assert proc.poll() is None, "the stale proxy exited"
         with socket.socket() as sock:
             return sock.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_for(listening, timeout=30, what="the stale docker-proxy")
+    wait_for(listening, timeout=30, what="the stale proxy")
     return proc
