@@ -242,8 +242,9 @@ def monitors_for(
     tenant_dsns: Mapping[str, str] | None = None,
 ) -> list[MonitorSpec]:
     """Monitors generated from the registry and the labels — nobody types them:
-    per instance an ``http`` probe of its health URL, a ``sip`` OPTIONS probe of its
-    ``smartcpd.sip-uri``, a ``container`` probe (state, health, restarts, OOM, CPU/memory);
+    per instance an ``http`` probe of its health URL (which must not answer as another
+    tenant), a ``sip`` OPTIONS probe of its ``smartcpd.sip-uri``, a ``container`` probe
+    (state, health, restarts, OOM, CPU/memory);
     per tenant with a database DSN a ``postgres`` deep-health probe."""
     specs = []
     for inst in instances:
@@ -257,6 +258,8 @@ def monitors_for(
                     name=f"{name}-http",
                     kind="http",
                     target=inst.health_url,
+                    # a port answering as another tenant is DOWN (monitors/probes/http.py)
+                    options={"expect_tenant": inst.tenant},
                     **common,
                 )
             )

@@ -101,6 +101,16 @@ def make_scheduler(ctx: AppContext, *, with_loops: bool = True) -> BackgroundSch
             jobstore="internal",
             replace_existing=True,
         )
+        # DOWNs held by a rollout or a host fault (and its settle window): still DOWN once
+        # nothing holds them, they open the tenant's incident (never hidden by the hold).
+        scheduler.add_job(
+            ctx.incidents.recheck_held,
+            "interval",
+            seconds=ctx.settings.recovery_check_interval_s,
+            id="recheck-held",
+            jobstore="internal",
+            replace_existing=True,
+        )
     if ctx.host_checker is not None:
         # Host health: every host pinged at once, each on its own thread (host_checks.py).
         scheduler.add_job(

@@ -47,6 +47,8 @@ class RolloutView:
     # Paused while rolling back (a host silent past CPDOPS_HOST_WAIT_S during a revert):
     # resume or abort finishes the rollback.
     paused_rollback: bool = False
+    # Every updated instance was found running and healthy after the last bake (``Verify``).
+    verified: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,16 @@ class Reconcile:
     """Abort: bring an instance a host fault interrupted to a known version first."""
 
     instance_id: int
+
+
+@dataclass(frozen=True)
+class Verify:
+    """The end of a rollout: every updated instance must be running and pass its gate now
+    (Argo's "Healthy"), not only when it was updated — a host fault since (a daemon stopped
+    or crashed) may have stopped it. One that is not running is started and gated again;
+    one that does not come back is rolled back to its kept container and reported."""
+
+    instance_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,7 @@ class Wait:
     until: float | None = None
 
 
-Action = Update | Revert | Reconcile | SetStatus | MarkWaveDone | Approve | Finish | Wait
+Action = Update | Revert | Reconcile | Verify | SetStatus | MarkWaveDone | Approve | Finish | Wait
 
 
 def _slots(view: RolloutView) -> tuple[int, Counter[str]]:
@@ -183,6 +195,12 @@ def next_actions(view: RolloutView) -> list[Action]:
         bake_end = done_at + view.strategy.bake_s
         if view.now < bake_end:
             return [*actions, Wait(f"baking wave {last + 1}", until=bake_end)]
+        updated = tuple(i.id for i in insts if i.state == UPDATED)
+        if updated and not view.verified:
+            return [*actions, Verify(updated)]
+        errors = sum(1 for i in insts if i.state == ERROR)
+        if errors:  # an instance that could not be restored is down: never "succeeded"
+            return [Finish("failed", f"{errors} instance(s) could not be restored")]
         return [Finish("succeeded", "every instance is on the new version")]
 
     wave = open_waves[0]

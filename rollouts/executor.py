@@ -53,10 +53,11 @@ from rollouts.decide import (
     RolloutView,
     SetStatus,
     Update,
+    Verify,
     Wait,
     next_actions,
 )
-from rollouts.instance import InstanceJob, InstanceWorker
+from rollouts.instance import InstanceJob, InstanceWorker, PortHeld
 from rollouts.planner import PlannedInstance, select_instances
 from rollouts.spec import RolloutRequest, Strategy
 from rollouts.windows import window_open
@@ -108,7 +109,14 @@ def accepted_controls(
     return [a for a in CONTROLS if control_refusal(rollout_id, a, status, control, states) is None]
 
 
-CRASH_POINTS = ("after_backup", "after_stop_old", "after_start_new", "mid_bake")
+CRASH_POINTS = (
+    "after_backup",
+    "after_stop_old",
+    "after_rename_old",
+    "after_start_new",
+    "mid_gate",
+    "mid_bake",
+)
 
 
 @dataclass(frozen=True)
@@ -410,11 +418,7 @@ class RolloutExecutor:
                         "the leader takes the rollout over"
                     )
                 if time.monotonic() - renewed >= self._lease / 3:
-                    if not self._renew(rollout_id):
-                        raise ConflictError(
-                            f"rollout {rollout_id}: the lease was lost (another process took "
-                            "the rollout over); this runner stops"
-                        )
+                    self._keep_lease(rollout_id)
                     renewed = time.monotonic()
                 view, actions, jobs = self._decide(rollout_id, strategy)
                 until: float | None = None
@@ -449,6 +453,10 @@ class RolloutExecutor:
                         self._progress_update(rollout_id, _with_approved(action.wave))
                         self._clear_control(rollout_id)
                         acted = True
+                    elif isinstance(action, Verify):
+                        if self._verify(rollout_id, action, strategy):
+                            self._progress_update(rollout_id, _with_verified)
+                        acted = True
                     elif isinstance(action, Finish):
                         for iid in list(futures):
                             futures[iid][0].exception()  # waits
@@ -472,6 +480,32 @@ class RolloutExecutor:
                     )
                 else:
                     time.sleep(timeout)
+
+    def _verify(self, rollout_id: int, action: Verify, strategy: Strategy) -> bool:
+        """``decide.Verify``: every updated instance running and healthy now, as many at once
+        as the rollout runs (``InstanceWorker.verify``). False when one paused the rollout
+        (its host did not answer): the verification is done again once it is resumed."""
+        with self._factory() as s:
+            r = s.get_one(Rollout, rollout_id)
+            rows = {i.id: i for i in r.instances}
+            jobs = [InstanceJob.from_rows(r, rows[iid]) for iid in action.instance_ids]
+
+        def one(job: InstanceJob) -> bool:
+            try:
+                return self._worker.verify(job)
+            except Exception as exc:  # as _guarded: the instance is marked, the rollout decides
+                log.exception("verify crashed rollout=%s tenant=%s", rollout_id, job.tenant)
+                error = f"internal error: {exc}"
+                self._set_instance(job.instance_id, state=decide.ERROR, error=error)
+                return True
+
+        workers = max(1, min(strategy.parallelism, len(jobs)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+            checks = [pool.submit(one, job) for job in jobs]
+            # a check may wait for a silent host for CPDOPS_HOST_WAIT_S: the lease is kept
+            while wait_futures(checks, timeout=self._lease / 3).not_done:
+                self._keep_lease(rollout_id)
+            return all(f.result() for f in checks)
 
     def _pop(self, futures: dict[int, tuple[Future[None], InstanceJob]], iid: int) -> None:
         future, job = futures.pop(iid)
@@ -522,6 +556,7 @@ class RolloutExecutor:
                 acknowledged_failures=int(p.get("acknowledged_failures", 0)),
                 manual_rollback=bool(p.get("manual_rollback")),
                 paused_rollback=bool(p.get("paused_rollback")),
+                verified=bool(p.get("verified")),
             )
             actions = next_actions(view)
             jobs = {
@@ -695,6 +730,14 @@ class RolloutExecutor:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def _keep_lease(self, rollout_id: int) -> None:
+        """``_renew``, or stop this runner (ConflictError) when the lease was lost."""
+        if not self._renew(rollout_id):
+            raise ConflictError(
+                f"rollout {rollout_id}: the lease was lost (another process took "
+                "the rollout over); this runner stops"
+            )
+
     def _release(self, rollout_id: int) -> None:
         with session_scope(self._factory) as s:
             s.execute(
@@ -708,15 +751,18 @@ class RolloutExecutor:
         """Bring every instance a dead process left mid-step to a known state (see instance.py)."""
         with self._factory() as s:
             r = s.get_one(Rollout, rollout_id)
+            everyone = [i.id for i in r.instances]
             jobs = [
                 InstanceJob.from_rows(r, i)
                 for i in r.instances
                 if i.state in (decide.UPDATING, decide.REVERTING)
             ]
+        # the steps a dead runner left ``started`` say so (before anything is done again)
+        self._worker.close_dangling(everyone)
         for job in jobs:
             try:
                 self._worker.reconcile(job)
-            except HostUnreachable as exc:  # reconciled when its update runs again
+            except (HostUnreachable, PortHeld) as exc:  # reconciled when its update runs again
                 log.warning(
                     "reconcile deferred rollout=%s tenant=%s host=%s: %s",
                     rollout_id,
@@ -806,6 +852,10 @@ def _with_wave_done(wave: int, now: float) -> Progress:
         return {**progress, "wave_done_at": done}
 
     return apply
+
+
+def _with_verified(progress: dict[str, Any]) -> dict[str, Any]:
+    return {**progress, "verified": True}
 
 
 def _with_approved(wave: int) -> Progress:

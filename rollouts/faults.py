@@ -9,14 +9,18 @@ the API, the CLI and the journal say the same thing. The acting code is ``rollou
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from orchestrator.errors import HostUnreachable
 
-Kind = Literal["host", "step"]
+Kind = Literal["host", "port", "step"]
 HOST_FAULT: Kind = "host"
+# A published port still held by what a crashed daemon left (its docker-proxy): the host
+# answers, but no container can take the port until the leftover goes (issue #12).
+PORT_FAULT: Kind = "port"
 STEP_FAILURE: Kind = "step"
 # How often a host that stopped answering is pinged while a step waits for it.
 PING_INTERVAL_S = 1.0
@@ -31,7 +35,54 @@ def classify(error: BaseException | None, *, host_answers: bool) -> Kind:
     exits or fails its gate while its daemon answers — is a failure of the step."""
     if isinstance(error, HostUnreachable) or not host_answers:
         return HOST_FAULT
+    if error is not None and port_taken(str(error)):
+        return PORT_FAULT
     return STEP_FAILURE
+
+
+# How Docker says a container cannot publish its port: the port allocator, or the proxy's
+# bind (a docker-proxy left running by a daemon killed with SIGKILL holds it).
+PORT_TAKEN_MARKERS = ("port is already allocated", "address already in use")
+
+
+def port_taken(error: str) -> bool:
+    """Whether a failed start was refused the container's published port. The container
+    being started is an instance's own (copied from the one it replaces, which is stopped):
+    whatever holds its port is the environment's, never the new version's fault."""
+    text = error.lower()
+    return any(marker in text for marker in PORT_TAKEN_MARKERS)
+
+
+def port_wait_decision(
+    *, waited_s: float, limit_s: float, attempt: int, host: str, error: str
+) -> Retry | Pause:
+    """A start refused its port: try again after a back-off (FIRST_PING_S doubling to
+    PING_INTERVAL_S), or pause once ``limit_s`` (CPDOPS_HOST_WAIT_S) has passed."""
+    if waited_s >= limit_s:
+        return Pause(port_pause_reason(host, error))
+    delay = min(PING_INTERVAL_S, FIRST_PING_S * (2**attempt))
+    return Retry(after_s=max(0.0, min(delay, limit_s - waited_s)))
+
+
+def port_pause_reason(host: str, error: str) -> str:
+    return (
+        f"host {host}: a published port is still taken ({error}) — a port proxy left by a "
+        "crashed Docker daemon? free it (restart the daemon cleanly, or end the stale "
+        "docker-proxy) and resume"
+    )
+
+
+# What reconcile writes into a step a dead process left ``started``.
+DANGLING_STATE = "interrupted"
+DANGLING_ERROR = "the process running this step stopped (closed on reconcile)"
+
+
+def dangling(steps: Iterable[tuple[int, str]], own: Collection[int]) -> list[int]:
+    """Steps to close on reconcile: ``(id, state)`` rows still ``started`` that this process
+    did not begin (``own``: the steps its journal holds open). They were left by a runner
+    that died (SIGKILL, lost lease): closed ``interrupted`` so the journal says what
+    happened, not a step that runs forever after the rollout ended."""
+    return [step_id for step_id, state in steps if state == "started" and step_id not in own]
 
 
 # Exit codes of a container stopped from outside: a clean exit on SIGTERM (0), the shell

@@ -1,4 +1,12 @@
-"""Health gates: N healthy answers within a deadline; a failed gate is a value."""
+"""Health gates: N healthy answers within a deadline; a failed gate is a value.
+
+An answer passes when it is 200, reports the expected version, and — when it says which
+tenant it serves (``/health`` carries ``"tenant"``) — names the instance's own tenant: a
+published port can answer as another tenant (a port proxy a crashed Docker daemon left
+forwards to an address a restarted daemon gave to another container), and that must never
+pass for the tenant's health (``monitors.probes.http.tenant_problem`` is the same rule for
+the monitors).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+
+from monitors.probes.http import tenant_problem
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class GateProgress:
 
 
 def judge_health(
-    status: int, body: str, expect_version: str | None
+    status: int, body: str, expect_version: str | None, expect_tenant: str | None = None
 ) -> tuple[bool, str, str | None]:
     """Pure: is one health answer a pass? Returns (ok, reason, reported version)."""
     version: str | None = None
@@ -57,6 +67,9 @@ def judge_health(
         pass
     if status != 200:
         return False, f"HTTP {status}", version
+    wrong_tenant = tenant_problem(body.encode("utf-8", "replace"), expect_tenant)
+    if wrong_tenant is not None:
+        return False, wrong_tenant, version
     if expect_version is not None and version != expect_version:
         return False, f"reports version {version!r}, expected {expect_version!r}", version
     return True, "healthy", version
@@ -66,6 +79,7 @@ def http_gate(
     url: str,
     *,
     expect_version: str | None,
+    expect_tenant: str | None = None,
     passes: int,
     deadline_s: float,
     interval_s: float,
@@ -84,7 +98,9 @@ def http_gate(
             attempts += 1
             try:
                 resp = client.get(url)
-                ok, reason, version = judge_health(resp.status_code, resp.text, expect_version)
+                ok, reason, version = judge_health(
+                    resp.status_code, resp.text, expect_version, expect_tenant
+                )
                 last = GateResult(
                     ok, consecutive, attempts, reason, resp.status_code, resp.text[:512], version
                 )

@@ -60,6 +60,16 @@ class HostLost(Exception):
         self.new_id: str | None = None
 
 
+class PortHeld(Exception):
+    """A container's start was refused its published port for CPDOPS_HOST_WAIT_S
+    (``faults.port_taken``: e.g. a port proxy a crashed daemon left): the rollout pauses with
+    ``reason`` — an environment fault, never a failed instance."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class InstanceJob:
     rollout_id: int
@@ -168,6 +178,10 @@ class InstanceWorker:
                 lost = exc
             except HostUnreachable as exc:  # a call outside the classified points (e.g. a sweep)
                 lost = HostLost(job.host, str(exc), touched=True, step="reconcile")
+            except PortHeld as exc:  # reconciled (and started) again when resumed
+                self._pause(job, exc.reason)
+                self._journal.set_instance(job.instance_id, state=decide.PENDING, error=exc.reason)
+                return
             reason = self._wait_host(job, lost)
             if reason is not None:
                 # Paused first: a pending instance of a running rollout would be started again.
@@ -422,13 +436,17 @@ class InstanceWorker:
             host.stop(old_id, timeout=self._stop_timeout)
             self._crashpoint("after_stop_old")
             host.rename(old_id, job.kept_name)
+            self._crashpoint("after_rename_old")
             new_id = self._create(job, host, old, job.name)
-            host.start(new_id)
+            self._start(job, host, new_id)
             self._crashpoint("after_start_new")
         except DockerError as exc:
             self._check_host(host, exc, step="replace", step_id=step)
             j.end(step, "failed", error=str(exc), new_container=new_id)
             return self._roll_back_failed(job, new_id, str(exc), {"step": "replace"})
+        except PortHeld as exc:
+            j.end(step, "interrupted", error=exc.reason, new_container=new_id)
+            raise
         j.end(step, "ok", new_container=new_id)
         self._gate_and_settle(job, host, new_id)
 
@@ -467,6 +485,56 @@ class InstanceWorker:
             j.end(step, "failed", error=str(exc))
             return self._roll_back_failed(job, new_id, str(exc), {"step": "promote"})
         j.end(step, "ok", instance=(job.instance_id, {"state": decide.UPDATED}))
+
+    def _start(self, job: InstanceJob, host: DockerHost, container_id: str) -> None:
+        """Start an instance's container. Refused its published port (``faults.port_taken``:
+        a docker-proxy a crashed daemon left still holds it), the start is retried with a
+        back-off for up to ``host_wait_s`` (a ``wait`` step says so), then PortHeld: the
+        environment's fault, not the version's; the rollout pauses."""
+        j = self._journal
+        began, attempt, step = time.monotonic(), 0, None
+        while True:
+            try:
+                host.start(container_id)
+            except DockerError as exc:
+                if isinstance(exc, HostUnreachable) or not faults.port_taken(str(exc)):
+                    raise
+                if step is None:
+                    log.warning(
+                        "port taken, waiting rollout=%s tenant=%s host=%s: %s",
+                        job.rollout_id,
+                        job.tenant,
+                        job.host,
+                        exc,
+                    )
+                    step = j.begin(
+                        job.instance_id,
+                        "wait",
+                        host=job.host,
+                        error=str(exc),
+                        cause="port",
+                        since=datetime.now(UTC).isoformat(),
+                        interrupted="replace",
+                        touched=True,
+                    )
+                waited = time.monotonic() - began
+                decision = faults.port_wait_decision(
+                    waited_s=waited,
+                    limit_s=self.host_wait_s,
+                    attempt=attempt,
+                    host=job.host,
+                    error=str(exc),
+                )
+                if isinstance(decision, faults.Pause):
+                    j.end(step, "timeout", waited_s=round(waited, 3), tries=attempt + 1)
+                    raise PortHeld(decision.reason) from exc
+                time.sleep(decision.after_s)
+                attempt += 1
+                continue
+            if step is not None:
+                waited = round(time.monotonic() - began, 3)
+                j.end(step, "ok", waited_s=waited, tries=attempt + 1)
+            return
 
     def _create(self, job: InstanceJob, host: DockerHost, old: dict[str, Any], name: str) -> str:
         """Create the new container from the old one's inspect result (taken before it was
@@ -513,6 +581,7 @@ class InstanceWorker:
         return http_gate(
             url,
             expect_version=expect,
+            expect_tenant=job.tenant,
             passes=int(gate.get("passes", 3)),
             deadline_s=float(gate.get("deadline_s", 60)),
             interval_s=float(gate.get("interval_s", 0.5)),
@@ -549,6 +618,7 @@ class InstanceWorker:
     def _gate_and_settle(self, job: InstanceJob, host: DockerHost, new_id: str) -> None:
         j = self._journal
         step = j.begin(job.instance_id, "gate", expect_version=job.target_version)
+        self._crashpoint("mid_gate")
         result = self._checked_gate(job, host, new_id, step)
         if result.ok:
             j.end(
@@ -628,6 +698,10 @@ class InstanceWorker:
                 lost = exc
             except HostUnreachable as exc:
                 lost = HostLost(job.host, str(exc), touched=True, step="revert")
+            except PortHeld as exc:  # reverted again when resumed
+                self._pause(job, exc.reason)
+                self._journal.set_instance(job.instance_id, state=decide.UPDATED, error=exc.reason)
+                return
             reason = self._wait_host(job, lost)
             if reason is not None:
                 # Paused first: an updated instance of a rollout rolling back is reverted.
@@ -674,10 +748,19 @@ class InstanceWorker:
                 lost = exc
             except HostUnreachable as exc:
                 lost = HostLost(job.host, str(exc), touched=True, step="reconcile")
+            except PortHeld as exc:  # the abort waits on, as for a silent host
+                self._journal.set_instance(job.instance_id, state=decide.PENDING, error=exc.reason)
+                return
             reason = self._wait_host(job, lost)
             if reason is not None:  # the abort waits on: reconciled when the host answers
                 self._journal.set_instance(job.instance_id, state=decide.PENDING, error=reason)
                 return
+
+    def close_dangling(self, instance_ids: list[int]) -> None:
+        """Close the steps a dead runner left ``started`` (``faults.dangling``)."""
+        closed = self._journal.close_dangling(instance_ids)
+        if closed:
+            log.warning("closed %d step(s) a stopped runner left open", closed)
 
     def interrupted(self, instance_id: int) -> bool:
         last = self._journal.last(instance_id)
@@ -799,10 +882,13 @@ class InstanceWorker:
                     )
                 if current is None or current.id != old_id:
                     host.rename(old_id, job.name)
-                host.start(old_id)
+                self._start(job, host, old_id)
             else:
                 self._remove_all(host, doomed)
                 doomed = []
+        except PortHeld as exc:
+            j.end(step, "interrupted", error=exc.reason)
+            raise
         except (DockerError, CpdopsError) as exc:
             if host_faults and (
                 isinstance(exc, HostUnreachable)
@@ -883,6 +969,89 @@ class InstanceWorker:
         prefix = f"{job.name}{FAILED_MARKER}r{job.rollout_id}-"
         self._remove_all(host, [c.id for c in host.list_managed() if c.name.startswith(prefix)])
 
+    # --- the end of a rollout -----------------------------------------------------------------
+    def verify(self, job: InstanceJob) -> bool:
+        """An updated instance at the end of its rollout (``decide.Verify``): running and
+        healthy now. One a host fault stopped since its gate (a daemon stopped or crashed,
+        its restart policy did not bring it back) is started and gated again (a ``verify``
+        step); one that does not come back is rolled back to its kept container and
+        reported (``failed``). A host that does not answer is waited for as in ``update``;
+        still silent after ``host_wait_s`` (or its port still taken), the rollout pauses and
+        False is returned: the verification is done again on resume."""
+        lost: HostLost | None = None
+        while True:
+            try:
+                self._ready(job)
+                self._verify_once(job, self._hosts.get(job.host))
+                return True
+            except HostLost as exc:
+                lost = exc
+            except HostUnreachable as exc:
+                lost = HostLost(job.host, str(exc), touched=False, step="verify")
+            except PortHeld as exc:
+                self._pause(job, exc.reason)
+                self._journal.set_instance(job.instance_id, error=exc.reason)
+                return False
+            reason = self._wait_host(job, lost)
+            if reason is not None:
+                self._pause(job, reason)
+                self._journal.set_instance(job.instance_id, error=reason)
+                return False
+
+    def _verify_once(self, job: InstanceJob, host: DockerHost) -> None:
+        j = self._journal
+        current = host.find(job.name)
+        ours = current is not None and current.labels.get(ROLLOUT_LABEL) == str(job.rollout_id)
+        if current is not None and ours and current.running:
+            quick = self._gate(job, host, current.id, gate={**job.gate, "passes": 1})
+            if quick.ok:
+                return
+        step = j.begin(
+            job.instance_id,
+            "verify",
+            container=current.id if current is not None else None,
+            status=current.status if current is not None else "missing",
+        )
+        if current is None or not ours:
+            reason = "its new container is gone from its host at the end of the rollout"
+            j.end(step, "failed", error=reason)
+            return self._roll_back_failed(job, None, reason, {"step": "verify"})
+        restarted = not current.running
+        if restarted:
+            log.warning(
+                "instance not running at the end, starting it rollout=%s tenant=%s host=%s "
+                "status=%s",
+                job.rollout_id,
+                job.tenant,
+                job.host,
+                current.status,
+            )
+            try:
+                self._start(job, host, current.id)
+            except DockerError as exc:
+                self._check_host(host, exc, step="verify", step_id=step)
+                j.end(step, "failed", error=str(exc))
+                return self._roll_back_failed(
+                    job, current.id, f"could not be started again: {exc}", {"step": "verify"}
+                )
+            except PortHeld as exc:
+                j.end(step, "interrupted", error=exc.reason)
+                raise
+        result = self._checked_gate(job, host, current.id, step)
+        if result.ok:
+            j.end(
+                step,
+                "ok",
+                restarted=restarted,
+                passes=result.passes,
+                attempts=result.attempts,
+                instance=(job.instance_id, {"error": None}),
+            )
+            return None
+        j.end(step, "failed", restarted=restarted, **_evidence(result))
+        self._gate_failed(job, host, current.id, result)
+        return None
+
     # --- crash recovery -----------------------------------------------------------------------
     def reconcile(
         self, job: InstanceJob, *, after_host_fault: bool = False, undo_final: str = decide.UPDATING
@@ -916,7 +1085,11 @@ class InstanceWorker:
         new_here = current is not None and current.labels.get(ROLLOUT_LABEL) == str(job.rollout_id)
         if kept is not None and new_here and current is not None and after_host_fault:
             if not current.running:
-                host.start(current.id)
+                try:
+                    self._start(job, host, current.id)
+                except PortHeld as exc:
+                    j.end(step, "interrupted", error=exc.reason)
+                    raise
             current = host.find(current.id) or current
         if kept is not None and new_here and current is not None and current.running:
             job = _replace(job, old_container_id=kept.id)
@@ -938,16 +1111,20 @@ class InstanceWorker:
             return
         job = _replace(job, old_container_id=old_id)
         new_id = current.id if current is not None and current.id != old_id else None
-        if after_host_fault:  # the step is done again by the same worker: still updating
-            self._restore(
-                job,
-                new_id,
-                "host was unreachable mid-step",
-                final=undo_final,
-                step_name="undo",
-            )
-        else:
-            self._restore(job, new_id, "recovered after a crash", final=decide.PENDING)
+        try:
+            if after_host_fault:  # the step is done again by the same worker: still updating
+                self._restore(
+                    job,
+                    new_id,
+                    "host was unreachable mid-step",
+                    final=undo_final,
+                    step_name="undo",
+                )
+            else:
+                self._restore(job, new_id, "recovered after a crash", final=decide.PENDING)
+        except PortHeld as exc:
+            j.end(step, "interrupted", error=exc.reason)
+            raise
         host.remove(f"{job.name}{MIGRATE_MARKER}r{job.rollout_id}", force=True)
         j.end(step, "ok", action="restored previous container; will retry")
 

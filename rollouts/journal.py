@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.db.models import RolloutInstance, RolloutStep
 from orchestrator.db.session import session_scope
+from rollouts import faults
 from rollouts.gates import GateProgress
 
 
@@ -88,6 +89,25 @@ class Journal:
             self.note(step_id, progress=p.as_detail())
 
         return report
+
+    def close_dangling(self, instance_ids: list[int]) -> int:
+        """Close the steps of these instances a dead process left ``started``
+        (``faults.dangling``); how many."""
+        with self._lock:
+            own = set(self._open)
+        with session_scope(self._factory) as s:
+            rows = s.execute(
+                select(RolloutStep.id, RolloutStep.state).where(
+                    RolloutStep.instance_id.in_(instance_ids), RolloutStep.state == "started"
+                )
+            ).all()
+            ids = faults.dangling([(int(i), str(st)) for i, st in rows], own)
+            now = datetime.now(UTC)
+            for step in s.scalars(select(RolloutStep).where(RolloutStep.id.in_(ids))):
+                step.state = faults.DANGLING_STATE
+                step.detail = {**(step.detail or {}), "error": faults.DANGLING_ERROR}
+                step.finished_at = now
+        return len(ids)
 
     def last(self, instance_id: int) -> tuple[str, str, dict[str, Any]] | None:
         """The instance's latest step: (step, state, detail), or None."""

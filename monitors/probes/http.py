@@ -5,7 +5,12 @@ Options (unknown keys are errors):
 
 * ``body_contains``: text that must appear in the first 64 KiB of the body;
 * ``max_latency_s``: the check fails when the response took longer than this (seconds);
-* ``tls_verify``: ``false`` skips certificate verification (a self-signed health endpoint).
+* ``tls_verify``: ``false`` skips certificate verification (a self-signed health endpoint);
+* ``expect_tenant``: the tenant the target must be: a JSON body that names another tenant
+  (``{"tenant": ...}``, as SmartCPD's ``/health`` does) fails the check, whatever its status —
+  a published port can answer as another tenant after a Docker daemon crash (a leftover port
+  proxy forwards to an address now given to another container). A body that names no tenant
+  is not judged on it. The generated monitors of a tenant's instances set it.
 
 Every http monitor of a probe shares one :class:`~monitors.probes.httpclient.HttpClient`, a
 small asyncio HTTP/1.1 client with keep-alive pools per (scheme, host, port, tls_verify):
@@ -19,6 +24,7 @@ target itself). The whole check (connect, request, reply) has ``spec.timeout_s``
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import time
@@ -41,7 +47,7 @@ USER_AGENT = "cpdops-monitor/0.1"
 MAX_BODY_BYTES = 64 * 1024
 """Read at most this much of a body (so a keep-alive connection can be reused); the rest is
 dropped together with the connection."""
-OPTION_KEYS = ("body_contains", "max_latency_s", "tls_verify")
+OPTION_KEYS = ("body_contains", "max_latency_s", "tls_verify", "expect_tenant")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class HttpOptions:
     body_contains: str | None = None
     max_latency_s: float | None = None
     tls_verify: bool = True
+    expect_tenant: str | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> HttpOptions:
@@ -68,7 +75,25 @@ class HttpOptions:
         verify = options.get("tls_verify", True)
         if not isinstance(verify, bool):
             raise ValueError(f"option 'tls_verify' must be true or false, got {verify!r}")
-        return cls(body, float(latency) if latency is not None else None, verify)
+        tenant = options.get("expect_tenant")
+        if tenant is not None and (not isinstance(tenant, str) or not tenant):
+            raise ValueError("option 'expect_tenant' must be a non-empty string")
+        return cls(body, float(latency) if latency is not None else None, verify, tenant)
+
+
+def tenant_problem(body: bytes, expected: str | None) -> str | None:
+    """Pure: why an answer is not ``expected``'s — its JSON body names another tenant — or
+    None (no tenant expected, or the body names none: it cannot be judged on it)."""
+    if expected is None:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    reported = data.get("tenant") if isinstance(data, dict) else None
+    if not isinstance(reported, str) or not reported or reported == expected:
+        return None
+    return f"answers as tenant {reported!r}, expected {expected!r}"
 
 
 def validate(spec: MonitorSpec) -> None:
@@ -140,6 +165,9 @@ class HttpProbe:
             problems.append(f"body does not contain {opts.body_contains!r}")
         if opts.max_latency_s is not None and duration > opts.max_latency_s:
             problems.append(f"took {duration:.3f}s (max_latency_s {opts.max_latency_s})")
+        wrong_tenant = tenant_problem(body[:MAX_BODY_BYTES], opts.expect_tenant)
+        if wrong_tenant is not None:
+            problems.append(wrong_tenant)
         return ProbeResult(
             ok=code in spec.expect_status and not problems,
             duration_s=duration,

@@ -4,6 +4,7 @@ tickets, correlates the tenants' failures into mass incidents and verifies recov
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -118,6 +119,10 @@ class IncidentEngine:
         self._environ = environ
         self._system_id = system_id
         self._clock = clock
+        # DOWNs held by a rollout on the instance or by its host (silent, or back less than
+        # CPDOPS_HOST_SETTLE_S ago), by monitor id: judged again by ``recheck_held`` (issue #12)
+        self._held_downs: dict[str, StateChange] = {}
+        self._held_lock = threading.Lock()
         # Whether a Docker host's monitors are held now (host_checks.HostChecker.confirm): the
         # DOWN of a monitor on a host that does not answer opens no tenant incident.
         self.host_held: Callable[[str], bool] | None = None
@@ -221,6 +226,9 @@ class IncidentEngine:
                 applied, opened = self._apply_change(s, change, reason, under_rollout or host_held)
                 if not applied or not down:
                     continue
+                if under_rollout or host_held:
+                    with self._held_lock:
+                        self._held_downs[spec.id] = change
                 if under_rollout:
                     log.info(
                         "DOWN suppressed by rollout monitor=%s tenant=%s", spec.id, spec.tenant
@@ -280,24 +288,7 @@ class IncidentEngine:
         elif change.new == MonitorStatus.UP:
             rec.down_since = None
         if change.new == MonitorStatus.DOWN and not suppressed:
-            target = public_target(spec.target)
-            red = self._redactor(s).extended(target_secrets(spec.target))
-            incident, created = open_or_join(
-                s,
-                system_id=self._system_id,
-                open_key=f"tenant:{spec.tenant}",
-                type="incident",
-                subject=red.text(f"{spec.tenant}: {spec.name} is DOWN ({reason})"),
-                description=red.text(
-                    f"Monitor {spec.name} ({spec.kind} {target}) on host {spec.host} "
-                    f"went DOWN: {reason}."
-                ),
-                author=AUTHOR,
-                source="monitor",
-                tenant=spec.tenant,
-                evidence=red.value(monitor_evidence(change)),
-            )
-            return True, (incident.id, incident.number, created)
+            return True, self._open_tenant_incident(s, change, reason)
         if change.new == MonitorStatus.UP and was_down:
             incident_row = s.scalars(
                 select(Incident).where(Incident.open_key == f"tenant:{spec.tenant}")
@@ -317,6 +308,73 @@ class IncidentEngine:
                     },
                 )
         return True, None
+
+    def _open_tenant_incident(
+        self, s: Session, change: StateChange, reason: str
+    ) -> tuple[int, str, bool]:
+        """Open (or join) the tenant's incident for a monitor DOWN: (id, number, created)."""
+        spec = change.spec
+        target = public_target(spec.target)
+        red = self._redactor(s).extended(target_secrets(spec.target))
+        incident, created = open_or_join(
+            s,
+            system_id=self._system_id,
+            open_key=f"tenant:{spec.tenant}",
+            type="incident",
+            subject=red.text(f"{spec.tenant}: {spec.name} is DOWN ({reason})"),
+            description=red.text(
+                f"Monitor {spec.name} ({spec.kind} {target}) on host {spec.host} "
+                f"went DOWN: {reason}."
+            ),
+            author=AUTHOR,
+            source="monitor",
+            tenant=spec.tenant,
+            evidence=red.value(monitor_evidence(change)),
+        )
+        return incident.id, incident.number, created
+
+    def recheck_held(self) -> list[str]:
+        """Judge the held DOWNs again (run with ``check_recovery``): a monitor whose DOWN was
+        held — a rollout was on its instance, or its host did not answer or had come back
+        less than CPDOPS_HOST_SETTLE_S ago — and that is still DOWN once
+        nothing holds it opens the tenant's incident as the DOWN would have. A tenant that
+        does not come back after a host fault or a rollout is never hidden by the hold
+        (issue #12). Returns the numbers of the incidents opened or joined."""
+        with self._held_lock:
+            held = list(self._held_downs.items())
+        numbers: list[str] = []
+        for monitor_id, change in held:
+            spec = change.spec
+            with self._factory() as s:
+                rec = s.get(MonitorRecord, monitor_id)
+                still_down = rec is not None and rec.status == int(MonitorStatus.DOWN)
+            if still_down and (
+                self._under_rollout(spec.tenant, spec.host) or self._host_held(spec.host, spec.kind)
+            ):
+                continue  # still held: judged again next time
+            with self._held_lock:
+                if self._held_downs.get(monitor_id) is change:
+                    del self._held_downs[monitor_id]
+            if not still_down:
+                continue
+            reason = change.result.reason if change.result is not None else change.reason
+            with session_scope(self._factory) as s:
+                incident_id, number, created = self._open_tenant_incident(s, change, reason)
+            log.warning(
+                "monitor still DOWN after its hold monitor=%s tenant=%s incident=%s",
+                spec.id,
+                spec.tenant,
+                number,
+            )
+            if created:
+                self.created.labels(type="incident", source="monitor").inc()
+                self._observe_detection("incident", change)
+                if spec.kind != "postgres":
+                    self._fetch_container_evidence(incident_id, spec.host, spec.tenant)
+            numbers.append(number)
+        if numbers:
+            self._correlate()
+        return numbers
 
     def _host_held(self, host: str, kind: str) -> bool:
         if self.host_held is None or kind == "postgres":  # its host is a database server

@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -206,6 +207,44 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _thread_states(pid: int) -> list[str]:
+    """The scheduler state letter of every thread of ``pid`` (``T``: stopped by a signal)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            states.append((task / "stat").read_text().rsplit(")", 1)[-1].split()[0])
+        except (OSError, IndexError):
+            continue  # a thread that just ended
+    return states
+
+
+def _wait_stopped(pid: int, *, stopped: bool, timeout_s: float = 30.0) -> None:
+    """Wait until every thread of ``pid`` is stopped (SIGSTOP delivered), or none is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = _thread_states(pid)
+        if states and all((st == "T") == stopped for st in states):
+            return
+        if time.monotonic() > deadline:
+            raise DockerdError(
+                f"dockerd pid {pid}: threads not {'stopped' if stopped else 'running'}: {states}"
+            )
+        time.sleep(0.02)
+
+
+def _answers_ping(path: Path, timeout_s: float = 10.0) -> bool:
+    """Whether the daemon on unix socket ``path`` answers ``GET /_ping`` with 200."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(str(path))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(64)
+        except OSError:
+            return False
+    return reply.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
 
 
 def _terminate(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -417,6 +456,18 @@ class DockerdFleet:
         if running.client is not None:
             running.client.close()  # its pooled sockets are dead; the next call opens new ones
 
+    def kill_daemon(self, name: str) -> None:
+        """Crash one daemon (SIGKILL): unlike ``stop_daemon`` nothing is cleaned up, so what
+        a crashed dockerd leaves behind (its docker-proxy processes holding published ports,
+        its containerd) stays, as on a real host; ``start_daemon`` brings it back."""
+        running = self._find(name)
+        with contextlib.suppress(ProcessLookupError):
+            running.process.kill()
+        running.process.wait(timeout=30)
+        running.log.close()
+        if running.client is not None:
+            running.client.close()
+
     def start_daemon(self, name: str) -> DockerdHandle:
         """Start a daemon stopped by ``stop_daemon`` again on the same socket and data root
         (containers with a restart policy start again); its log is appended to."""
@@ -461,9 +512,13 @@ class DockerdFleet:
         running = self._find(name)
         running.process.send_signal(signal.SIGSTOP)
         try:
+            # kill() returns before the signal has stopped every thread: on a busy machine a
+            # thread still running may answer one more request (issue #12)
+            _wait_stopped(running.process.pid, stopped=True)
             yield
         finally:
             running.process.send_signal(signal.SIGCONT)
+            _wait_stopped(running.process.pid, stopped=False)
 
     def _find(self, name: str) -> _Running:
         for running in self._running:
@@ -484,7 +539,7 @@ class DockerdFleet:
                 if time.monotonic() < deadline:
                     try:
                         time.sleep(1.0)
-                    except BaseException:  # e.g. pytest-timeout while waiting
+                    except BaseException:  # e.g. pytest-timeout: no unclosed file is left
                         lock.close()
                         raise
                     continue
@@ -528,7 +583,10 @@ class DockerdFleet:
                     f"dockerd {layout.name} exited with status {code} during start; "
                     f"log {layout.log_path}:\n{log_tail(layout.log_path)}"
                 )
-            if layout.socket.exists():
+            # docker-py's client asks the version in its constructor and, when that fails,
+            # leaks the connection's file (a ResourceWarning: warnings are errors): asked only
+            # once the daemon answers a ping on a socket of our own
+            if layout.socket.exists() and _answers_ping(layout.socket):
                 try:
                     client = docker.DockerClient(base_url=layout.url, timeout=CLIENT_TIMEOUT_S)
                 except _DOCKER_ERRORS as exc:

@@ -95,8 +95,14 @@ def test_a_host_down_is_one_host_incident(
         }
 
         # 1. A bounce: d2 frozen for one check (the test runs the checks), then thawed.
-        # (a thawed dockerd is slow for a moment: the monitors get 2 s, not to time out then)
-        slow = {**common, "monitor_interval_s": 2.0, "monitor_timeout_s": 2.0}
+        # (a thawed dockerd is slow for a moment: the monitors get 2 s, not to time out then;
+        # the pings 3 s, so that d1 answers in time on a busy machine — d2, frozen, never)
+        slow = {
+            **common,
+            "monitor_interval_s": 2.0,
+            "monitor_timeout_s": 2.0,
+            "host_ping_timeout_s": 3.0,
+        }
         settings = Settings(**slow, host_check_s=3600)  # checked once at start, then by hand
         ctx = build_context(settings)
         with serving(settings, ctx) as api:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.context import AppContext
 from orchestrator.db.models import Rollout
@@ -154,6 +156,8 @@ def test_controls_from_the_cli(
     db_url = f"sqlite:///{tmp_path / 'cpdops.db'}"
     ctx = make_context(tmp_path, db_url)
     env = {**os.environ, "CPDOPS_DATABASE_URL": db_url, "CPDOPS_ROLLOUT_LEASE_S": "3"}
+    engine = create_engine(db_url)
+    ctx_db = sessionmaker(engine)
     try:
         placed = place_tenants(
             ctx, docker_hosts, [(f"c{n}", n % 3) for n in range(4)], standin_images["1"]
@@ -212,7 +216,11 @@ def test_controls_from_the_cli(
         assert json.loads(back.stdout)["status"] == "rolled_back"
         assert set(_versions(placed).values()) == {"1"}
 
-        # pause / resume: a runner paused by another process, then resumed
+        # pause / resume: a runner paused by another process during the bake after wave 1,
+        # then resumed. The pause is sent when wave 1 is done (seen in the database, not
+        # guessed from time); the bake is long enough for the CLI to land it on a busy
+        # machine, and the test then waits for the bake's end to pass while paused.
+        bake_s = 15.0
         runner = subprocess.Popen(
             [
                 CPDOPS,
@@ -223,7 +231,7 @@ def test_controls_from_the_cli(
                 "--waves",
                 "1,100%",
                 "--bake",
-                "3",
+                str(bake_s),
                 "--passes",
                 "2",
                 "--json",
@@ -234,21 +242,16 @@ def test_controls_from_the_cli(
             text=True,
         )
         try:
-            wait_for(
-                lambda: cli(env, "rollout", "status", "2", "--json").returncode == 0,
-                timeout=30,
-                what="rollout 2",
-            )
+            done_at = wait_for(lambda: _wave_done_at(ctx_db, 2, 0), timeout=90, what="wave 1")
             assert cli(env, "rollout", "pause", "2").returncode == 0
             wait_for(
-                lambda: (
-                    json.loads(cli(env, "rollout", "status", "2", "--json").stdout)["status"]
-                    == "paused"
-                ),
+                lambda: _rollout_row(ctx_db, 2).status == "paused",
                 timeout=30,
                 what="paused",
             )
-            time.sleep(4)  # paused: nothing of wave 2 starts, even once the bake is over
+            # paused: nothing of wave 2 starts, even once the bake is over
+            wait_for(lambda: time.time() > done_at + bake_s + 1, timeout=60, what="bake end")
+            assert _rollout_row(ctx_db, 2).status == "paused"
             data = json.loads(cli(env, "rollout", "status", "2", "--json").stdout)
             assert [i["state"] for i in data["instances"] if i["wave"] == 1] == ["pending"] * 3
             assert cli(env, "rollout", "resume", "2").returncode == 0
@@ -301,11 +304,29 @@ def test_controls_from_the_cli(
         assert sorted(versions.values()) == ["1", "2", "2", "2"]
         assert _leftovers(docker_hosts) == []
     finally:
+        engine.dispose()
         for h in docker_hosts:
             remove_test_containers(h.client)
 
 
-@pytest.mark.parametrize("point", ["after_stop_old", "after_start_new", "mid_bake"])
+def _rollout_row(factory: sessionmaker[Session], rollout_id: int) -> Rollout:
+    with factory() as s:
+        row = s.get(Rollout, rollout_id)
+        assert row is not None, f"no rollout {rollout_id}"
+        s.expunge(row)
+        return row
+
+
+def _wave_done_at(factory: sessionmaker[Session], rollout_id: int, wave: int) -> float | None:
+    """When the rollout recorded ``wave`` as done (its bake starts then), or None."""
+    with factory() as s:
+        row = s.get(Rollout, rollout_id)
+        done = ((row.progress or {}).get("wave_done_at") or {}) if row is not None else {}
+        value = done.get(str(wave))
+        return float(value) if value is not None else None
+
+
+@pytest.mark.parametrize("point", ["after_stop_old", "after_start_new", "mid_gate", "mid_bake"])
 def test_sigkill_at_step_points_then_resume(
     point: str, tmp_path: Path, docker_hosts: list[Any], standin_images: dict[str, str]
 ) -> None:
@@ -344,6 +365,12 @@ def test_sigkill_at_step_points_then_resume(
         steps = [st["step"] for i in data["instances"] for st in i["steps"]]
         if point != "mid_bake":
             assert "reconcile" in steps
+        # the killed runner's step is closed on reconcile: nothing "runs" after the end
+        states = [(st["step"], st["state"]) for i in data["instances"] for st in i["steps"]]
+        assert not [s for s in states if s[1] == "started"], states
+        if point != "mid_bake":
+            killed = "gate" if point == "mid_gate" else "replace"
+            assert (killed, "interrupted") in states, states
     finally:
         for h in docker_hosts:
             remove_test_containers(h.client)

@@ -8,6 +8,7 @@ fails or rolls back because of them.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -473,3 +474,224 @@ def test_host_down_past_the_wait_during_a_rollback_pauses_then_resume_finishes_i
         ctx.close()
         for h in docker_hosts:
             remove_test_containers(h.client)
+
+
+# --- issue #12 items 8 and 9: a rollout is "succeeded" only with every tenant running -------
+
+
+def _tenant_containers(docker_hosts: list[Any]) -> dict[str, str]:
+    """Every tenant container by name → its status (running, exited, …)."""
+    return {
+        c.name: c.status
+        for h in docker_hosts
+        for c in h.client.containers.list(all=True, filters={"label": "smartcpd.tenant"})
+    }
+
+
+def _reports_itself(placed: list[Placed]) -> dict[str, tuple[str, str]]:
+    """Each tenant's port answers as (tenant, version)."""
+    out = {}
+    for p in placed:
+        body = wait_health(p.tenant.health_url, timeout=60)
+        out[p.tenant.slug] = (body.get("tenant"), body.get("version"))
+    return out
+
+
+@pytest.mark.parametrize("policy", ["no", "unless-stopped"])
+def test_dockerd_stopped_after_updates_the_rollout_ends_with_every_tenant_running(
+    policy: str,
+    tmp_path: Path,
+    docker_fleet: DockerdFleet,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    """Item 8: d2's dockerd is stopped (SIGTERM: its containers stop with it) once its first
+    instance is updated, and started again when the rollout waits for d2's second one. The
+    daemon's shutdown stopped the updated instance; whether its restart policy brings it
+    back (``unless-stopped``) or not (``no``: the instance stays ``Exited (0)``, as the issue
+    saw with docker.io 20.10), the rollout ends ``succeeded`` only with every tenant running
+    and answering as itself on the new version — the stopped one started and gated again."""
+    ctx = make_context(tmp_path)
+    try:
+        placed = place_tenants(
+            ctx, docker_hosts, [(f"s{n}", n % 3) for n in range(6)], standin_images["1"]
+        )
+        for h in docker_hosts:
+            for c in h.client.containers.list(filters={"label": "smartcpd.tenant"}):
+                c.update(restart_policy={"Name": policy})  # copied to the new containers
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        rollout_id = ctx.executor.create(
+            RolloutRequest(image=standin_images["2"], gate=LONG_GATE, strategy=ONE_BY_ONE)
+        )
+        ordered = sorted(_rollout(ctx, rollout_id).instances, key=lambda i: i.position)
+        first_d2, second_d2 = [i for i in ordered if i.host == "d2"][:2]
+        runner = Runner(ctx, rollout_id)
+        wait_for(lambda: _state(ctx, first_d2.id) == "updated", timeout=180, what="d2's first")
+        with docker_fleet.daemon_down("d2"):
+            wait_for(_step_started(ctx, second_d2.id, "wait"), timeout=180, what="the wait for d2")
+        assert runner.join() == "succeeded"
+
+        r = _rollout(ctx, rollout_id)
+        assert {i.state for i in r.instances} == {"updated"}, [
+            (i.tenant, i.state) for i in r.instances
+        ]
+        statuses = _tenant_containers(docker_hosts)
+        assert set(statuses.values()) == {"running"}, statuses
+        assert _reports_itself(placed) == {p.tenant.slug: (p.tenant.slug, "2") for p in placed}
+        assert _managed_count(docker_hosts) == 6 and _leftovers(docker_hosts) == []
+        names = [name for name, _ in _steps(ctx, first_d2.id)]
+        assert "rollback" not in names, names
+        if policy == "no":  # it did not come back by itself: started and gated again
+            assert _steps(ctx, first_d2.id)[-1] == ("verify", "ok"), _steps(ctx, first_d2.id)
+    finally:
+        ctx.close()
+        for h in docker_hosts:
+            remove_test_containers(h.client)
+
+
+def test_dockerd_killed_right_after_the_rename_aside_is_a_host_fault(
+    tmp_path: Path,
+    docker_fleet: DockerdFleet,
+    docker_hosts: list[Any],
+    standin_images: dict[str, str],
+) -> None:
+    """Item 9: d2's dockerd is killed (SIGKILL, nothing cleaned up) right after the old
+    container of d2's second instance (p3) was renamed aside, and started again 8 s later,
+    with a port proxy left holding p3's published port — docker.io 20.10's killed daemon
+    left its docker-proxy processes running (this machine's dockerd ends them, so the test
+    leaves one as 20.10 did: a process holding the port and forwarding to the address p3's
+    container had, which the restarted daemon may give another tenant). Starting p3's container then
+    fails with "port is already allocated": a host fault — cpdops waits and retries (the
+    operator ends the stale proxy meanwhile, as the pause reason would say), never a failed
+    instance: no rollback, the rollout finishes ``succeeded`` with every tenant running under
+    its name and answering as itself on the new version."""
+    ctx = make_context(tmp_path, host_wait_s=240)
+    stale: list[subprocess.Popen[bytes]] = []
+    try:
+        placed = place_tenants(
+            ctx, docker_hosts, [("p0", 0), ("p1", 1), ("p2", 2), ("p3", 1)], standin_images["1"]
+        )
+        for p in placed:
+            wait_health(p.tenant.health_url, version="1")
+        p3 = next(p for p in placed if p.tenant.slug == "p3")
+        old_ip = (
+            docker_hosts[1]
+            .client.containers.get("smartcpd-p3")
+            .attrs["NetworkSettings"]["IPAddress"]
+        )
+        rollout_id = ctx.executor.create(
+            RolloutRequest(
+                image=standin_images["2"],
+                gate=GateSpec(passes=2, deadline_s=60, interval_s=0.25),
+                strategy=ONE_BY_ONE,
+            )
+        )
+        target = next(i for i in _rollout(ctx, rollout_id).instances if i.tenant == "p3")
+        killed = threading.Event()
+        worker = ctx.executor._worker
+        crashpoint = worker._crashpoint
+
+        def kill_at_rename(point: str) -> None:
+            # only p3 is updating (one by one) when its old container is renamed aside
+            if point == "after_rename_old" and _state(ctx, target.id) == "updating":
+                try:
+                    if not killed.is_set():
+                        docker_fleet.kill_daemon("d2")
+                        stale.append(_stale_proxy(p3.tenant.port, old_ip))
+                finally:
+                    killed.set()
+            crashpoint(point)
+
+        worker._crashpoint = kill_at_rename
+        runner = Runner(ctx, rollout_id)
+        assert killed.wait(240), "p3's old container was not renamed aside"
+        time.sleep(8)  # the daemon stays dead a while: the scenario, not an assertion
+        docker_fleet.start_daemon("d2")
+
+        def port_waits() -> list[str]:
+            inst = next(i for i in _rollout(ctx, rollout_id).instances if i.id == target.id)
+            return [
+                st.state
+                for st in inst.steps
+                if st.step == "wait" and (st.detail or {}).get("cause") == "port"
+            ]
+
+        wait_for(port_waits, timeout=240, what="p3's wait for its taken port")
+        r = _rollout(ctx, rollout_id)
+        assert r.status == "running", (r.status, r.error)
+        assert not [i.tenant for i in r.instances if i.state in ("failed", "error")]
+        # the operator ends the stale proxy; the next try takes the port
+        stale[0].terminate()
+        stale[0].wait(30)
+        assert runner.join(300) == "succeeded"
+
+        r = _rollout(ctx, rollout_id)
+        assert {i.state for i in r.instances} == {"updated"}, [
+            (i.tenant, i.state, i.error) for i in r.instances
+        ]
+        for inst in r.instances:
+            names = [name for name, _ in _steps(ctx, inst.id)]
+            assert "rollback" not in names, (inst.tenant, names)
+        assert port_waits()[-1] == "ok"
+        statuses = _tenant_containers(docker_hosts)
+        assert statuses == {f"smartcpd-{p.tenant.slug}": "running" for p in placed}, statuses
+        assert _reports_itself(placed) == {p.tenant.slug: (p.tenant.slug, "2") for p in placed}
+        assert _leftovers(docker_hosts) == []
+    finally:
+        ctx.close()
+        for proc in stale:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        if docker_fleet._find("d2").process.poll() is not None:  # never left dead for others
+            docker_fleet.start_daemon("d2")
+        for h in docker_hosts:
+            remove_test_containers(h.client)
+
+
+# What a docker-proxy does: listen on the host port, forward each connection to the
+# container's address (this dockerd's docker-proxy binary will not run without its daemon).
+_FORWARDER = """
+import asyncio, sys
+port, ip = int(sys.argv[1]), sys.argv[2]
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    finally:
+        w.close()
+async def serve(r, w):
+    try:
+        ur, uw = await asyncio.open_connection(ip, 8080)
+    except OSError:
+        w.close()
+        return
+    await asyncio.gather(pipe(r, uw), pipe(ur, w), return_exceptions=True)
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def _stale_proxy(port: int, container_ip: str) -> subprocess.Popen[bytes]:
+    """A port proxy as a killed docker.io 20.10 left it (its docker-proxy): 127.0.0.1:``port``
+    held and forwarded to ``container_ip``:8080; returned once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FORWARDER, str(port), container_ip],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def listening() -> bool:
+        assert proc.poll() is None, "the stale proxy exited"
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(listening, timeout=30, what="the stale proxy")
+    return proc

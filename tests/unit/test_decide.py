@@ -16,6 +16,7 @@ from rollouts.decide import (
     RolloutView,
     SetStatus,
     Update,
+    Verify,
     Wait,
     next_actions,
 )
@@ -216,7 +217,48 @@ CASES = [
     ),
     (
         "done",
-        view(fleet("updated", "failed"), wave_done_at={0: 1.0}, strategy={"failure_budget": "1"}),
+        view(
+            fleet("updated", "failed"),
+            wave_done_at={0: 1.0},
+            strategy={"failure_budget": "1"},
+            verified=True,
+        ),
+        [Finish("succeeded", "every instance is on the new version")],
+    ),
+    # Issue #12 item 8: "succeeded" only once every updated instance is running and healthy
+    # at the end (a host fault after its update may have stopped it).
+    (
+        "the last bake over: the updated instances are verified first",
+        view(
+            fleet("updated", "failed", "updated"),
+            wave_done_at={0: 1.0},
+            strategy={"failure_budget": "1"},
+        ),
+        [Verify((0, 2))],
+    ),
+    (
+        "verification while the bake runs: not yet",
+        view(fleet("updated"), wave_done_at={0: 99.0}, strategy={"bake_s": 10}),
+        [Wait("baking wave 1", until=109.0)],
+    ),
+    (
+        "a resumed rollout is verified (the pause may have been a host fault)",
+        view(fleet("updated"), status="paused", control="resume", wave_done_at={0: 1.0}),
+        [SetStatus("running", "resumed"), Verify((0,))],
+    ),
+    (
+        "an instance that could not be restored: failed, not succeeded",
+        view(
+            fleet("updated", "error"),
+            wave_done_at={0: 1.0},
+            strategy={"failure_budget": "1"},
+            verified=True,
+        ),
+        [Finish("failed", "1 instance(s) could not be restored")],
+    ),
+    (
+        "nothing updated (all failed within the budget): nothing to verify",
+        view(fleet("failed"), wave_done_at={0: 1.0}, strategy={"failure_budget": "1"}),
         [Finish("succeeded", "every instance is on the new version")],
     ),
 ]
@@ -252,7 +294,7 @@ def test_revert_respects_parallelism() -> None:
     assert next_actions(state) == [Revert(0), Revert(1)]
     assert isinstance(next_actions(view(fleet("reverting"), status="rolling_back"))[0], Wait)
     assert next_actions(view(fleet(), status="running")) == [MarkWaveDone(0)]
-    assert next_actions(view(fleet(), wave_done_at={0: 0.0})) == [
+    assert next_actions(view(fleet(), wave_done_at={0: 0.0}, verified=True)) == [
         Finish("succeeded", "every instance is on the new version")
     ]
 

@@ -27,6 +27,24 @@ SINCE = datetime(2024, 5, 1, 23, 41, 7, tzinfo=UTC)
         (DockerError("host d2: start x: boom"), True, "step"),
         (None, True, "step"),  # a failed gate while the daemon answers: the version's fault
         (None, False, "host"),  # a failed gate while the daemon is gone: not the version's
+        # issue #12: a crashed daemon's leftover docker-proxy holds the instance's port
+        (
+            ContainerError(
+                "host d1: start smartcpd-acme: 500 Server Error: driver failed programming "
+                "external connectivity on endpoint smartcpd-acme: Bind for 127.0.0.1:18001 "
+                "failed: port is already allocated"
+            ),
+            True,
+            "port",
+        ),
+        (
+            ContainerError(
+                "host d1: start x: listen tcp4 127.0.0.1:18001: bind: address already in use"
+            ),
+            True,
+            "port",
+        ),
+        (ContainerError("host d1: start x: port is already allocated"), False, "host"),
     ],
 )
 def test_classify(error: BaseException | None, answers: bool, kind: str) -> None:
@@ -91,3 +109,29 @@ def test_abort_refusal_names_the_silent_hosts_and_their_tenants() -> None:
         "instances a host fault interrupted there must be reconciled first; abort again when "
         "the host is back"
     )
+
+
+def test_a_taken_port_is_retried_with_a_back_off_then_pauses_naming_the_cause() -> None:
+    def decide(waited: float, attempt: int) -> faults.Retry | faults.Pause:
+        return faults.port_wait_decision(
+            waited_s=waited, limit_s=30, attempt=attempt, host="d1", error="port is taken"
+        )
+
+    assert [decide(0, a) for a in range(4)] == [
+        faults.Retry(0.25),
+        faults.Retry(0.5),
+        faults.Retry(1.0),
+        faults.Retry(1.0),
+    ]
+    assert decide(29.8, 9) == faults.Retry(pytest.approx(0.2))
+    paused = decide(30, 30)
+    assert isinstance(paused, faults.Pause)
+    assert paused.reason.startswith("host d1: a published port is still taken (port is taken)")
+    assert "docker-proxy" in paused.reason and paused.reason.endswith("and resume")
+
+
+def test_dangling_steps_are_the_started_ones_this_process_did_not_begin() -> None:
+    steps = [(1, "ok"), (2, "interrupted"), (3, "started"), (4, "started"), (5, "failed")]
+    assert faults.dangling(steps, own={4}) == [3]
+    assert faults.dangling(steps, own=set()) == [3, 4]
+    assert faults.dangling([], own=set()) == []
