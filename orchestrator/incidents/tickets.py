@@ -97,12 +97,15 @@ EVIDENCE = "evidence"
 
 def evidence_key(author: str, data: Mapping[str, Any]) -> str:
     """Which evidence entry of a ticket ``data`` (written by ``author``) repeats: the same alert
-    name (Alertmanager), the same monitor (a DOWN), else the same field names, tenant and host
+    name (Alertmanager; and the same label on the ticket of unknown tenants), the same monitor
+    (a DOWN), else the same field names, tenant and host
     (a host's, a correlation's, a rollout's, the containers')."""
     for field, what in (("alertname", "alert"), ("monitor", "monitor")):
         value = data.get(field)
         if isinstance(value, str) and value:
-            return f"{author}:{what}:{value}"
+            # the fleet-level ticket of unknown tenants: one entry per label it was sent
+            unknown = data.get("unknown_tenant")
+            return f"{author}:{what}:{value}" + (f":{unknown}" if isinstance(unknown, str) else "")
     shape = ",".join(sorted(k for k in data if k != OCCURRENCES))
     where = "@".join(str(data.get(k) or "") for k in ("tenant", "host"))
     return f"{author}:{shape}:{where}"

@@ -52,7 +52,7 @@ def store(db_url: str) -> Iterator[sessionmaker[Session]]:
     upgrade(engine)
     factory = make_session_factory(engine)
     with session_scope(factory) as s:
-        s.add_all(Tenant(slug=t, name=t.upper()) for t in TENANTS)
+        s.add_all(Tenant(slug=t, name=t.upper()) for t in [*TENANTS, *STORM_TENANTS])
     yield factory
     engine.dispose()
 
