@@ -405,6 +405,7 @@ def rollout_ls(status: str | None, limit: int, as_json: bool) -> None:
             for r in data
         ],
         ["id", "image", "status", "by", "created", "finished", "incident", "error"],
+        empty="no rollouts",
     )
 
 
@@ -493,6 +494,7 @@ def print_rollout(data: dict[str, Any]) -> None:
             for i in insts
         ],
         ["wave", "tenant", "host", "container", "from", "state", "step", "error"],
+        empty="no instances",
     )
 
 
