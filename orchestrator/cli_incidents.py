@@ -320,6 +320,24 @@ def incidents_priority(number: str, priority: str, author: str, as_json: bool) -
     )
 
 
+@incidents.command("owner")
+@click.argument("number")
+@click.argument("owner", required=False)
+@author_option
+@json_option
+def incidents_owner(number: str, owner: str | None, author: str, as_json: bool) -> None:
+    """Give a ticket to OWNER (none given: to nobody)."""
+    from orchestrator.incidents.tickets import set_owner
+
+    _act(
+        number,
+        as_json,
+        lambda s, i: set_owner(s, i, owner, author=author),
+        "owner",
+        {"owner": owner, "author": author},
+    )
+
+
 @incidents.command("create")
 @click.option("--type", "type_", type=click.Choice(TYPES), required=True)
 @click.option("--subject", required=True)

@@ -68,6 +68,20 @@ def test_incidents_show_prints_evidence_as_facts_and_log_lines(
     assert out.count(DESCRIPTION) == 1
 
 
+def test_a_ticket_gets_an_owner_from_the_cli(env: dict[str, str], db_url: str) -> None:
+    number = open_down_ticket(Settings(database_url=db_url))
+    env = {**env, "CPDOPS_AUTHOR": "ivanov"}
+    res = run(env, "incidents", "owner", number, "petrov")
+    assert res.returncode == 0, res.stderr
+    assert "owner petrov" in res.stdout.splitlines()[0]
+    assert "owner - → petrov" in res.stdout
+    res = run(env, "incidents", "owner", number, "--json")  # to nobody
+    assert res.returncode == 0, res.stderr
+    assert '"owner": null' in res.stdout
+    res = run(env, "incidents", "owner", number, "x" * 101)
+    assert res.returncode == 2 and "owner:" in res.stderr
+
+
 def test_empty_listings_say_so(env: dict[str, str]) -> None:
     for args, line in [
         (("incidents", "ls"), "no incidents"),
