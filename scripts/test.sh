@@ -15,7 +15,8 @@ start_postgres
 # Prometheus (promtool), amtool and docker-compose for the dashboards and the production stack;
 # headless Chromium for the web UI tests (driven by the venv's playwright, no browser download)
 # openssh-server: an sshd started by the tests for ssh:// Docker hosts (sshd.py)
-apt_install kamailio prometheus-alertmanager prometheus docker-compose chromium openssl openssh-server
+# jq: the README's quick tour uses it (test_readme_tour.py runs the tour)
+apt_install kamailio prometheus-alertmanager prometheus docker-compose chromium openssl openssh-server jq
 export CPDOPS_REQUIRE_DOCKER=1 CPDOPS_REQUIRE_POSTGRES=1 CPDOPS_REQUIRE_KAMAILIO=1
 export CPDOPS_REQUIRE_ALERTMANAGER=1 CPDOPS_REQUIRE_PROMETHEUS=1 CPDOPS_REQUIRE_CHROMIUM=1
 cd "$ROOT"
