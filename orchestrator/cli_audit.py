@@ -73,4 +73,5 @@ def audit_ls(as_json: bool, **kw: Any) -> None:
             for e in data
         ],
         ["at", "actor", "action", "method", "status", "target", "from"],
+        empty="no audit entries",
     )

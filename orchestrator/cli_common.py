@@ -105,17 +105,53 @@ def _cell(value: Any) -> str:
         except ValueError:
             return str(value)
     if isinstance(value, datetime):
+        if value.year <= 1:  # Docker's "0001-01-01T00:00:00Z": never
+            return "-"
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
 
 
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, empty: str) -> None:
+    """Rows under upper-case headers; no rows: the line ``empty`` (e.g. "no incidents") instead
+    of a bare header, so an empty answer says so."""
+    if not rows:
+        click.echo(empty)
+        return
     cells = [[_cell(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     header = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
     click.echo(header.rstrip())
     for r in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _known_names(client: ApiClient | None, kind: str) -> set[str]:
+    """The names of the registry's tenants or hosts (with the hosts tenants are placed on,
+    such as the implicit ``local``), through the API or from the database."""
+    if client is not None:
+        tenants = client.get(client.path("tenants"))
+        if kind == "tenant":
+            return {t["slug"] for t in tenants}
+        return {h["name"] for h in client.get(client.path("hosts"))} | {
+            t["host_name"] for t in tenants if t.get("host_name")
+        }
+    from sqlalchemy import select
+
+    from orchestrator.db.models import Host, Tenant
+
+    with _opened() as ctx, ctx.factory() as s:
+        if kind == "tenant":
+            return set(s.scalars(select(Tenant.slug)))
+        return {h.name for h in ctx.hosts.hosts()} | set(s.scalars(select(Host.name)))
+
+
+def _check_filters(client: ApiClient | None, **named: str | None) -> None:
+    """Exit 2 ("no such tenant: acmee") when a filter names a tenant or host that does not
+    exist — asked only after an empty answer, so a listing that found something costs nothing
+    more and an empty table never hides a typo."""
+    for kind, name in named.items():
+        if name is not None and name not in _known_names(client, kind):
+            raise InputError(f"no such {kind}: {name} (cpdops fleet {kind}s lists them)")
 
 
 def _csv(value: str | None) -> list[str] | None:

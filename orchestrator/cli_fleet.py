@@ -11,7 +11,7 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from orchestrator.cli_common import _api, _dump, _opened, _table, json_option
+from orchestrator.cli_common import _api, _check_filters, _dump, _opened, _table, json_option
 from orchestrator.errors import OperationFailed
 
 
@@ -44,6 +44,8 @@ def fleet_ls(tenant: str | None, host: str | None, as_json: bool) -> None:
         }
     instances: list[dict[str, Any]] = data["instances"]
     errors: dict[str, str] = data["errors"]
+    if not instances:
+        _check_filters(client, tenant=tenant, host=host)
     if as_json:
         _dump(data)
     else:
@@ -56,6 +58,7 @@ def fleet_ls(tenant: str | None, host: str | None, as_json: bool) -> None:
                 for i in instances
             ],
             ["tenant", "component", "host", "container", "image", "version", "status"],
+            empty="no instances",
         )
         for name, err in errors.items():
             click.echo(f"warning: host {name}: {err}", err=True)
@@ -95,6 +98,7 @@ def fleet_hosts(as_json: bool) -> None:
             for h in data
         ],
         ["name", "url", "tls", "status", "since", "labels"],
+        empty="no hosts",
     )
 
 
@@ -133,6 +137,7 @@ def fleet_tenants(ring: str | None, as_json: bool) -> None:
             for t in data
         ],
         ["tenant", "name", "ring", "host", "window", "db", "status"],
+        empty="no tenants",
     )
 
 

@@ -18,7 +18,15 @@ import click
 from sqlalchemy.orm import Session
 
 from orchestrator.auth.audit import record_cli
-from orchestrator.cli_common import _api, _cell, _dump, _opened, _table, json_option
+from orchestrator.cli_common import (
+    _api,
+    _cell,
+    _check_filters,
+    _dump,
+    _opened,
+    _table,
+    json_option,
+)
 from orchestrator.client import ApiClient
 from orchestrator.db.models import Incident
 from orchestrator.db.session import session_scope
@@ -83,6 +91,8 @@ def incidents_ls(
                 offset=offset,
             )
             rows = [to_out(i).model_dump(mode="json") for i in found]
+    if not rows:
+        _check_filters(client, tenant=tenant)
     if as_json:
         _dump(rows)
         return
@@ -93,6 +103,7 @@ def incidents_ls(
             for r in rows
         ],
         ["number", "type", "status", "priority", "tenant", "subject", "created"],
+        empty="no incidents",
     )
 
 
@@ -104,13 +115,59 @@ def _detail_of(number: str) -> dict[str, Any]:
         return _detail(s, number).model_dump(mode="json")
 
 
+LOG_KEYS = ("log", "logs", "output", "body", "excerpt")
+
+
+def evidence_lines(data: dict[str, Any], indent: str = "      ") -> list[str]:
+    """Evidence as facts, one ``key: value`` a line (nested keys dotted, times as in tables,
+    Docker's zero time "-"), log text as its own lines under its key, each listed container
+    (or other record) as a block of its own."""
+    facts: list[str] = []
+    blocks: list[str] = []
+
+    def walk(obj: dict[str, Any], prefix: str) -> None:
+        for k, v in obj.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, str) and (k.rsplit("_", 1)[-1] in LOG_KEYS or "\n" in v):
+                blocks.append(f"{indent}{key}:")
+                blocks.extend(f"{indent}  | {line}" for line in v.splitlines() or [""])
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                for n, item in enumerate(v, 1):
+                    name = f": {item['name']}" if "name" in item else ""
+                    blocks.append(f"{indent}{key} {n}{name}")
+                    blocks.extend(evidence_lines(item, indent + "  "))
+            elif isinstance(v, dict):
+                walk(v, key)
+            elif isinstance(v, list):
+                facts.append(f"{indent}{key}: {', '.join(map(str, v)) or '-'}")
+            else:
+                shown = "-" if v is None or v == "" else v
+                facts.append(f"{indent}{key}: {_cell(shown)}")
+
+    walk(data, "")
+    return facts + blocks
+
+
+def _event_what(e: dict[str, Any]) -> str:
+    """The event's kind; a change as from → to («Новая → Решение предоставлено»)."""
+    data = e["data"]
+    if e["kind"] in ("status", "solution") and "to" in data:
+        labels = [
+            STATUS_LABELS.get(data.get(x) or "", {}).get("ru", data.get(x)) for x in ("from", "to")
+        ]
+        return f"status {labels[0]} → {labels[1]}"
+    if e["kind"] in ("priority", "owner") and "to" in data:
+        return f"{e['kind']} {data.get('from') or '-'} → {data.get('to') or '-'}"
+    return str(e["kind"])
+
+
 def _show(d: dict[str, Any], as_json: bool) -> None:
     if as_json:
         _dump(d)
         return
     click.echo(
         f"#{d['number']}  {d['type']}  {d['status']} ({STATUS_LABELS[d['status']]['ru']})  "
-        f"priority {d['priority']}  tenant {d['tenant'] or '-'}"
+        f"priority {d['priority']}  owner {d.get('owner') or '-'}  tenant {d['tenant'] or '-'}"
     )
     click.echo(f"subject: {d['subject']}")
     if d["description"]:
@@ -126,8 +183,15 @@ def _show(d: dict[str, Any], as_json: bool) -> None:
         )
     click.echo("timeline:")
     for e in d["events"]:
-        what = e["kind"] if "to" not in e["data"] else f"{e['kind']}→{e['data']['to']}"
-        click.echo(f"  {_cell(e['at'])}  {e['author']:12} {what:24} {e['body']}".rstrip())
+        # the "created" entry's body is the description, printed above
+        body = "" if e["kind"] == "created" and e["body"] == d["description"] else e["body"]
+        click.echo(f"  {_cell(e['at'])}  {e['author']:12} {_event_what(e):24} {body}".rstrip())
+        if e["kind"] == "comment":
+            if e["data"].get("customer"):
+                click.echo("      (the customer's reply)")
+        elif e["kind"] not in ("status", "solution", "priority", "owner") and e["data"]:
+            for line in evidence_lines(e["data"]):
+                click.echo(line)
 
 
 @incidents.command("show")
@@ -253,6 +317,24 @@ def incidents_priority(number: str, priority: str, author: str, as_json: bool) -
         lambda s, i: set_priority(s, i, priority, author=author),
         "priority",
         {"priority": priority, "author": author},
+    )
+
+
+@incidents.command("owner")
+@click.argument("number")
+@click.argument("owner", required=False)
+@author_option
+@json_option
+def incidents_owner(number: str, owner: str | None, author: str, as_json: bool) -> None:
+    """Give a ticket to OWNER (none given: to nobody)."""
+    from orchestrator.incidents.tickets import set_owner
+
+    _act(
+        number,
+        as_json,
+        lambda s, i: set_owner(s, i, owner, author=author),
+        "owner",
+        {"owner": owner, "author": author},
     )
 
 

@@ -15,7 +15,15 @@ from typing import Any
 import click
 from sqlalchemy import select
 
-from orchestrator.cli_common import _api, _dump, _need_api, _opened, _table, json_option
+from orchestrator.cli_common import (
+    _api,
+    _check_filters,
+    _dump,
+    _need_api,
+    _opened,
+    _table,
+    json_option,
+)
 from orchestrator.errors import InputError, NotFoundError
 
 WINDOWS = ("1h", "24h", "7d", "30d")
@@ -41,6 +49,8 @@ def monitors_ls(tenant: str | None, as_json: bool) -> None:
         if client is not None
         else _recorded_monitors(tenant)
     )
+    if not data:
+        _check_filters(client, tenant=tenant)
     if as_json:
         _dump(data)
         return
@@ -59,6 +69,7 @@ def monitors_ls(tenant: str | None, as_json: bool) -> None:
             for d in data
         ],
         ["monitor", "source", "status", "1h", "24h", "7d", "reason", "changed"],
+        empty="no monitors",
     )
 
 
@@ -144,6 +155,7 @@ def monitors_history(monitor_id: str, window: str, as_json: bool) -> None:
             for p in data["points"]
         ],
         ["start (UTC)", "checks", "failures", "maintenance", "avg ms", "max ms"],
+        empty="no checks in this window",
     )
 
 
@@ -188,6 +200,7 @@ def monitors_changes(
     _table(
         [(d["at"], d["old"], d["new"], d["written_at"], d["reason"][:60]) for d in data],
         ["at", "old", "new", "written", "reason"],
+        empty="no status changes",
     )
 
 
@@ -241,7 +254,7 @@ def monitors_uptime(tenant: str, as_json: bool) -> None:
         _dump(data)
         return
     click.echo(f"tenant {data['tenant']}: {len(data['monitors'])} monitor(s)")
-    _table([[_pct(data["uptime"].get(w)) for w in WINDOWS]], list(WINDOWS))
+    _table([[_pct(data["uptime"].get(w)) for w in WINDOWS]], list(WINDOWS), empty="no uptime")
 
 
 def _option(values: tuple[str, ...]) -> dict[str, Any]:
@@ -332,4 +345,5 @@ def monitors_postgres(as_json: bool) -> None:
             for p in data
         ],
         ["monitor", "status", "target", "conns", "max", "lag s", "checked", "reason"],
+        empty="no postgres monitors",
     )

@@ -77,6 +77,7 @@ def outbox_ls(as_json: bool, **kw: Any) -> None:
             for r in data
         ],
         ["id", "state", "channel", "recipient", "ticket", "kind", "tries", "at", "error"],
+        empty="no notifications in the outbox",
     )
 
 

@@ -467,6 +467,7 @@ def rollout_ls(status: str | None, limit: int, as_json: bool) -> None:
             for r in data
         ],
         ["id", "image", "status", "by", "created", "finished", "incident", "error"],
+        empty="no rollouts",
     )
 
 
@@ -555,6 +556,7 @@ def print_rollout(data: dict[str, Any]) -> None:
             for i in insts
         ],
         ["wave", "tenant", "host", "container", "from", "state", "step", "error"],
+        empty="no instances",
     )
 
 

@@ -113,6 +113,7 @@ def token_ls(as_json: bool) -> None:
             for d in data
         ],
         ["id", "name", "role", "state", "key id", "created", "expires", "last used"],
+        empty="no tokens",
     )
 
 

@@ -17,8 +17,9 @@ start_postgres
 # openssh-server: an sshd started by the tests for ssh:// Docker hosts (sshd.py)
 # prometheus-postgres-exporter: the reference for the pg_* series (test_postgres_exporter.py)
 # stress-ng: load beside the suite, to show its tests wait on events (issue #12)
+# jq: the README's quick tour uses it (test_readme_tour.py runs the tour)
 apt_install kamailio prometheus-alertmanager prometheus docker-compose chromium openssl openssh-server \
-  prometheus-postgres-exporter stress-ng
+  prometheus-postgres-exporter stress-ng jq
 export CPDOPS_REQUIRE_DOCKER=1 CPDOPS_REQUIRE_POSTGRES=1 CPDOPS_REQUIRE_KAMAILIO=1
 export CPDOPS_REQUIRE_ALERTMANAGER=1 CPDOPS_REQUIRE_PROMETHEUS=1 CPDOPS_REQUIRE_CHROMIUM=1
 cd "$ROOT"

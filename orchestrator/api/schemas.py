@@ -211,6 +211,9 @@ class AttachmentOut(ORM):
 
 
 class IncidentDetail(IncidentOut):
+    owner: str | None = Field(
+        default=None, description="who works on it (the last `owner` entry of the timeline)"
+    )
     events: list[EventOut] = Field(description="the timeline, oldest first")
     attachments: list[AttachmentOut] = []
     parent: IncidentRef | None = Field(
@@ -306,6 +309,15 @@ StatusChange = Annotated[StatusIn | SolutionIn, Field(discriminator="status")]
 
 class PriorityIn(StrictIn):
     priority: TicketPriority
+    author: Author
+
+
+class OwnerIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    owner: Annotated[str, Clean, Field(max_length=100)] | None = Field(
+        description="who takes the ticket; null or empty: nobody", examples=["petrov"]
+    )
     author: Author
 
 

@@ -388,6 +388,29 @@ def set_priority(session: Session, incident: Incident, priority: str, *, author:
     return True
 
 
+def current_owner(events: list[IncidentEvent]) -> str | None:
+    """Who owns the ticket: the last ``owner`` entry of its timeline (None: nobody). The owner
+    lives on the timeline, not in a column: every change is there with its author and time."""
+    for event in reversed(events):
+        if event.kind == "owner":
+            owner = event.data.get("to")
+            return owner if isinstance(owner, str) else None
+    return None
+
+
+def set_owner(session: Session, incident: Incident, owner: str | None, *, author: str) -> bool:
+    """Give the ticket to ``owner`` (None or blank: to nobody); False when nothing changes."""
+    _check_author(author)
+    wanted = (owner or "").strip() or None
+    if wanted is not None and len(wanted) > 100:
+        raise InputError("owner: give a name of 1 to 100 characters (or none)")
+    old = current_owner(list(incident.events))
+    if old == wanted:
+        return False
+    add_event(session, incident, author=author, kind="owner", data={"from": old, "to": wanted})
+    return True
+
+
 def _status_data(old: str, new: str) -> dict[str, Any]:
     return {
         "from": old,

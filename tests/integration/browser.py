@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -65,15 +65,24 @@ def launched(path: str) -> Iterator[Browser]:
 
 
 @contextmanager
-def page_of(browser: Browser) -> Iterator[Page]:
-    """A fresh context (own sessionStorage) and page; page errors fail the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB")
+def page_of(browser: Browser, *, http_errors: bool = False, **options: Any) -> Iterator[Page]:
+    """A fresh context (own sessionStorage) and page; page errors fail the test (with
+    ``http_errors``, Chromium's console line for a 4xx the test provokes does not). ``options``
+    are Playwright's context options (``timezone_id``, ``viewport``, ``locale``, …)."""
+    context = browser.new_context(
+        **{"viewport": {"width": 1280, "height": 900}, "locale": "en-GB", **options}
+    )
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on(
         "console",
-        lambda msg: errors.append(msg.text) if msg.type == "error" else None,
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error"
+            and not (http_errors and msg.text.startswith("Failed to load resource"))
+            else None
+        ),
     )
     page.set_default_timeout(20_000)
     try:

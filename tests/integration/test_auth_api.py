@@ -59,6 +59,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/incidents/{number}/comments"): "operator",
     ("POST", "/api/v1/incidents/{number}/status"): "operator",
     ("POST", "/api/v1/incidents/{number}/priority"): "operator",
+    ("POST", "/api/v1/incidents/{number}/owner"): "operator",
     ("GET", "/api/v1/incidents/{number}/attachments/{attachment_id}"): "viewer",
     ("POST", "/api/v1/intake/alertmanager"): "shared secret",
     ("POST", "/api/v1/intake/telegram"): "shared secret",

@@ -119,6 +119,10 @@ def test_login_pages_and_customer_text_stays_text(served: Served, tmp_path: Path
             screenshot(page, "fleet-no-engine")
 
             page.get_by_role("link", name="Incidents").click()
+            # the browser's language (en-GB) for the ticket labels too, until RU is chosen
+            row = page.locator(f"#incidents tr[data-number='{number}']")
+            assert "Consultation" in row.inner_text() and "New" in row.inner_text()
+            page.get_by_role("button", name="RU").click()
             row = page.locator(f"#incidents tr[data-number='{number}']")
             assert "Консультация" in row.inner_text() and "Новая" in row.inner_text()
             page.get_by_role("button", name="EN").click()

@@ -98,7 +98,7 @@ def test_operator_rolls_out_watches_and_comments_on_the_incident(
             incident_link.click()
             page.wait_for_selector("#timeline")
             assert f"Rollout {rollout_id}" in page.locator("#ticket-subject").inner_text()
-            assert "Массовый инцидент" in page.locator("#ticket-status").inner_text()
+            assert "Mass incident" in page.locator("#ticket-status").inner_text()  # en-GB
             assert page.locator("#timeline .k-evidence").count() >= 1
             page.get_by_label("Comment (as ivanov)").fill(COMMENT)
             page.get_by_role("button", name="Add comment").click()
@@ -128,7 +128,8 @@ def test_operator_rolls_out_watches_and_comments_on_the_incident(
             row.get_by_role("link", name=monitor).click()
             chart = page.locator("svg.chart")
             chart.wait_for()
-            assert chart.locator("polyline.avg, circle.avg").count() == 1, "latency drawn"
+            # a line per run of healthy minutes (a DOWN band breaks it)
+            assert chart.locator("polyline.avg, circle.avg").count() >= 1, "latency drawn"
             assert "failed checks" in chart.locator("desc").text_content()
             screenshot(page, "monitor-history")
 

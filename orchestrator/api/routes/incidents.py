@@ -21,6 +21,7 @@ from orchestrator.api.schemas import (
     CommentIn,
     IncidentDetail,
     IncidentOut,
+    OwnerIn,
     PriorityIn,
     StatusChange,
     TicketCreate,
@@ -45,8 +46,10 @@ from orchestrator.incidents.tickets import (
     add_comment,
     change_status,
     create_ticket,
+    current_owner,
     get_by_number,
     list_tickets,
+    set_owner,
     set_priority,
 )
 
@@ -87,6 +90,7 @@ def to_detail(incident: Incident) -> IncidentDetail:
     return IncidentDetail.model_validate(
         {
             **to_out(incident).model_dump(),
+            "owner": current_owner(incident.events),
             "events": incident.events,
             "attachments": incident.attachments,
             "parent": incident.parent,
@@ -360,6 +364,23 @@ def post_priority(
 ) -> IncidentDetail:
     incident = get_by_number(session, number)
     set_priority(session, incident, body.priority, author=body.author)
+    session.commit()
+    return _detail(session, number)
+
+
+@router.post(
+    "/{number}/owner",
+    response_model=IncidentDetail,
+    summary="Give a ticket to an owner",
+    description="Who works on the ticket (`null` or empty: nobody); the change is on the "
+    "timeline (`owner`, from → to) and the ticket's `owner` is the last one.",
+    responses=ERRORS,
+)
+def post_owner(
+    number: NumberPath, body: OwnerIn, session: SessionDep, _operator: OperatorDep
+) -> IncidentDetail:
+    incident = get_by_number(session, number)
+    set_owner(session, incident, body.owner, author=body.author)
     session.commit()
     return _detail(session, number)
 

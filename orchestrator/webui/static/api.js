@@ -52,7 +52,6 @@ export async function api(path, { method = "GET", body, raw = false, token } = {
     location.hash = "#/login";
     throw new ApiError(401, "not logged in");
   }
-  if (resp.status === 403) throw new ApiError(403, "Your role cannot do this (403).");
   if (!resp.ok) {
     let detail = resp.statusText;
     try {
@@ -60,6 +59,8 @@ export async function api(path, { method = "GET", body, raw = false, token } = {
     } catch {
       /* not JSON */
     }
+    // A 403 keeps the server's reason ("this needs role operator; token … has role viewer").
+    if (resp.status === 403) throw new ApiError(403, `Your role cannot do this (403): ${detail}`);
     throw new ApiError(resp.status, `${detail} (HTTP ${resp.status})`);
   }
   if (raw) return resp;

@@ -1,14 +1,15 @@
 // The shell: login, navigation (hash routes), one page at a time.
 import { api, ApiError, session } from "./api.js";
-import { h, message, render } from "./dom.js";
+import { h, message, render, zoneLabel } from "./dom.js";
 import { fleetPage } from "./fleet.js";
-import { lang, setLang } from "./i18n.js";
+import { lang, setLang, t } from "./i18n.js";
 
 const view = document.getElementById("view");
 const nav = document.getElementById("nav");
 const langButton = document.getElementById("lang");
 const logoutButton = document.getElementById("logout");
 const flash = document.getElementById("flash");
+const zone = document.getElementById("zone");
 
 const lazy = (module, name) => async (...args) => (await import(module))[name](...args);
 const ROUTES = [
@@ -29,19 +30,29 @@ function showFlash(text) {
   flash.textContent = text || "";
 }
 
+// One language for page text and ticket labels, one time zone (shown here) for every time.
+function header() {
+  document.documentElement.lang = lang();
+  langButton.textContent = lang() === "ru" ? "EN" : "RU";
+  langButton.title = lang() === "ru" ? "Show the pages in English" : "Показать страницы по-русски";
+  zone.textContent = `${t("Times in")} ${zoneLabel()}`;
+  for (const a of nav.querySelectorAll("a")) a.textContent = t((a.dataset.text ||= a.textContent));
+  logoutButton.textContent = t("Log out");
+}
+
 function loginPage() {
-  nav.hidden = logoutButton.hidden = langButton.hidden = true;
+  nav.hidden = logoutButton.hidden = true;
   const note = session.takeFlash();
   const token = h("input", { id: "token", name: "token", type: "password", required: true, autocomplete: "current-password", size: 40 });
   const name = h("input", { id: "name", name: "name", autocomplete: "username", value: sessionStorage.getItem("cpdops.name") || "", placeholder: "ivanov" });
   const status = h("div", { "aria-live": "polite" }, note ? message("error", note) : null);
   const submit = async (event) => {
     event.preventDefault();
-    render(status, message("info", "Checking the token…"));
+    render(status, message("info", t("Checking the token…")));
     try {
       await api("/api/v1/hosts", { token: token.value });
     } catch (err) {
-      const text = err instanceof ApiError && err.status === 401 ? "This token is not valid (401)." : err.message;
+      const text = err instanceof ApiError && err.status === 401 ? t("This token is not valid (401).") : err.message;
       render(status, message("error", text));
       return;
     }
@@ -52,12 +63,12 @@ function loginPage() {
     h(
       "form",
       { class: "login card", onsubmit: submit, "aria-labelledby": "login-title" },
-      h("h1", { id: "login-title" }, "Log in to cpdops"),
-      h("label", { for: "token" }, "API token"),
+      h("h1", { id: "login-title" }, t("Log in to cpdops")),
+      h("label", { for: "token" }, t("API token")),
       token,
-      h("label", { for: "name" }, "Your name (shown on ticket timelines)"),
+      h("label", { for: "name" }, t("Your name (shown on ticket timelines)")),
       name,
-      h("button", { type: "submit" }, "Log in"),
+      h("button", { type: "submit" }, t("Log in")),
       status,
       h("p", { class: "muted" }, "Create a token with ", h("code", null, "cpdops token create --role operator"), "."),
     ),
@@ -68,6 +79,7 @@ function loginPage() {
 async function route() {
   current?.leave();
   showFlash("");
+  header();
   const path = location.hash.replace(/^#\/?/, "").split("?")[0];
   if (path === "login" || !session.token()) {
     if (path !== "login") {
@@ -77,9 +89,7 @@ async function route() {
     loginPage();
     return;
   }
-  nav.hidden = logoutButton.hidden = langButton.hidden = false;
-  langButton.textContent = lang() === "ru" ? "EN" : "RU";
-  langButton.setAttribute("aria-label", lang() === "ru" ? "Show labels in English" : "Показать метки по-русски");
+  nav.hidden = logoutButton.hidden = false;
   const match = ROUTES.map(([re, page, fn]) => [path.match(re), page, fn]).find(([m]) => m);
   if (!match) {
     location.replace("#/fleet");
@@ -128,7 +138,7 @@ async function route() {
     },
   };
   current = ctx;
-  render(view, h("p", { class: "muted" }, "Loading…"));
+  render(view, h("p", { class: "muted" }, t("Loading…")));
   try {
     await fn(view, ctx, ...m.slice(1).map(decodeURIComponent));
   } catch (err) {

@@ -92,13 +92,44 @@ export function link(text, ...parts) {
   return h("a", { href: "#/" + parts.map((p) => encodeURIComponent(String(p))).join("/") }, text);
 }
 
-/** "2026-05-01 10:02:03 UTC" from an API time (naive times are UTC). */
+const ISO_TIME = /^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?([zZ]|[+-]\d\d:?\d\d)?$/;
+
+/** Whether `value` is an API time (ISO 8601; naive times are UTC). */
+export function isTime(value) {
+  return typeof value === "string" && ISO_TIME.test(value);
+}
+
+// Every time on every page is shown in the user's time zone (the browser's), named in the header.
+const PARTS = new Intl.DateTimeFormat("en-GB", {
+  year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23",
+});
+
+/** The user's time zone as shown in the header: "Europe/Moscow (UTC+03:00)". */
+export function zoneLabel(at = new Date()) {
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
+  const off = -at.getTimezoneOffset();
+  const abs = Math.abs(off);
+  const hhmm = `${String(Math.floor(abs / 60)).padStart(2, "0")}:${String(abs % 60).padStart(2, "0")}`;
+  return `${zone} (UTC${off < 0 ? "-" : "+"}${hhmm})`;
+}
+
+/** A Date as "2026-05-01 13:02:03" in the user's time zone; `short`: "05-01 13:02" or "13:02". */
+export function fmtDate(d, short) {
+  const p = Object.fromEntries(PARTS.formatToParts(d).map((x) => [x.type, x.value]));
+  if (short === "day") return `${p.month}-${p.day} ${p.hour}:${p.minute}`;
+  if (short === "clock") return `${p.hour}:${p.minute}`;
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second}`;
+}
+
+/** An API time (naive times are UTC) in the user's time zone; absent or zero times
+ * (Docker's "0001-01-01T00:00:00Z" for "never") are "—". */
 export function fmtTime(value) {
   if (!value) return "—";
   const iso = /[zZ]|[+-]\d\d:?\d\d$/.test(value) ? value : value + "Z";
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return String(value);
-  return d.toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  if (d.getUTCFullYear() <= 1) return "—";
+  return fmtDate(d);
 }
 
 export function fmtPct(value) {

@@ -1,6 +1,10 @@
-// Fleet grid: tenant × host × version × status.
+// Fleet grid: tenant × host × version × status, refreshed every REFRESH_MS (the filter box
+// and its text stay; only the data is replaced).
 import { api } from "./api.js";
 import { badge, fmtPct, h, link, message, render, table } from "./dom.js";
+import { t } from "./i18n.js";
+
+const REFRESH_MS = 10000;
 
 const WORST = ["down", "pending", "maintenance", "up"];
 
@@ -40,7 +44,7 @@ export function fleetRows(tenants, instances, monitors) {
 function rowOf(r) {
   const i = r.instance;
   const mon = worst(r.monitors);
-  const container = i ? [badge(i.status), i.health ? [" ", badge(i.health, i.health)] : null] : badge("missing", "no instance");
+  const container = i ? [badge(i.status), i.health ? [" ", badge(i.health, i.health)] : null] : badge("missing", t("no instance"));
   // The tenant's host does not answer: the whole row says so (the host incident stands for it).
   const unreachable = r.tenant?.status === "unreachable";
   const hostBadge = unreachable ? [" ", h("span", { class: "badge s-unreachable", title: r.tenant.status_reason ?? "" }, "unreachable")] : null;
@@ -58,19 +62,60 @@ function rowOf(r) {
   );
 }
 
-export async function fleetPage(view, ctx) {
+/** The hosts to list: the registry's, and those named only by instances or tenants (the
+ * implicit `local` engine is in no fleet file but runs tenants all the same). */
+export function hostRows(hosts, instances, tenants) {
+  const rows = [...hosts];
+  const known = new Set(hosts.map((x) => x.name));
+  const named = [...instances.map((i) => i.host), ...tenants.map((x) => x.host_name)].filter(Boolean);
+  for (const name of named) {
+    if (known.has(name)) continue;
+    known.add(name);
+    rows.push({ name, url: null, status: null, tls: false });
+  }
+  return rows;
+}
+
+async function load() {
   const [tenants, instances, hosts, monitors] = await Promise.all([
     api("/api/v1/tenants"),
     api("/api/v1/instances"),
     api("/api/v1/hosts"),
     api("/api/v1/monitors"),
   ]);
+  return { tenants, instances, hosts: hostRows(hosts, instances.instances, tenants), monitors };
+}
+
+function hostsTable(hosts, instances) {
+  const perHost = new Map();
+  for (const i of instances) perHost.set(i.host, (perHost.get(i.host) || 0) + 1);
+  return table(
+    ["host", "engine", "status", "instances", "TLS"].map(t),
+    hosts.map((x) =>
+      h(
+        "tr",
+        { dataset: { host: x.name, status: x.status ?? "ok" } },
+        h("th", { scope: "row" }, x.name),
+        h("td", null, x.url ?? "—"),
+        h("td", null, h("span", { class: `badge s-${x.status === "unreachable" ? "unreachable" : "ok"}`, title: x.status_reason ?? "" }, x.status ?? "ok")),
+        h("td", { class: "num" }, perHost.get(x.name) || 0),
+        h("td", null, x.tls ? "yes" : "no"),
+      ),
+    ),
+    { id: "fleet-hosts" },
+  );
+}
+
+export async function fleetPage(view, ctx) {
+  const first = await load();
   if (!ctx.alive) return;
-  const rows = fleetRows(tenants, instances.instances, monitors);
-  const body = h("tbody", null, rows.map(rowOf));
+  const body = h("tbody");
+  const summary = h("p", { class: "summary", id: "fleet-summary" });
+  const problems = h("div", { id: "fleet-errors" });
+  const hostsBox = h("details", { class: "hosts" }, h("summary", null, t("Hosts")));
   const filter = h("input", { type: "search", id: "fleet-filter", placeholder: "tenant, host, version, status" });
-  const count = h("span", { class: "muted", "aria-live": "polite" }, `${rows.length} rows`);
-  filter.addEventListener("input", () => {
+  const count = h("span", { class: "muted", "aria-live": "polite" });
+  const applyFilter = () => {
     const q = filter.value.trim().toLowerCase();
     let shown = 0;
     for (const tr of body.rows) {
@@ -78,39 +123,48 @@ export async function fleetPage(view, ctx) {
       tr.hidden = !hit;
       if (hit) shown += 1;
     }
-    count.textContent = `${shown} of ${rows.length} rows`;
-  });
-  const down = monitors.filter((m) => m.status === "down").length;
-  const errors = Object.entries(instances.errors || {});
-  const perHost = new Map();
-  for (const i of instances.instances) perHost.set(i.host, (perHost.get(i.host) || 0) + 1);
+    count.textContent = q ? `${shown} ${t("of")} ${body.rows.length} ${t("rows")}` : `${body.rows.length} ${t("rows")}`;
+  };
+  filter.addEventListener("input", applyFilter);
+  const show = ({ tenants, instances, hosts, monitors }) => {
+    const rows = fleetRows(tenants, instances.instances, monitors);
+    render(body, rows.map(rowOf));
+    const down = monitors.filter((m) => m.status === "down").length;
+    render(
+      summary,
+      `${tenants.length} ${t("tenants")} · ${instances.instances.length} ${t("instances")} · ${hosts.length} ${t("hosts")} · ${monitors.length} ${t("monitors")}, `,
+      badge(down ? "down" : "up", `${down} ${t("down")}`),
+    );
+    render(problems, Object.entries(instances.errors || {}).map(([host, reason]) => message("error", `host ${host}: ${reason}`)));
+    hostsBox.querySelector("table")?.remove();
+    hostsBox.append(hostsTable(hosts, instances.instances));
+    applyFilter();
+    document.body.dataset.fleetRendered = String(rows.length);
+  };
+  show(first);
   render(view, 
-    h("h1", null, "Fleet"),
-    h(
-      "p",
-      { class: "summary" },
-      `${tenants.length} tenants · ${instances.instances.length} instances · ${hosts.length} hosts · ${monitors.length} monitors, `,
-      badge(down ? "down" : "up", `${down} down`),
-    ),
-    errors.map(([host, reason]) => message("error", `host ${host}: ${reason}`)),
-    h(
-      "details",
-      { class: "hosts" },
-      h("summary", null, "Hosts"),
-      table(
-        ["host", "engine", "status", "instances", "TLS"],
-        hosts.map((x) => h("tr", { dataset: { host: x.name, status: x.status ?? "ok" } }, h("th", { scope: "row" }, x.name), h("td", null, x.url), h("td", null, h("span", { class: `badge s-${x.status === "unreachable" ? "unreachable" : "ok"}`, title: x.status_reason ?? "" }, x.status ?? "ok")), h("td", { class: "num" }, perHost.get(x.name) || 0), h("td", null, x.tls ? "yes" : "no"))),
-      ),
-    ),
-    h("div", { class: "toolbar" }, h("label", { for: "fleet-filter" }, "Filter "), filter, " ", count),
+    h("h1", null, t("Fleet")),
+    summary,
+    problems,
+    hostsBox,
+    h("div", { class: "toolbar" }, h("label", { for: "fleet-filter" }, `${t("Filter")} `), filter, " ", count),
     h(
       "table",
       { id: "fleet-grid", class: "grid" },
       h("caption", { class: "sr-only" }, "Tenants by host, version and status"),
-      h("thead", null, h("tr", null, ["tenant", "ring", "host", "container", "version", "state", "monitors", "uptime 24h"].map((t, i) => h("th", { scope: "col", class: i === 7 ? "num" : null }, t)))),
+      h("thead", null, h("tr", null, ["tenant", "ring", "host", "container", "version", "state", "monitors", "uptime 24h"].map((x, i) => h("th", { scope: "col", class: i === 7 ? "num" : null }, t(x))))),
       body,
     ),
   );
   performance.mark("cpdops:fleet-rendered");
-  document.body.dataset.fleetRendered = String(rows.length);
+  const refresh = async () => {
+    try {
+      const data = await load();
+      if (ctx.alive) show(data);
+    } catch (err) {
+      if (ctx.alive) render(problems, message("error", err.message));
+    }
+    ctx.later(refresh, REFRESH_MS);
+  };
+  ctx.later(refresh, REFRESH_MS);
 }
