@@ -312,10 +312,8 @@ class PriorityIn(StrictIn):
     author: Author
 
 
-class OwnerIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    owner: Annotated[str, Clean, Field(max_length=100)] | None = Field(
+class OwnerIn(StrictIn):
+    owner: Annotated[NoNul, Field(max_length=100)] | None = Field(
         description="who takes the ticket; null or empty: nobody", examples=["petrov"]
     )
     author: Author
