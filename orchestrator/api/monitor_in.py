@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from orchestrator.api.schemas import SLUG_PATTERN, StrictIn
+from orchestrator.fleet.fleetfile import ENV_REFUSED_HERE
 from orchestrator.strict_types import WHOLE, NoNul
 
 # --------------------------------------------------------------------------- target forms
@@ -29,7 +30,9 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 HOST = rf"{_LABEL}(?:\.{_LABEL})*"  # a DNS name or an IPv4 address
 PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 _PCHAR = r"(?:[A-Za-z0-9._~!&'()*+,;=:@-]|%[0-9A-Fa-f]{2})"
-HTTP_TARGET = rf"^https?://{HOST}(?::{PORT})?(?:/{_PCHAR}*)*(?:\?(?:{_PCHAR}|[/?])*)?$"
+_UCHAR = r"(?:[A-Za-z0-9._~!&'()*+,;=-]|%[0-9A-Fa-f]{2})"
+_USERINFO = rf"(?:{_UCHAR}+(?::{_UCHAR}*)?@)?"  # basic auth: user[:password]@ (never shown)
+HTTP_TARGET = rf"^https?://{_USERINFO}{HOST}(?::{PORT})?(?:/{_PCHAR}*)*(?:\?(?:{_PCHAR}|[/?])*)?$"
 TCP_TARGET = rf"^(?:tcp://)?{HOST}:{PORT}/?$"
 SIP_TARGET = rf"^sip:(?:[A-Za-z0-9._~!&'()*+,=-]+@)?{HOST}(?::{PORT})?(?:;transport=(?:udp|tcp))?$"
 # libpq refuses %00 in a URI, psycopg2 a byte that is not UTF-8: escapes of printable ASCII;
@@ -143,6 +146,14 @@ class _MonitorIn(StrictIn):
     expect_status: Annotated[list[HttpStatus], Field(min_length=1, max_length=100)] | None = Field(
         default=None, description="http: status codes that pass (default [200])"
     )
+
+    @field_validator("target", mode="before", check_fields=False)
+    @classmethod
+    def _no_reference(cls, value: Any) -> Any:
+        """Say why a ``${`` is refused (the patterns exclude it; this names the reason)."""
+        if isinstance(value, str) and "${" in value:
+            raise ValueError(ENV_REFUSED_HERE)
+        return value
 
 
 class HttpMonitorIn(_MonitorIn):

@@ -183,6 +183,13 @@ PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 
 # --------------------------------------------------------------------------- secrets
 
+# A ``${`` where an API token writes (a monitor declared through the API): refused
+ENV_REFUSED_HERE = (
+    "'${' is refused here: environment references are resolved only in the fleet "
+    "file (cpdops apply), never for a monitor declared through the API, which must "
+    "not read the server's environment; write the value itself, or declare the "
+    "monitor in the fleet file"
+)
 _ENV_REF_RE = re.compile(r"\$(\$?)\{([^}]*)(\}?)")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -741,12 +748,7 @@ class MonitorDeclaration(_Spec):
     @classmethod
     def _target_for_kind(cls, target: str, info: ValidationInfo) -> str:
         if "${" in target and not (info.context and info.context.get(_ENV_CONTEXT)):
-            raise ValueError(
-                "'${' is refused here: environment references are resolved only in the fleet "
-                "file (cpdops apply), never for a monitor declared through the API, which must "
-                "not read the server's environment; write the value itself, or declare the "
-                "monitor in the fleet file"
-            )
+            raise ValueError(ENV_REFUSED_HERE)
         problem = _kind_problem(info.data.get("kind"), target, {})
         if problem is not None and problem[0] == "target":
             raise ValueError(problem[1])

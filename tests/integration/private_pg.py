@@ -16,6 +16,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -113,17 +114,12 @@ def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
         if os.environ.get("CPDOPS_REQUIRE_POSTGRES") == "1":
             pytest.fail("no PostgreSQL server binaries (apt-get install postgresql)")
         pytest.skip("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin)")
-    base = tmp_path / "private-pg"
-    base.mkdir()
+    # Not in pytest's tmp tree: every pytest session that starts makes /tmp/pytest-of-root
+    # 0700 again, so the postgres user could lose its way to a directory there mid-test.
+    base = Path(tempfile.mkdtemp(prefix="cpdops-private-pg-"))
     data = base / "data"
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
-        # the postgres user must reach the directory through pytest's tmp tree
-        for parent in [tmp_path, *tmp_path.parents]:
-            if parent == Path("/"):
-                break
-            with contextlib.suppress(OSError):
-                parent.chmod(parent.stat().st_mode | 0o011)
     initdb = _as_postgres(
         [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]
     )
@@ -141,3 +137,6 @@ def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
         deadline = time.monotonic() + 10
         while (data / "postmaster.pid").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
+        with contextlib.suppress(OSError):  # the server's log stays with the test
+            shutil.copy(base / "server.log", tmp_path / "private-pg-server.log")
+        shutil.rmtree(base, ignore_errors=True)

@@ -55,7 +55,7 @@ def pg_dsn() -> str:
         if os.environ.get("CPDOPS_REQUIRE_POSTGRES") == "1":
             pytest.fail("CPDOPS_TEST_PG_URL is not set but CPDOPS_REQUIRE_POSTGRES=1")
         pytest.skip("PostgreSQL not configured (CPDOPS_TEST_PG_URL)")
-    return url
+    return url.replace("postgresql+psycopg2://", "postgresql://")  # a libpq URI
 
 
 @pytest.fixture
