@@ -153,7 +153,7 @@ export function table(headers, rows, attrs = {}) {
   return h(
     "table",
     attrs,
-    h("thead", null, h("tr", null, headers.map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", null, h("tr", null, headers.map((text) => h("th", { scope: "col" }, text)))),
     h("tbody", null, rows),
   );
 }
