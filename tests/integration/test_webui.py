@@ -208,6 +208,23 @@ def test_postgres_page_shows_a_real_server(tmp_path: Path) -> None:
             card.get_by_text("pg_* series").click()
             assert "pg_settings_max_connections" in card.inner_text()
             screenshot(page, "postgres")
+            # the card's labels follow the language switch; the server's values do not
+            page.get_by_role("button", name="RU").click()
+            card.get_by_text("основной", exact=True).wait_for()
+            # (the check's reason, "ok: 9/100 connections, primary", is the server's text)
+            assert card.locator("dl.meta dt").all_inner_texts() == [
+                "монитор",
+                "последняя проверка",
+                "подключения",
+                "роль",
+                "самая долгая транзакция",
+                "ждут блокировок",
+                "возраст до wraparound",
+            ]
+            heads = card.locator("table.databases th[scope='col']").all_inner_texts()
+            assert heads[:3] == ["база", "размер", "сеансы"], heads
+            assert card.locator("summary").first.inner_text().startswith("рядов pg_*")
+            screenshot(page, "postgres-ru")
         servers = api.get("/api/v1/postgres").json()
         assert [s["monitor"] for s in servers] == ["acme/db"]
         assert servers[0]["details"]["max_connections"] > 0

@@ -20,7 +20,14 @@ import pytest
 from sqlalchemy import update
 
 from orchestrator.context import build_context
-from orchestrator.db.models import MonitorMinute, MonitorRecord, Tenant
+from orchestrator.db.models import (
+    MonitorMinute,
+    MonitorRecord,
+    Rollout,
+    RolloutInstance,
+    RolloutStep,
+    Tenant,
+)
 from orchestrator.db.session import session_scope
 from orchestrator.fleet.apply import apply_fleet
 from orchestrator.fleet.fleetfile import parse_fleet_text
@@ -284,6 +291,122 @@ def test_one_language_and_one_time_zone(served: Served) -> None:
         screenshot(page, "incident-ru")
         page.get_by_role("button", name="EN").click()
         page.get_by_role("heading", name="Timeline").wait_for()
+
+
+def _paused_rollout(settings: Settings) -> int:
+    """A paused two-wave rollout: acme updated in wave 1, globex waiting in wave 2; its id."""
+    ctx = build_context(settings)
+    try:
+        with session_scope(ctx.factory) as s:
+            rollout = Rollout(
+                image="smartcpd-fake:2", target_version="2", status="paused", created_by="ivanov"
+            )
+            s.add(rollout)
+            for position, (tenant, wave, state) in enumerate(
+                [("acme", 0, "updated"), ("globex", 1, "pending")], start=1
+            ):
+                instance = RolloutInstance(
+                    position=position,
+                    tenant=tenant,
+                    host="local",
+                    container_name=f"{tenant}-smartcpd",
+                    old_version="1",
+                    state=state,
+                    wave=wave,
+                )
+                rollout.instances.append(instance)
+                if state == "updated":
+                    instance.steps.append(RolloutStep(step="gate", state="done"))
+            s.flush()
+            return rollout.id
+    finally:
+        ctx.close()
+
+
+# The labels of the rollouts, PostgreSQL and monitors pages in each language (data values —
+# tenants, images, states — are the same in both).
+ROLLOUTS_RU = ["Выкатки", "образ", "версия", "завершена", "Запустить выкатку", "Образ", "Клиенты"]
+ROLLOUTS_RU += ["Волны", "Бюджет отказов", "При превышении бюджета", "План (без запуска)"]
+ROLLOUTS_EN = ["Rollouts", "image", "finished", "Start a rollout", "Tenants", "Waves"]
+ROLLOUTS_EN += ["Failure budget", "When over budget", "Plan (dry run)", "Start rollout"]
+ROLLOUT_RU = ["Выкатка", "обновлено 1 / 2", "Волна 1", "Волна 2", "шаги", "продолжить"]
+ROLLOUT_RU += ["прервать", "откатить", "ход", "← все выкатки"]
+ROLLOUT_EN = ["Rollout", "1 / 2 updated", "Wave 1", "Wave 2", "steps", "resume", "abort"]
+ROLLOUT_EN += ["progress", "← all rollouts"]
+MONITORS_RU = ["Мониторы", "Фильтр", "монитор", "вид", "цель", "причина", "доступность 24h"]
+MONITORS_EN = ["Monitors", "Filter", "monitor", "kind", "target", "reason", "uptime 24h"]
+PLAN = {"waves": [[{"tenant": "acme", "host": "local", "version": "1"}]], "target_version": "2"}
+
+
+def _shows(page: Page, present: list[str], absent: list[str]) -> None:
+    text = page.locator("main").inner_text()
+    missing = [x for x in present if x not in text]
+    left = [x for x in absent if re.search(rf"(?<![\w-]){re.escape(x)}(?![\w-])", text)]
+    assert not missing and not left, f"missing {missing}, still there {left}:\n{text}"
+
+
+def test_rollouts_postgres_and_monitors_pages_follow_the_language_switch(
+    served: Served,
+) -> None:
+    chromium = require_chromium()
+    rollout = _paused_rollout(served.settings)
+    with launched(chromium) as browser, page_of(browser, http_errors=True) as page:
+        # the start form's plan needs the hosts' engines (none here): answered as they would
+        page.route(
+            "**/api/v1/rollouts/plan",
+            lambda route: route.fulfill(json=PLAN),
+        )
+        log_in(page, served.base, served.operator)
+        page.get_by_role("button", name="RU").click()
+        page.locator("#nav a[data-page='fleet']", has_text="Парк").wait_for()
+        page.goto(f"{served.base}/#/rollouts")
+        page.locator(f"#rollouts tr[data-rollout='{rollout}']").wait_for()
+        _shows(page, ROLLOUTS_RU, ROLLOUTS_EN)
+        row = page.locator(f"#rollouts tr[data-rollout='{rollout}']").inner_text()
+        assert "smartcpd-fake:2" in row and "paused" in row, "data values stay as they are"
+        assert page.get_by_label("Параллельность", exact=True).input_value() == "1"
+        assert page.get_by_label("Образ").get_attribute("placeholder") == "smartcpd-fake:2"
+        assert page.get_by_label("Клиенты").get_attribute("placeholder") == "все"
+        page.get_by_label("Образ").fill("smartcpd-fake:2")
+        page.locator("#start-rollout button[type='submit']").click()
+        dialog = page.locator("dialog.confirm")
+        dialog.wait_for()
+        asked = dialog.inner_text()
+        assert "Запустить выкатку экземпляров: 1, волн: 1?" in asked, asked
+        assert "при отказах: откатить" in asked and "сейчас" in asked
+        assert "Start a rollout of" not in asked and "Cancel" not in asked
+        dialog.get_by_role("button", name="Отмена").click()
+        page.get_by_text("Не запущена.").wait_for()
+        assert "План: экземпляров 1, волн 1, до версии 2" in page.locator("#plan-out").inner_text()
+        screenshot(page, "rollouts-ru")
+
+        page.goto(f"{served.base}/#/rollouts/{rollout}")
+        page.locator("#rollout-progress").wait_for()
+        _shows(page, ROLLOUT_RU, ROLLOUT_EN)
+        assert "gate: done" in page.locator("main").inner_text(), "steps are data"
+
+        page.goto(f"{served.base}/#/postgres")
+        page.get_by_text("Нет мониторов PostgreSQL").wait_for()
+        assert "No postgres monitors" not in page.locator("main").inner_text()
+
+        page.goto(f"{served.base}/#/monitors")
+        page.locator("#monitors tr[data-monitor='acme/http']").wait_for()
+        _shows(page, MONITORS_RU, MONITORS_EN)
+        filter_box = page.get_by_label("Фильтр")
+        assert filter_box.get_attribute("placeholder") == "клиент, вид, статус"
+
+        # and back: English everywhere, Russian nowhere
+        page.get_by_role("button", name="EN").click()
+        page.get_by_role("heading", name="Monitors").wait_for()
+        _shows(page, MONITORS_EN, MONITORS_RU)
+        page.goto(f"{served.base}/#/rollouts/{rollout}")
+        page.locator("#rollout-progress").wait_for()
+        _shows(page, ROLLOUT_EN, ROLLOUT_RU)
+        page.goto(f"{served.base}/#/rollouts")
+        page.locator(f"#rollouts tr[data-rollout='{rollout}']").wait_for()
+        _shows(page, ROLLOUTS_EN, ROLLOUTS_RU)
+        page.goto(f"{served.base}/#/postgres")
+        page.get_by_text("No postgres monitors").wait_for()
 
 
 def test_a_viewer_sees_the_servers_reason_for_a_403(served: Served) -> None:

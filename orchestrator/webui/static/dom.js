@@ -1,5 +1,6 @@
 // DOM helpers. Data from the API only ever becomes text nodes or attribute values: nothing
 // here parses HTML, so customer text (comments, evidence) cannot inject markup or scripts.
+import { t } from "./i18n.js";
 
 /** h("a", {href: "#/x", class: "c", onclick: fn}, "text", child, [more]) */
 export function h(tag, attrs, ...children) {
@@ -74,7 +75,7 @@ export function confirmDialog(title, lines, confirmText, { danger = false } = {}
         "div",
         { class: "actions" },
         h("button", { type: "button", class: danger ? "danger" : "", onclick: () => done(true) }, confirmText),
-        h("button", { type: "button", class: "secondary", onclick: () => done(false) }, "Cancel"),
+        h("button", { type: "button", class: "secondary", onclick: () => done(false) }, t("Cancel")),
       ),
     );
     dialog.addEventListener("cancel", (event) => {
@@ -152,7 +153,7 @@ export function table(headers, rows, attrs = {}) {
   return h(
     "table",
     attrs,
-    h("thead", null, h("tr", null, headers.map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", null, h("tr", null, headers.map((text) => h("th", { scope: "col" }, text)))),
     h("tbody", null, rows),
   );
 }

@@ -60,7 +60,7 @@ export async function monitorsPage(view, ctx) {
   if (!ctx.alive) return;
   const body = h("tbody");
   const summary = h("p", { class: "summary" });
-  const filter = h("input", { type: "search", id: "mon-filter", placeholder: "tenant, kind, status" });
+  const filter = h("input", { type: "search", id: "mon-filter", placeholder: t("tenant, kind, status") });
   const applyFilter = () => {
     const q = filter.value.trim().toLowerCase();
     for (const tr of body.rows) tr.hidden = Boolean(q) && !tr.textContent.toLowerCase().includes(q);
@@ -74,13 +74,13 @@ export async function monitorsPage(view, ctx) {
   filter.addEventListener("input", applyFilter);
   show(monitors);
   render(view, 
-    h("h1", null, "Monitors"),
+    h("h1", null, t("Monitors")),
     summary,
-    h("div", { class: "toolbar" }, h("label", { for: "mon-filter" }, "Filter "), filter),
+    h("div", { class: "toolbar" }, h("label", { for: "mon-filter" }, `${t("Filter")} `), filter),
     h(
       "table",
       { id: "monitors", class: "grid" },
-      h("thead", null, h("tr", null, ["status", "monitor", "kind", "host", "target", "reason", ...WINDOWS.map((w) => `uptime ${w}`)].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", null, h("tr", null, [...["status", "monitor", "kind", "host", "target", "reason"].map((c) => t(c)), ...WINDOWS.map((window) => t("uptime {window}", { window }))].map((c) => h("th", { scope: "col" }, c)))),
       body,
     ),
   );

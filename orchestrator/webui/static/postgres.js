@@ -2,6 +2,7 @@
 // lock waits, replication, wraparound) and its pg_* series.
 import { api } from "./api.js";
 import { badge, fmtTime, h, jsonBlock, message, table, update } from "./dom.js";
+import { t } from "./i18n.js";
 
 function num(v, unit = "") {
   return v === null || v === undefined ? "—" : `${Number.isInteger(v) ? v : Number(v).toFixed(3)}${unit}`;
@@ -37,7 +38,7 @@ function databases(metrics) {
     else if (s.name === "pg_stat_activity_max_tx_duration") d.maxTx = s.value;
   }
   return table(
-    ["database", "size", "sessions", "longest tx", "deadlocks", "cache hit", "wraparound age"],
+    ["database", "size", "sessions", "longest tx", "deadlocks", "cache hit", "wraparound age"].map((c) => t(c)),
     [...dbs].map(([name, d]) =>
       h("tr", null, h("th", { scope: "row" }, name), h("td", { class: "num" }, bytes(d.size)), h("td", { class: "num" }, num(d.sessions)), h("td", { class: "num" }, num(d.maxTx, " s")), h("td", { class: "num" }, num(d.deadlocks)), h("td", { class: "num" }, d.hit === undefined ? "—" : `${(d.hit * 100).toFixed(1)} %`), h("td", { class: "num" }, num(d.age))),
     ),
@@ -57,36 +58,36 @@ function server(p) {
     h(
       "dl",
       { class: "meta" },
-      h("dt", null, "monitor"),
+      h("dt", null, t("monitor")),
       h("dd", null, h("a", { href: "#/monitors/" + encodeURIComponent(p.monitor) }, p.monitor)),
-      h("dt", null, "last check"),
+      h("dt", null, t("last check")),
       h("dd", null, `${fmtTime(p.checked_at)}${p.duration_s !== null ? ` (${(p.duration_s * 1000).toFixed(0)} ms)` : ""} — `, p.reason),
-      h("dt", null, "connections"),
+      h("dt", null, t("connections")),
       h("dd", null, conns !== null && max ? [h("meter", { min: 0, max, value: conns, high: max * 0.8 }), ` ${conns} / ${max}`] : "—"),
-      h("dt", null, "role"),
-      h("dd", null, d.is_replica === undefined ? "—" : d.is_replica ? `replica, lag ${num(d.replication_lag_seconds, " s")}` : "primary"),
-      h("dt", null, "longest transaction"),
-      h("dd", null, oldest ? `${num(oldest.seconds, " s")} (pid ${oldest.pid}, ${oldest.datname ?? "?"}, ${oldest.state ?? "?"})` : "none"),
-      h("dt", null, "waiting on locks"),
+      h("dt", null, t("role")),
+      h("dd", null, d.is_replica === undefined ? "—" : d.is_replica ? t("replica, lag {lag}", { lag: num(d.replication_lag_seconds, " s") }) : t("primary")),
+      h("dt", null, t("longest transaction")),
+      h("dd", null, oldest ? `${num(oldest.seconds, " s")} (pid ${oldest.pid}, ${oldest.datname ?? "?"}, ${oldest.state ?? "?"})` : t("none")),
+      h("dt", null, t("waiting on locks")),
       h("dd", null, num(d.waiting)),
-      h("dt", null, "wraparound age"),
+      h("dt", null, t("wraparound age")),
       h("dd", null, num(d.max_wraparound_age)),
     ),
-    d.waiters?.length ? table(["pid", "database", "state", "waiting s", "blocked by"], d.waiters.map((w) => h("tr", null, h("td", null, w.pid), h("td", null, w.datname ?? "—"), h("td", null, w.state ?? "—"), h("td", { class: "num" }, num(w.seconds)), h("td", null, (w.blocked_by || []).join(", "))))) : null,
+    d.waiters?.length ? table(["pid", "database", "state", "waiting s", "blocked by"].map((c) => t(c)), d.waiters.map((w) => h("tr", null, h("td", null, w.pid), h("td", null, w.datname ?? "—"), h("td", null, w.state ?? "—"), h("td", { class: "num" }, num(w.seconds)), h("td", null, (w.blocked_by || []).join(", "))))) : null,
     p.metrics.length ? databases(p.metrics) : null,
     p.metrics.length
       ? h(
           "details",
           null,
-          h("summary", null, `${p.metrics.length} pg_* series`),
+          h("summary", null, t("{n} pg_* series", { n: p.metrics.length })),
           table(
-            ["series", "labels", "value"],
+            ["series", "labels", "value"].map((c) => t(c)),
             p.metrics.map((s) => h("tr", null, h("td", null, s.name), h("td", null, Object.entries(s.labels).filter(([k]) => k !== "server").map(([k, v]) => `${k}=${v}`).join(" ")), h("td", { class: "num" }, num(s.value)))),
             { class: "grid" },
           ),
         )
       : null,
-    d.thresholds ? h("details", null, h("summary", null, "thresholds"), jsonBlock(d.thresholds)) : null,
+    d.thresholds ? h("details", null, h("summary", null, t("thresholds")), jsonBlock(d.thresholds)) : null,
   );
 }
 
@@ -96,7 +97,7 @@ export async function postgresPage(view, ctx) {
   // no input on this page: the refresh redraws it, keeping open details and the scroll
   update(view, 
     h("h1", null, "PostgreSQL"),
-    servers.length ? servers.map(server) : message("info", "No postgres monitors. Declare one (kind postgres) in the fleet file or with POST /api/v1/monitors."),
+    servers.length ? servers.map(server) : message("info", t("No postgres monitors. Declare one (kind postgres) in the fleet file or with POST /api/v1/monitors.")),
   );
   ctx.later(() => postgresPage(view, ctx), 5000);
 }

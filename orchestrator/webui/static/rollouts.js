@@ -1,6 +1,7 @@
 // Rollouts: the list, the start form, and one rollout's live progress with its controls.
 import { api } from "./api.js";
 import { badge, confirmDialog, fmtTime, h, jsonBlock, link, message, render, splitList, table, update } from "./dom.js";
+import { t } from "./i18n.js";
 
 const RINGS = ["internal", "canary", "early", "general", "late"];
 const LIVE = ["pending", "scheduled", "running", "paused", "awaiting_approval", "waiting_window", "rolling_back"];
@@ -8,7 +9,7 @@ const POLL_MS = 1000;
 
 function field(id, text, input, hint) {
   input.id = id;
-  return h("div", { class: "field" }, h("label", { for: id }, text), input, hint ? h("small", { class: "muted" }, hint) : null);
+  return h("div", { class: "field" }, h("label", { for: id }, t(text)), input, hint ? h("small", { class: "muted" }, t(hint)) : null);
 }
 
 // The canary-first plan: one instance first (rings in order: internal, canary, …), then up
@@ -20,21 +21,21 @@ function startForm() {
   const images = h("datalist", { id: "ro-images" });
   const f = {
     image: h("input", { name: "image", required: true, placeholder: "smartcpd-fake:2", size: 30, list: "ro-images", autocomplete: "off" }),
-    tenants: h("input", { name: "tenants", placeholder: "all", size: 30 }),
-    hosts: h("input", { name: "hosts", placeholder: "all" }),
+    tenants: h("input", { name: "tenants", placeholder: t("all"), size: 30 }),
+    hosts: h("input", { name: "hosts", placeholder: t("all") }),
     labels: h("input", { name: "labels", placeholder: "dc=msk, tier=gold" }),
     waves: h("input", { name: "waves", value: DEFAULT_WAVES }),
     parallelism: h("input", { name: "parallelism", type: "number", min: 1, max: 500, value: 1 }),
-    perHost: h("input", { name: "per_host_parallelism", type: "number", min: 1, max: 500, placeholder: "no limit" }),
-    maxUnavailable: h("input", { name: "max_unavailable", type: "number", min: 1, max: 500, placeholder: "= parallelism" }),
+    perHost: h("input", { name: "per_host_parallelism", type: "number", min: 1, max: 500, placeholder: t("no limit") }),
+    maxUnavailable: h("input", { name: "max_unavailable", type: "number", min: 1, max: 500, placeholder: t("= parallelism") }),
     bake: h("input", { name: "bake_s", type: "number", min: 0, max: 86400, step: "any", value: 0 }),
     budget: h("input", { name: "failure_budget", value: "0", size: 5 }),
-    action: h("select", { name: "failure_action" }, h("option", { value: "rollback" }, "roll back"), h("option", { value: "pause" }, "pause")),
-    approve: h("input", { name: "approve_after", placeholder: "e.g. 1", size: 8 }),
+    action: h("select", { name: "failure_action" }, h("option", { value: "rollback" }, t("roll back")), h("option", { value: "pause" }, t("pause"))),
+    approve: h("input", { name: "approve_after", placeholder: t("e.g. 1"), size: 8 }),
     order: h("select", { name: "order" }, ["auto", "stop-first", "start-first"].map((o) => h("option", { value: o }, o))),
     passes: h("input", { name: "gate_passes", type: "number", min: 1, max: 100, value: 3 }),
     deadline: h("input", { name: "gate_deadline_s", type: "number", min: 1, max: 3600, value: 60 }),
-    migrate: h("input", { name: "migrate", placeholder: "e.g. /app/migrate --apply", size: 30 }),
+    migrate: h("input", { name: "migrate", placeholder: t("e.g. /app/migrate --apply"), size: 30 }),
     noBackup: h("input", { name: "no_backup", type: "checkbox" }),
     at: h("input", { name: "at", type: "datetime-local" }),
     window: h("input", { name: "window", type: "checkbox" }),
@@ -44,7 +45,7 @@ function startForm() {
   // The images the hosts have (a rollout's image must be on every target host).
   api("/api/v1/images")
     .then((list) =>
-      render(images, list.images.map((i) => h("option", { value: i.ref }, `${i.version ? `version ${i.version}, ` : ""}on ${i.hosts.join(", ")}`))),
+      render(images, list.images.map((i) => h("option", { value: i.ref }, t(i.version ? "version {version}, on {hosts}" : "on {hosts}", { version: i.version, hosts: i.hosts.join(", ") })))),
     )
     .catch(() => {});
 
@@ -52,7 +53,7 @@ function startForm() {
     const out = {};
     for (const pair of splitList(f.labels.value)) {
       const [key, ...rest] = pair.split("=");
-      if (!key || !rest.length) throw new Error(`label ${JSON.stringify(pair)}: expected KEY=VALUE`);
+      if (!key || !rest.length) throw new Error(t("label {label}: expected KEY=VALUE", { label: JSON.stringify(pair) }));
       out[key] = rest.join("=");
     }
     return out;
@@ -97,13 +98,13 @@ function startForm() {
   const count = (p) => p.waves.reduce((n, w) => n + w.length, 0);
   const showPlan = (p) =>
     render(out, 
-      h("h3", null, `Plan: ${count(p)} instance(s) in ${p.waves.length} wave(s) to version ${p.target_version ?? "?"}`),
+      h("h3", null, t("Plan: {n} instance(s) in {waves} wave(s) to version {version}", { n: count(p), waves: p.waves.length, version: p.target_version ?? "?" })),
       h("ol", { class: "plan" }, p.waves.map((w) => h("li", null, w.map((x) => `${x.tenant}@${x.host} (v${x.version ?? "?"})`).join(", ")))),
     );
 
   async function plan() {
     if (!form.reportValidity()) return;
-    render(out, message("info", "Planning…"));
+    render(out, message("info", t("Planning…")));
     try {
       showPlan(await planOf(request()));
     } catch (err) {
@@ -116,27 +117,32 @@ function startForm() {
     let body, p;
     try {
       body = request();
-      render(out, message("info", "Planning…"));
+      render(out, message("info", t("Planning…")));
       p = await planOf(body);
     } catch (err) {
       render(out, message("error", err.message));
       return;
     }
     showPlan(p);
-    const when = body.schedule?.at ? ` at ${fmtTime(body.schedule.at)}` : body.schedule?.window ? " in each tenant's maintenance window" : " now";
+    const when = body.schedule?.at ? t(" at {time}", { time: fmtTime(body.schedule.at) }) : t(body.schedule?.window ? " in each tenant's maintenance window" : " now");
+    const n = count(p);
     const ok = await confirmDialog(
-      `Start a rollout of ${count(p)} instance(s) in ${p.waves.length} wave(s)?`,
+      t("Start a rollout of {n} instance(s) in {waves} wave(s)?", { n, waves: p.waves.length }),
       [
-        `${body.image} (version ${p.target_version ?? "?"}) replaces the running version of ${count(p)} instance(s)${when}.`,
-        `Waves: ${p.waves.map((w) => w.length).join(" → ")}; on failure: ${body.strategy.failure_action === "pause" ? "pause" : "roll back"} (budget ${body.strategy.failure_budget}).`,
+        t("{image} (version {version}) replaces the running version of {n} instance(s){when}.", { image: body.image, version: p.target_version ?? "?", n, when }),
+        t("Waves: {waves}; on failure: {action} (budget {budget}).", {
+          waves: p.waves.map((w) => w.length).join(" → "),
+          action: t(body.strategy.failure_action === "pause" ? "pause" : "roll back"),
+          budget: body.strategy.failure_budget,
+        }),
       ],
-      "Start rollout",
+      t("Start rollout"),
     );
     if (!ok) {
-      render(out, message("info", "Not started."), out.childNodes.length ? [...out.childNodes] : null);
+      render(out, message("info", t("Not started.")), out.childNodes.length ? [...out.childNodes] : null);
       return;
     }
-    render(out, message("info", "Starting…"));
+    render(out, message("info", t("Starting…")));
     try {
       const r = await api("/api/v1/rollouts", { method: "POST", body });
       location.hash = `#/rollouts/${r.id}`;
@@ -148,11 +154,11 @@ function startForm() {
   const form = h(
     "form",
     { id: "start-rollout", class: "card form-grid", onsubmit: start, "aria-labelledby": "start-title" },
-    h("h2", { id: "start-title" }, "Start a rollout"),
+    h("h2", { id: "start-title" }, t("Start a rollout")),
     field("ro-image", "Image", f.image, "on every target host: pick one the hosts have"),
     images,
     field("ro-tenants", "Tenants", f.tenants, "slugs, comma-separated; empty = all"),
-    h("fieldset", { class: "field" }, h("legend", null, "Rings (empty = all)"), rings),
+    h("fieldset", { class: "field" }, h("legend", null, t("Rings (empty = all)")), rings),
     field("ro-hosts", "Hosts", f.hosts, "empty = all"),
     field("ro-labels", "Container labels", f.labels, "KEY=VALUE, comma-separated; all must match"),
     field("ro-waves", "Waves", f.waves, "cumulative: 1, 25%, 100% = a canary first"),
@@ -167,10 +173,10 @@ function startForm() {
     field("ro-passes", "Health gate passes", f.passes),
     field("ro-deadline", "Health gate deadline (s)", f.deadline),
     field("ro-migrate", "Migration command", f.migrate, "run in a one-off container of the new image first"),
-    h("div", { class: "field" }, h("label", { class: "check" }, f.noBackup, "no backup (skip pg_dump of tenant databases)")),
+    h("div", { class: "field" }, h("label", { class: "check" }, f.noBackup, t("no backup (skip pg_dump of tenant databases)"))),
     field("ro-at", "Start at (local time)", f.at, "empty = now; a past time is refused"),
-    h("div", { class: "field" }, h("label", { class: "check" }, f.window, "only in each tenant's maintenance window")),
-    h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", onclick: plan }, "Plan (dry run)"), h("button", { type: "submit" }, "Start rollout")),
+    h("div", { class: "field" }, h("label", { class: "check" }, f.window, t("only in each tenant's maintenance window"))),
+    h("div", { class: "actions" }, h("button", { type: "button", class: "secondary", onclick: plan }, t("Plan (dry run)")), h("button", { type: "submit" }, t("Start rollout"))),
     out,
   );
   return form;
@@ -179,7 +185,7 @@ function startForm() {
 function rolloutRows(rollouts) {
   return rollouts.length
     ? table(
-        ["id", "image", "version", "status", "by", "created", "finished", "incident"],
+        ["id", "image", "version", "status", "by", "created", "finished", "incident"].map((c) => t(c)),
         rollouts.map((r) =>
           h(
             "tr",
@@ -187,7 +193,7 @@ function rolloutRows(rollouts) {
             h("th", { scope: "row" }, link(`#${r.id}`, "rollouts", r.id)),
             h("td", null, r.image),
             h("td", null, r.target_version ?? "—"),
-            h("td", { class: "status" }, badge(r.status), r.control ? ` (${r.control} requested)` : ""),
+            h("td", { class: "status" }, badge(r.status), r.control ? t(" ({control} requested)", { control: r.control }) : ""),
             h("td", null, r.created_by),
             h("td", null, fmtTime(r.created_at)),
             h("td", null, fmtTime(r.finished_at)),
@@ -196,7 +202,7 @@ function rolloutRows(rollouts) {
         ),
         { id: "rollouts", class: "grid" },
       )
-    : h("p", { class: "muted" }, "No rollouts yet.");
+    : h("p", { class: "muted" }, t("No rollouts yet."));
 }
 
 export async function rolloutsPage(view, ctx) {
@@ -205,7 +211,7 @@ export async function rolloutsPage(view, ctx) {
   const live = (list) => list.some((r) => LIVE.includes(r.status));
   // Only the list is refreshed (every 3 s while one is live); the start form is built once.
   const list = h("div", { id: "rollout-list" }, rolloutRows(rollouts));
-  render(view, h("h1", null, "Rollouts"), list, startForm());
+  render(view, h("h1", null, t("Rollouts")), list, startForm());
   if (live(rollouts)) {
     ctx.every(3000, async () => {
       const now = await api("/api/v1/rollouts?limit=100");
@@ -220,8 +226,8 @@ export async function rolloutsPage(view, ctx) {
 function gateProgress(step) {
   if (step.step !== "gate" || step.state !== "started") return null;
   const p = step.detail?.progress;
-  if (!p) return "gate: first check…";
-  return `gate ${p.passes}/${p.needed} passes · last ${p.last} · ${Math.round(p.left_s)} s left`;
+  if (!p) return t("gate: first check…");
+  return t("gate {passes}/{needed} passes · last {last} · {left} s left", { passes: p.passes, needed: p.needed, last: p.last, left: Math.round(p.left_s) });
 }
 
 function steps(instance) {
@@ -240,20 +246,20 @@ function progressOf(instances) {
   const counts = {};
   for (const i of instances) counts[i.state] = (counts[i.state] || 0) + 1;
   const updated = counts.updated || 0;
-  const others = ["failed", "error", "reverted", "reverting"].filter((st) => counts[st]).map((st) => `${counts[st]} ${st}`);
-  return { updated, text: [`${updated} / ${instances.length} updated`, ...others].join(" · ") };
+  const others = ["failed", "error", "reverted", "reverting"].filter((st) => counts[st]).map((st) => `${counts[st]} ${t(st)}`);
+  return { updated, text: [t("{updated} / {total} updated", { updated, total: instances.length }), ...others].join(" · ") };
 }
 
 const CONFIRM = {
   abort: (r, updated) => [
-    `Abort rollout ${r.id}?`,
-    [`No new instance starts; those in progress finish. ${updated} of ${r.instances.length} instance(s) updated so far stay on ${r.image}.`],
-    "Abort rollout",
+    t("Abort rollout {id}?", { id: r.id }),
+    [t("No new instance starts; those in progress finish. {updated} of {total} instance(s) updated so far stay on {image}.", { updated, total: r.instances.length, image: r.image })],
+    t("Abort rollout"),
   ],
   rollback: (r, updated) => [
-    `Roll back rollout ${r.id}?`,
-    [`${updated} updated instance(s) of ${r.instances.length} (${new Set(r.instances.map((i) => i.wave)).size} wave(s)) go back to their previous version.`],
-    "Roll back",
+    t("Roll back rollout {id}?", { id: r.id }),
+    [t("{updated} updated instance(s) of {total} ({waves} wave(s)) go back to their previous version.", { updated, total: r.instances.length, waves: new Set(r.instances.map((i) => i.wave)).size })],
+    t("Roll back"),
   ],
 };
 
@@ -264,20 +270,20 @@ function controls(rollout, status, refresh) {
   const act = async (action) => {
     const ask = CONFIRM[action];
     if (ask && !(await confirmDialog(...ask(rollout, progressOf(rollout.instances).updated), { danger: true }))) return;
-    render(status, message("info", `${action}…`));
+    render(status, message("info", t("{action}…", { action: t(action) })));
     try {
       await api(`/api/v1/rollouts/${rollout.id}/${action}`, { method: "POST" });
-      render(status, message("info", `${action}: requested`));
+      render(status, message("info", t("{action}: requested", { action: t(action) })));
       refresh();
     } catch (err) {
-      render(status, message("error", `${action}: ${err.message}`));
+      render(status, message("error", `${t(action)}: ${err.message}`));
     }
   };
   return h(
     "div",
-    { class: "actions", role: "group", "aria-label": "Operator controls" },
+    { class: "actions", role: "group", "aria-label": t("Operator controls") },
     ["pause", "resume", "approve", "abort", "rollback"].map((action) =>
-      h("button", { type: "button", class: action === "abort" || action === "rollback" ? "danger" : "", disabled: !accepted.includes(action), onclick: () => act(action) }, action),
+      h("button", { type: "button", class: action === "abort" || action === "rollback" ? "danger" : "", disabled: !accepted.includes(action), onclick: () => act(action), dataset: { action } }, t(action)),
     ),
   );
 }
@@ -305,30 +311,30 @@ export async function rolloutPage(view, ctx, id) {
       h(
         "dl",
         { class: "meta" },
-        h("dt", null, "status"),
+        h("dt", null, t("status")),
         h("dd", { id: "rollout-status" }, badge(r.status)),
-        h("dt", null, "image"),
-        h("dd", null, r.image, r.target_version ? ` (version ${r.target_version})` : ""),
-        h("dt", null, "progress"),
+        h("dt", null, t("image")),
+        h("dd", null, r.image, r.target_version ? t(" (version {version})", { version: r.target_version }) : ""),
+        h("dt", null, t("progress")),
         h("dd", { id: "rollout-progress" }, h("progress", { max: r.instances.length || 1, value: progress.updated }), ` ${progress.text}`),
-        reason ? [h("dt", null, LIVE.includes(r.status) ? "now" : "ended"), h("dd", { id: "rollout-reason" }, reason)] : null,
-        h("dt", null, "created"),
-        h("dd", null, `${fmtTime(r.created_at)} by ${r.created_by}`),
-        h("dt", null, "started / finished"),
+        reason ? [h("dt", null, t(LIVE.includes(r.status) ? "now" : "ended")), h("dd", { id: "rollout-reason" }, reason)] : null,
+        h("dt", null, t("created")),
+        h("dd", null, t("{time} by {who}", { time: fmtTime(r.created_at), who: r.created_by })),
+        h("dt", null, t("started / finished")),
         h("dd", null, `${fmtTime(r.started_at)} / ${fmtTime(r.finished_at)}`),
-        r.scheduled_for ? [h("dt", null, "scheduled for"), h("dd", null, fmtTime(r.scheduled_for))] : null,
-        r.control ? [h("dt", null, "requested"), h("dd", null, r.control)] : null,
-        r.error ? [h("dt", null, "error"), h("dd", { class: "error-text" }, r.error)] : null,
-        r.incident ? [h("dt", null, "incident"), h("dd", null, link(r.incident, "incidents", r.incident))] : null,
+        r.scheduled_for ? [h("dt", null, t("scheduled for")), h("dd", null, fmtTime(r.scheduled_for))] : null,
+        r.control ? [h("dt", null, t("requested")), h("dd", null, r.control)] : null,
+        r.error ? [h("dt", null, t("error")), h("dd", { class: "error-text" }, r.error)] : null,
+        r.incident ? [h("dt", null, t("incident")), h("dd", null, link(r.incident, "incidents", r.incident))] : null,
       ),
       controls(r, status, refresh),
       waves.map((w) =>
         h(
           "section",
           { class: "wave" },
-          h("h2", null, `Wave ${w + 1}`),
+          h("h2", null, t("Wave {n}", { n: w + 1 })),
           table(
-            ["#", "tenant", "host", "container", "from", "state", "steps", "error"],
+            ["#", "tenant", "host", "container", "from", "state", "steps", "error"].map((c) => t(c)),
             r.instances
               .filter((i) => i.wave === w)
               .map((i) =>
@@ -349,11 +355,11 @@ export async function rolloutPage(view, ctx, id) {
           ),
         ),
       ),
-      h("details", null, h("summary", null, "Selection, options and progress (JSON)"), jsonBlock({ selection: r.selection, options: r.options, progress: r.progress })),
+      h("details", null, h("summary", null, t("Selection, options and progress (JSON)")), jsonBlock({ selection: r.selection, options: r.options, progress: r.progress })),
     );
-    stamp.textContent = LIVE.includes(r.status) ? `live · updated ${new Date().toLocaleTimeString()}` : "finished";
+    stamp.textContent = LIVE.includes(r.status) ? t("live · updated {time}", { time: new Date().toLocaleTimeString() }) : t("finished");
     if (LIVE.includes(r.status)) next = ctx.later(refresh, POLL_MS);
   };
-  render(view, h("h1", null, `Rollout ${id} `, stamp), status, body, h("p", null, link("← all rollouts", "rollouts")));
+  render(view, h("h1", null, t("Rollout {id} ", { id }), stamp), status, body, h("p", null, link(t("← all rollouts"), "rollouts")));
   await refresh();
 }
