@@ -33,7 +33,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.db.models import AlertRecord, Incident, IncidentEvent, Tenant
 from orchestrator.db.session import session_scope
 from orchestrator.incidents.alertmanager import (
-    PATTERNS_ONLY,
     AlertmanagerAlert,
     AlertmanagerWebhook,
     AlertState,
@@ -56,7 +55,7 @@ from orchestrator.incidents.alertmanager import (
 from orchestrator.incidents.correlation import Thresholds
 from orchestrator.incidents.locks import one_writer
 from orchestrator.incidents.recovery import verify_recovery
-from orchestrator.incidents.redact import Redactor
+from orchestrator.incidents.redact import PATTERNS_ONLY, Redactor
 from orchestrator.incidents.tickets import ACTIVE, STATUS_LABELS, add_event, open_or_join
 
 log = logging.getLogger(__name__)

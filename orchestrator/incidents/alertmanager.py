@@ -66,7 +66,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.fleet.fleetfile import is_name
-from orchestrator.incidents.redact import Redactor
+from orchestrator.incidents.redact import PATTERNS_ONLY, Redactor
 from orchestrator.strict_types import Int, IsoTime, NoNul, NoNulTexts
 
 AUTHOR = "alertmanager"
@@ -226,10 +226,6 @@ class Draft:
     description: str
     evidence: dict[str, Any]
     unknown_tenant: str | None = None  # the escaped label of a tenant not in the registry
-
-
-PATTERNS_ONLY = Redactor()
-"""The redactor of the patterns alone (no known secret values)."""
 
 
 def draft(

@@ -159,6 +159,10 @@ class IncidentEngine:
             s.info[_REDACTOR] = found
         return found
 
+    def redactor(self, s: Session) -> Redactor:
+        """:meth:`_redactor`, for an intake that writes in its own session (Telegram)."""
+        return self._redactor(s)
+
     def close(self) -> None:
         """Stop the evidence thread (evidence not fetched yet is dropped)."""
         if self._evidence_pool is not None:
