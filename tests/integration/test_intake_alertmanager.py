@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text as sql_text
 
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.session import make_engine, make_session_factory, session_scope
@@ -28,6 +27,7 @@ from orchestrator.incidents.alertmanager import printable
 from orchestrator.settings import Settings
 from tests.integration.promstack import AlertmanagerService, binary
 from tests.integration.server import api_client
+from tests.integration.stored import assert_not_stored
 
 SECRET = "am-shared-secret-for-tests"
 BINARY = "/usr/bin/prometheus-alertmanager"
@@ -636,13 +636,4 @@ def test_known_secrets_in_alerts_never_reach_the_tickets(db_url: str) -> None:
         assert all("***" in text for text in shown), shown
         assert any('"recovered"' in text for text in shown), shown
 
-    engine = make_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            for table in ("incidents", "incident_events", "alerts"):
-                stored = repr(conn.execute(sql_text(f"SELECT * FROM {table}")).all())
-                assert stored != "[]", table
-                for secret in LEAKED:
-                    assert secret not in stored, (table, secret, stored)
-    finally:
-        engine.dispose()
+    assert_not_stored(db_url, ("incidents", "incident_events", "alerts"), LEAKED)

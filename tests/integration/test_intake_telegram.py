@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text as sql_text
 
 from orchestrator.db.migrate import upgrade
 from orchestrator.db.session import make_engine, make_session_factory, session_scope
@@ -24,6 +23,7 @@ from orchestrator.fleet.apply import apply_fleet
 from orchestrator.fleet.fleetfile import parse_fleet_text
 from orchestrator.settings import Settings
 from tests.integration.server import bearer, make_token, running_server
+from tests.integration.stored import assert_not_stored
 
 SECRET = "tg-webhook-secret_for-tests"
 TOKEN = "123456:ABC-test-token"
@@ -455,13 +455,4 @@ def test_known_secrets_in_a_bot_api_answer_never_reach_the_ticket(
             for secret in leaked:
                 assert secret not in text, (secret, text)
         assert "proxy saw" in failed["body"] and "***" in failed["body"], failed
-    engine = make_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            for table in ("incidents", "incident_events"):
-                stored = repr(conn.execute(sql_text(f"SELECT * FROM {table}")).all())
-                assert stored != "[]", table
-                for secret in leaked:
-                    assert secret not in stored, (table, secret, stored)
-    finally:
-        engine.dispose()
+    assert_not_stored(db_url, ("incidents", "incident_events"), leaked)
