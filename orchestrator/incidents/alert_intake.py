@@ -14,6 +14,10 @@ read once per body). Alerts of unknown tenants join one fleet-level ticket
 (``fleet:unknown-tenants``, the same path, with no tenant and no correlation) or, with
 ``unknown_tenants="refuse"``, are refused one by one (``IntakeResult.refused``). Alerts without
 a tenant (or declaring a mass incident) keep their own ``am:<fingerprint>`` tickets.
+
+What of an alert is written — ticket text, evidence, timeline entries, the ``alerts`` row — is
+redacted by the caller's redactor of the body's session (the engine's, with the secrets cpdops
+knows; read once per body), so a label holding a tenant's DB password bare is stored as ``***``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from orchestrator.incidents.alertmanager import (
     Draft,
     Known,
     UnknownTenants,
+    alert_name,
     as_utc,
     decide,
     decide_alert,
@@ -43,7 +48,6 @@ from orchestrator.incidents.alertmanager import (
     ends_at,
     fingerprint,
     is_tenant_failure,
-    one_line,
     printable,
     resolution_comment,
     scope,
@@ -51,6 +55,7 @@ from orchestrator.incidents.alertmanager import (
 from orchestrator.incidents.correlation import Thresholds
 from orchestrator.incidents.locks import one_writer
 from orchestrator.incidents.recovery import verify_recovery
+from orchestrator.incidents.redact import PATTERNS_ONLY, Redactor
 from orchestrator.incidents.tickets import ACTIVE, STATUS_LABELS, add_event, open_or_join
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,6 @@ log = logging.getLogger(__name__)
 AUTHOR = "alertmanager"
 SOURCE = "alertmanager"
 EVENT_KIND = "evidence"
-MAX_NAME = 255  # AlertRecord.alertname
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,11 @@ def ingest(
     now: datetime,
     thresholds: Callable[[Session], Thresholds],
     unknown_tenants: UnknownTenants = "fleet",
+    redactor: Callable[[Session], Redactor] = lambda _s: PATTERNS_ONLY,
 ) -> IntakeResult:
     """Apply every alert of ``body`` in one transaction; nothing of it is kept on an error.
-    ``thresholds`` reads the fleet file's ``incidents`` (the recovery hold)."""
+    ``thresholds`` reads the fleet file's ``incidents`` (the recovery hold); ``redactor`` gives
+    the redactor of what is written (the engine's: with the known secrets)."""
     result = IntakeResult()
     with session_scope(factory) as s:
         # Read, decide, write: one intake at a time (also across replicas), so two deliveries
@@ -102,17 +108,18 @@ def ingest(
         one_writer(s)
         registered = set(s.scalars(select(Tenant.slug)))
         hold = Recheck(thresholds)
+        red = redactor(s)
         for alert in body.alerts:
-            d = draft(alert, registered)
+            d = draft(alert, registered, red)
             if d.unknown_tenant is not None and unknown_tenants == "refuse":
                 action = "refused"
                 result.refused.append(
                     Refused(printable(fingerprint(alert)), d.unknown_tenant, REFUSED)
                 )
             elif is_tenant_failure(d):
-                action = _tenant_alert(s, alert, d, system_id, now, result, hold)
+                action = _tenant_alert(s, alert, d, system_id, now, result, hold, red)
             else:
-                action = _own_ticket(s, alert, d, system_id, now, result)
+                action = _own_ticket(s, alert, d, system_id, now, result, red)
             s.flush()
             log.info(
                 "alertmanager alert=%s tenant=%s status=%s action=%s",
@@ -148,6 +155,7 @@ def _tenant_alert(
     now: datetime,
     result: IntakeResult,
     thresholds: Recheck,
+    red: Redactor,
 ) -> str:
     """A tenant's alert (``tenant:<slug>``), or an unknown tenant's (the fleet-level ticket:
     the same states, no correlation)."""
@@ -164,8 +172,8 @@ def _tenant_alert(
     if rec is None:
         rec = AlertRecord(fingerprint=fp, status=alert.status, starts_at=starts, seen_at=now)
         s.add(rec)
-    where = scope(alert, d.tenant)
-    rec.alertname = one_line(alert.labels.get("alertname", ""))[:MAX_NAME]
+    where = scope(alert, d.tenant, red)
+    rec.alertname = alert_name(alert, red)
     rec.tenant, rec.host, rec.db_server = d.tenant, where.host, where.db_server
     rec.updated_at = now
     if action == "open":
@@ -206,14 +214,16 @@ def _tenant_alert(
         solved,
         author=AUTHOR,
         kind="recovered",
-        body=f"Alert {rec.alertname or fp} resolved",
-        data={
-            "alert": fp,
-            "name": rec.alertname or fp,
-            "down_since": rec.starts_at.isoformat(),
-            "up_since": ended.isoformat(),
-            **({"unknown_tenant": d.unknown_tenant} if d.unknown_tenant is not None else {}),
-        },
+        body=red.text(f"Alert {rec.alertname or fp} resolved"),
+        data=red.value(
+            {
+                "alert": fp,
+                "name": rec.alertname or fp,
+                "down_since": rec.starts_at.isoformat(),
+                "up_since": ended.isoformat(),
+                **({"unknown_tenant": d.unknown_tenant} if d.unknown_tenant is not None else {}),
+            }
+        ),
     )
     s.flush()
     # The one recovery rule (check-recovery's): solved now only if the hold has passed.
@@ -273,6 +283,7 @@ def _own_ticket(
     system_id: str,
     now: datetime,
     result: IntakeResult,
+    red: Redactor,
 ) -> str:
     """A tenant-less (or mass-declaring) alert and its ``am:<fingerprint>`` ticket."""
     key = dedup_key(alert)
@@ -295,19 +306,19 @@ def _own_ticket(
         (result.created if created else result.joined).append(ticket.number)
         if created:
             result.created_types.append(d.type)
-        _remember(s, alert, d, ticket.id, now)
+        _remember(s, alert, d, ticket.id, now, red)
     elif action == "resolve":
         assert incident is not None
-        provide_solution(s, incident, resolution_comment(alert))
+        provide_solution(s, incident, resolution_comment(alert, red))
         result.resolved.append(incident.number)
-        _remember(s, alert, d, incident.id, now)
+        _remember(s, alert, d, incident.id, now, red)
     else:
         result.ignored += 1
     return action
 
 
 def _remember(
-    s: Session, alert: AlertmanagerAlert, d: Draft, incident_id: int, now: datetime
+    s: Session, alert: AlertmanagerAlert, d: Draft, incident_id: int, now: datetime, red: Redactor
 ) -> None:
     """Keep an own-ticket alert's state too (it takes no part in correlation: its ticket is
     no tenant incident)."""
@@ -317,8 +328,8 @@ def _remember(
     if rec is None:
         rec = AlertRecord(fingerprint=fp, status=alert.status, starts_at=starts, seen_at=now)
         s.add(rec)
-    where = scope(alert, d.tenant)
-    rec.alertname = one_line(alert.labels.get("alertname", ""))[:MAX_NAME]
+    where = scope(alert, d.tenant, red)
+    rec.alertname = alert_name(alert, red)
     rec.tenant, rec.host, rec.db_server = d.tenant, where.host, where.db_server
     rec.status, rec.starts_at, rec.incident_id, rec.updated_at = (
         alert.status,

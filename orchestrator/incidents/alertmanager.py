@@ -44,6 +44,13 @@ The fingerprint is Alertmanager's (of the label set), or a stable hash of the so
 when a sender leaves it out. The Docker host is the label ``host`` (or ``docker_host``), the
 PostgreSQL server ``db_server`` (or ``server``, as the PostgreSQL exporter labels it). Label and
 annotation values whose key contains ``password``, ``secret`` or ``token`` are never stored.
+
+Labels and annotations are not trusted: whatever of them reaches a ticket (subject,
+description, evidence, the ``recovered`` entry, the resolution comment) and the ``alerts`` row
+(name, host, PostgreSQL server) goes through the caller's ``Redactor`` (``redact.py``: the
+patterns, and the known secrets of ``known_secrets.py`` — a tenant's DB password, a notifier's
+secret, cpdops's own intake secret — wherever they appear, bare too). The engine gives the one
+it builds per session (``IncidentEngine._redactor``); without one, the patterns alone apply.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.fleet.fleetfile import is_name
+from orchestrator.incidents.redact import PATTERNS_ONLY, Redactor
 from orchestrator.strict_types import Int, IsoTime, NoNul, NoNulTexts
 
 AUTHOR = "alertmanager"
@@ -220,9 +228,12 @@ class Draft:
     unknown_tenant: str | None = None  # the escaped label of a tenant not in the registry
 
 
-def draft(alert: AlertmanagerAlert, registered: Container[str] = ()) -> Draft:
+def draft(
+    alert: AlertmanagerAlert, registered: Container[str] = (), red: Redactor = PATTERNS_ONLY
+) -> Draft:
     """The alert's ticket: its tenant's, its own (``am:<fingerprint>``), or — its tenant label
-    unknown — the fleet-level ticket of unknown tenants, which names no tenant."""
+    unknown — the fleet-level ticket of unknown tenants, which names no tenant. Its subject,
+    description, evidence and escaped unknown label are redacted by ``red``."""
     labels, annotations = redact(alert.labels), redact(alert.annotations)
     who = classify_tenant(tenant_label(alert), registered)
     tenant = who.tenant
@@ -255,10 +266,10 @@ def draft(alert: AlertmanagerAlert, registered: Container[str] = ()) -> Draft:
         open_key=key,
         type=kind,
         tenant=tenant,
-        subject=one_line(subject)[:MAX_SUBJECT],
-        description=description,
-        evidence=evidence,
-        unknown_tenant=who.unknown,
+        subject=one_line(red.text(subject))[:MAX_SUBJECT],  # redacted before it is cut
+        description=red.text(description),
+        evidence=red.value(evidence),
+        unknown_tenant=red.text(who.unknown) if who.unknown is not None else None,
     )
 
 
@@ -315,9 +326,10 @@ def _label(labels: Mapping[str, str], names: tuple[str, ...]) -> str | None:
     return one_line(value)[:MAX_LABEL] or None if value is not None else None
 
 
-def scope(alert: AlertmanagerAlert, tenant: str | None) -> Scope:
-    """Where the alert fails; ``tenant`` is its registered tenant (``classify_tenant``)."""
-    labels = redact(alert.labels)
+def scope(alert: AlertmanagerAlert, tenant: str | None, red: Redactor = PATTERNS_ONLY) -> Scope:
+    """Where the alert fails; ``tenant`` is its registered tenant (``classify_tenant``). The
+    labels are redacted by ``red``."""
+    labels = {k: red.text(v) for k, v in redact(alert.labels).items()}
     return Scope(
         tenant=tenant,
         host=_label(labels, HOST_LABELS),
@@ -357,8 +369,14 @@ def decide_alert(status: str, starts_at: datetime, known: AlertState | None) -> 
     return "repeat" if same else "record"
 
 
-def resolution_comment(alert: AlertmanagerAlert) -> str:
-    name = alert.labels.get("alertname") or fingerprint(alert)
+def alert_name(alert: AlertmanagerAlert, red: Redactor = PATTERNS_ONLY) -> str:
+    """The ``alertname`` label on one line, redacted by ``red``, cut to the column's size."""
+    return one_line(red.text(alert.labels.get("alertname", "")))[:MAX_LABEL]
+
+
+def resolution_comment(alert: AlertmanagerAlert, red: Redactor = PATTERNS_ONLY) -> str:
+    """The comment of an own ticket's resolution; the alert's name redacted by ``red``."""
+    name = alert_name(alert, red) or fingerprint(alert)
     when = utc_iso(alert.endsAt) or "an unknown time"
     return (
         f"Alertmanager: alert {name} (fingerprint {fingerprint(alert)}) resolved at {when}. "

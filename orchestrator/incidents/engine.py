@@ -159,6 +159,10 @@ class IncidentEngine:
             s.info[_REDACTOR] = found
         return found
 
+    def redactor(self, s: Session) -> Redactor:
+        """:meth:`_redactor`, for an intake that writes in its own session (Telegram)."""
+        return self._redactor(s)
+
     def close(self) -> None:
         """Stop the evidence thread (evidence not fetched yet is dropped)."""
         if self._evidence_pool is not None:
@@ -532,7 +536,8 @@ class IncidentEngine:
         """Apply an Alertmanager webhook body (``alert_intake.ingest``; alerts of tenants not in
         the registry to the fleet-level ticket, or refused), then — after its transaction —
         correlate when a tenant's alert fired, and check the recovery of the mass incidents
-        whose children the body solved."""
+        whose children the body solved. What it writes is redacted with the known secrets
+        (:meth:`_redactor`), as a monitor's ticket is."""
         result = ingest(
             self._factory,
             body,
@@ -540,6 +545,7 @@ class IncidentEngine:
             now=self._clock(),
             thresholds=incident_thresholds,
             unknown_tenants=unknown_tenants,
+            redactor=self._redactor,
         )
         for kind in result.created_types:
             self.created.labels(type=kind, source=ALERTMANAGER).inc()

@@ -131,6 +131,10 @@ class Redactor:
         return value
 
 
+PATTERNS_ONLY = Redactor()
+"""The redactor of the patterns alone (no known secret values)."""
+
+
 def redact_query(text: str) -> str:
     """``text`` with the value of every URL query parameter whose name names a secret
     (:func:`is_secret_key`: ``token``, ``access_token``, ``key``, ``api_key``, ``secret``,

@@ -20,6 +20,11 @@ The largest photo size, or the document, becomes an attachment, fetched through 
 (``getFile``, then ``<api_url>/file/bot<token>/<file_path>``) with the fleet file's
 ``telegram`` notifier; a file that cannot be fetched leaves a note (``attachment_failed``) on
 the timeline, the message itself is kept. Each ``update_id`` is taken in once.
+
+The message's text is the customer's words and is kept as sent; what cpdops writes itself from
+an answer it got (the ``attachment_failed`` note: the Bot API's error text) goes through the
+caller's redactor (the engine's, with the secrets cpdops knows), besides the bot token's
+replacement, so no known server secret echoed by the Bot API (or a proxy) is stored.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from orchestrator.errors import CpdopsError
 from orchestrator.fleet.fleetfile import resolve_secret
 from orchestrator.incidents import receipts
 from orchestrator.incidents.attachments import MAX_ATTACHMENT_BYTES, add_attachment
+from orchestrator.incidents.redact import PATTERNS_ONLY, Redactor
 from orchestrator.incidents.tickets import add_comment, add_event, create_ticket
 from orchestrator.strict_types import WHOLE, Int
 
@@ -340,8 +346,10 @@ def ingest(
     system_id: str,
     files: FileSource | None = None,
     on_created: Callable[[str], None] | None = None,
+    redactor: Callable[[Session], Redactor] = lambda _s: PATTERNS_ONLY,
 ) -> TelegramResult:
-    """Take in one update exactly once; ``files`` defaults to the fleet file's Bot API."""
+    """Take in one update exactly once; ``files`` defaults to the fleet file's Bot API;
+    ``redactor`` gives the redactor of the notes cpdops writes (the engine's)."""
     msg = read_update(update)
     if msg is None:
         return TelegramResult("ignored")
@@ -352,7 +360,7 @@ def ingest(
     content = _download(factory, msg.file, files) if msg.file is not None else None
     try:
         with session_scope(factory) as s:
-            result = _apply(s, msg, content, system_id=system_id)
+            result = _apply(s, msg, content, system_id=system_id, red=redactor(s))
     except _Duplicate:
         return TelegramResult("duplicate")
     log.info(
@@ -368,7 +376,12 @@ def ingest(
 
 
 def _apply(
-    s: Session, msg: IncomingMessage, content: bytes | str | None, *, system_id: str
+    s: Session,
+    msg: IncomingMessage,
+    content: bytes | str | None,
+    *,
+    system_id: str,
+    red: Redactor,
 ) -> TelegramResult:
     receipt = receipts.record(s, SOURCE, str(msg.update_id), number=None, sender=msg.chat_id)
     if receipt is None:
@@ -414,6 +427,6 @@ def _apply(
         )
         attachment_id = att.id
     elif isinstance(content, str) and msg.file is not None:
-        note = f"{msg.file.filename}: {content}"
+        note = f"{msg.file.filename}: {red.text(content)}"
         add_event(s, incident, author=msg.author, kind="attachment_failed", body=note)
     return TelegramResult(action, incident.number, attachment_id, note)

@@ -27,6 +27,7 @@ from orchestrator.incidents.alertmanager import printable
 from orchestrator.settings import Settings
 from tests.integration.promstack import AlertmanagerService, binary
 from tests.integration.server import api_client
+from tests.integration.stored import assert_not_stored
 
 SECRET = "am-shared-secret-for-tests"
 BINARY = "/usr/bin/prometheus-alertmanager"
@@ -578,3 +579,61 @@ def test_real_alertmanager_resolved_waits_for_the_recovery_hold(
                 assert am.notifications("failed") == 0, am.tail()
             finally:
                 am.stop()
+
+
+# --------------------------------------------------------------------------- known secrets
+
+DB_PASSWORD = "Zq81-tenant-db-pw"
+NOTIFIER_SECRET = "hook-s3cret-XYZ"
+LEAKED = (DB_PASSWORD, NOTIFIER_SECRET, SECRET)
+SECRETS_FLEET = fleet_yaml(
+    extra=(
+        "notifiers:\n"
+        "  - {name: hook, kind: webhook, url: 'http://127.0.0.1:9/hook', "
+        f"secret: '{NOTIFIER_SECRET}'}}\n"
+    )
+).replace(
+    "  - {slug: acme, name: ACME}\n",
+    f"  - {{slug: acme, name: ACME, db_dsn: 'postgresql://app:{DB_PASSWORD}@127.0.0.1/acme'}}\n",
+)
+
+
+def leaky(status: str, fp: str, tenant: str) -> dict[str, Any]:
+    """An alert whose labels and annotations hold the three known secrets bare."""
+    alert = am_alert(status, fp, tenant=tenant)
+    alert["labels"] |= {
+        "alertname": f"PortalDown {DB_PASSWORD}",
+        "instance": NOTIFIER_SECRET,
+        "host": f"h-{SECRET}",
+        "db_server": DB_PASSWORD,
+    }
+    alert["annotations"] = {
+        "summary": f"{tenant or 'the'} portal down: login app/{DB_PASSWORD} refused",
+        "description": f"signed {NOTIFIER_SECRET}, intake {SECRET}",
+    }
+    return alert
+
+
+def test_known_secrets_in_alerts_never_reach_the_tickets(db_url: str) -> None:
+    """A registered tenant's DB password, a notifier's secret and cpdops's own intake secret,
+    bare in an alert's labels and annotations (a tenant's alert, an alert with a ticket of its
+    own, an unknown tenant's; fired, then resolved): none of them in the tickets through the
+    API, nor in the database rows of the incidents, their events and the alerts."""
+    assert f"db_dsn: 'postgresql://app:{DB_PASSWORD}@" in SECRETS_FLEET
+    with cpdops(db_url, fleet=SECRETS_FLEET) as api:
+        alerts = [("k1", "acme"), ("k2", ""), ("k3", f"x{NOTIFIER_SECRET}")]
+        for status in ("firing", "resolved"):
+            body = webhook(*(leaky(status, fp, tenant) for fp, tenant in alerts))
+            r = api.post(PATH, json=body, headers=auth())
+            assert r.status_code == 200, r.text
+            assert not any(s in r.text for s in LEAKED), r.text
+        rows = listed(api)
+        assert len(rows) == 3, rows
+        shown = [api.get(f"/api/v1/incidents/{row['number']}").text for row in rows]
+        for text in (api.get("/api/v1/incidents").text, *shown):
+            for secret in LEAKED:
+                assert secret not in text, (secret, text)
+        assert all("***" in text for text in shown), shown
+        assert any('"recovered"' in text for text in shown), shown
+
+    assert_not_stored(db_url, ("incidents", "incident_events", "alerts"), LEAKED)

@@ -23,6 +23,7 @@ from orchestrator.fleet.apply import apply_fleet
 from orchestrator.fleet.fleetfile import parse_fleet_text
 from orchestrator.settings import Settings
 from tests.integration.server import bearer, make_token, running_server
+from tests.integration.stored import assert_not_stored
 
 SECRET = "tg-webhook-secret_for-tests"
 TOKEN = "123456:ABC-test-token"
@@ -31,6 +32,9 @@ HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ACME_CHAT = 1001
 STRANGER_CHAT = 5555
 PHOTO = bytes(range(256)) * 40  # 10 KiB that are not text
+DB_PASSWORD = "Tg-tenant-db-pw-81"
+LEAKY_FILE = "leaky"
+LEAKY_ANSWER = f"Bad Request: proxy saw {HEADER}: {SECRET}, db {DB_PASSWORD}, bot{TOKEN}"
 
 
 # --------------------------------------------------------------------------- a local Bot API
@@ -80,6 +84,9 @@ def _bot_handler(api: BotApi) -> type[BaseHTTPRequestHandler]:
                         "description": "Bad Request: file_id required",
                     },
                 )
+                return
+            if body["file_id"] == LEAKY_FILE:  # an answer that echoes server secrets
+                self._json(400, {"ok": False, "error_code": 400, "description": LEAKY_ANSWER})
                 return
             found = api.files.get(body["file_id"])
             if found is None:
@@ -143,6 +150,7 @@ tenants:
   - slug: globex
     name: Globex
     contacts: [{{name: Gleb, telegram_chat_id: -100777}}]
+    db_dsn: "postgresql://app:Tg-tenant-db-pw-81@127.0.0.1/globex"
 notifiers:
   - {{name: bot, kind: telegram, bot_token: "{token}", api_url: "http://127.0.0.1:{port}"}}
 """
@@ -425,3 +433,26 @@ def test_photo_and_document_are_fetched_through_the_bot_api(db_url: str, bot_api
         assert ticket["attachments"] == []
         [failed] = [e for e in ticket["events"] if e["kind"] == "attachment_failed"]
         assert failed["body"].startswith("h.bin: ")
+
+
+def test_known_secrets_in_a_bot_api_answer_never_reach_the_ticket(
+    db_url: str, bot_api: BotApi
+) -> None:
+    """The Bot API (or a proxy before it) answers a getFile with the intake secret, a tenant's
+    DB password and the bot token in its error text: the note cpdops writes on the timeline
+    (and answers) holds none of them, through the API and in the database."""
+    assert DB_PASSWORD in FLEET
+    leaked = (SECRET, DB_PASSWORD, TOKEN)
+    with cpdops(db_url, bot_api.port) as api:
+        update = message(301, caption="лог", document={"file_id": LEAKY_FILE, "file_name": "a"})
+        r = api.post(PATH, json=update, headers=auth())
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["action"] == "created" and out["note"].startswith("a: getFile answered 400")
+        ticket = api.get(f"/api/v1/incidents/{out['ticket']}")
+        [failed] = [e for e in ticket.json()["events"] if e["kind"] == "attachment_failed"]
+        for text in (r.text, ticket.text):
+            for secret in leaked:
+                assert secret not in text, (secret, text)
+        assert "proxy saw" in failed["body"] and "***" in failed["body"], failed
+    assert_not_stored(db_url, ("incidents", "incident_events"), leaked)

@@ -250,7 +250,12 @@ async def telegram_update(ctx: CtxDep, request: Request) -> TelegramIntakeOut:
         ctx.incidents.created.labels(type=kind, source=telegram.SOURCE).inc()
 
     result = await run_in_threadpool(
-        telegram.ingest, ctx.factory, update, system_id=ctx.settings.system_id, on_created=created
+        telegram.ingest,
+        ctx.factory,
+        update,
+        system_id=ctx.settings.system_id,
+        on_created=created,
+        redactor=ctx.incidents.redactor,
     )
     return TelegramIntakeOut(
         action=result.action, ticket=result.ticket, attachment=result.attachment, note=result.note
