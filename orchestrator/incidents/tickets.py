@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -142,8 +142,9 @@ _ENTRIES = "cpdops_evidence_entries"
 
 def _evidence_entries(session: Session, incident: Incident) -> dict[str, IncidentEvent]:
     """The ticket's aggregated evidence entries by key, read once per transaction after its
-    row is locked (PostgreSQL ``FOR UPDATE``; SQLite has one writer): concurrent repeats wait
-    for each other and are all counted, in one entry. A ticket not flushed yet has none."""
+    row is locked (PostgreSQL ``FOR UPDATE``; SQLite's write lock, by a write): concurrent
+    repeats wait for each other and are all counted, in one entry. A ticket not flushed yet
+    has none."""
     transaction = session.get_transaction()
     cached = session.info.get(_ENTRIES)
     if cached is None or cached[0] is not transaction:
@@ -154,7 +155,14 @@ def _evidence_entries(session: Session, incident: Incident) -> dict[str, Inciden
         return {}
     entries = by_ticket.get(incident.id)
     if entries is None:
-        session.execute(select(Incident.id).where(Incident.id == incident.id).with_for_update())
+        if session.get_bind().dialect.name == "sqlite":
+            # no FOR UPDATE: a write takes SQLite's one write lock before the entries are
+            # read (reads before a transaction's first write see no lock and would race)
+            session.execute(
+                update(Incident).where(Incident.id == incident.id).values(id=Incident.id)
+            )
+        else:
+            session.execute(select(Incident.id).where(Incident.id == incident.id).with_for_update())
         key = IncidentEvent.data[(OCCURRENCES, "key")].as_string()
         entries = {}
         for event in session.scalars(
